@@ -1,0 +1,29 @@
+//! orch core: the public gRPC API (generated from `proto/` by `build.rs`) and
+//! the domain every component shares: the task state machine, spec validation,
+//! resource quantities and the labels orch puts on containers.
+//!
+//! This crate does no I/O: no network, no files, no clock reads beyond
+//! converting times handed to it. The manager, the worker and `orchctl` all
+//! depend on it, so the rules written here are the same everywhere.
+
+pub mod labels;
+pub mod quantity;
+pub mod task_state;
+pub mod time;
+pub mod validate;
+
+/// The generated `orch.v1` API: messages, `Cluster` and `Dispatcher` clients and servers.
+pub mod api {
+    /// Version 1 of the API, package `orch.v1`.
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("orch.v1");
+    }
+
+    /// The encoded `FileDescriptorSet` of every `orch.v1` proto file (and the
+    /// well-known types they import), served by the manager's gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/orch_descriptor.bin"));
+}
+
+pub use api::v1;

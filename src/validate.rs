@@ -1,0 +1,448 @@
+//! Validation of everything a client or a worker sends: one function per
+//! message, each returning the first broken rule as a [`FieldError`] that
+//! names the field, so the manager can answer `InvalidArgument` with a message
+//! a person can act on, and store nothing.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::labels::RESERVED_PREFIX;
+use crate::v1::{Protocol, RegisterRequest, RestartCondition, TaskSpec};
+
+/// Docker refuses memory limits below 6 MiB.
+pub const MIN_MEMORY_BYTES: i64 = 6 << 20;
+/// The longest stop grace period a task may ask for.
+pub const MAX_STOP_GRACE: Duration = Duration::from_secs(3600);
+/// The stop grace period of a task that does not set one.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A broken rule: which field, and what the rule is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's path, for example `spec.ports[1].host_port`.
+    pub field: String,
+    /// The rule it breaks, for people.
+    pub rule: String,
+}
+
+impl FieldError {
+    /// A broken rule on `field`.
+    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            rule: rule.into(),
+        }
+    }
+
+    /// The same error with `prefix.` put before the field path.
+    #[must_use]
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = format!("{prefix}.{}", self.field);
+        self
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.rule)
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+/// Parses a required id field.
+///
+/// # Errors
+/// If `value` is empty or not a UUID.
+pub fn id(field: &str, value: &str) -> Result<Uuid, FieldError> {
+    if value.is_empty() {
+        return Err(FieldError::new(field, "is required"));
+    }
+    Uuid::parse_str(value)
+        .map_err(|_| FieldError::new(field, format!("{value:?} is not a valid id (a UUID)")))
+}
+
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Checks a task spec; field paths are relative to the spec (`image`, `ports[0].host_port`).
+///
+/// # Errors
+/// The first rule the spec breaks.
+pub fn task_spec(spec: &TaskSpec) -> Result<(), FieldError> {
+    if !spec.name.is_empty() && (spec.name.len() > 63 || !is_name(&spec.name)) {
+        return Err(FieldError::new(
+            "name",
+            format!(
+                "{:?} must be 1-63 characters of letters, digits, '_', '.' or '-', starting with a letter or digit",
+                spec.name
+            ),
+        ));
+    }
+    if spec.image.trim().is_empty() {
+        return Err(FieldError::new("image", "is required"));
+    }
+    if spec.image.len() > 255
+        || spec
+            .image
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(FieldError::new(
+            "image",
+            format!(
+                "{:?} is not an image reference (no spaces, at most 255 characters)",
+                spec.image
+            ),
+        ));
+    }
+    if let Some(i) = spec.command.iter().position(|a| a.contains('\0')) {
+        return Err(FieldError::new(
+            format!("command[{i}]"),
+            "must not contain NUL",
+        ));
+    }
+    let mut keys: Vec<&String> = spec.env.keys().collect();
+    keys.sort();
+    for key in keys {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(FieldError::new(
+                format!("env[{key:?}]"),
+                "a variable name must be non-empty and contain neither '=' nor NUL",
+            ));
+        }
+        if spec.env[key].contains('\0') {
+            return Err(FieldError::new(
+                format!("env[{key:?}]"),
+                "a value must not contain NUL",
+            ));
+        }
+    }
+    if let Some(m) = spec.milli_cpus {
+        if m < 1 {
+            return Err(FieldError::new(
+                "milli_cpus",
+                format!("{m} must be at least 1 (leave it unset for no cpu limit)"),
+            ));
+        }
+    }
+    if let Some(b) = spec.memory_bytes {
+        if b < MIN_MEMORY_BYTES {
+            return Err(FieldError::new(
+                "memory_bytes",
+                format!(
+                    "{b} must be at least 6Mi (6291456), Docker's smallest limit (leave it unset for no limit)"
+                ),
+            ));
+        }
+    }
+    if let Some(b) = spec.disk_bytes {
+        if b < 1 {
+            return Err(FieldError::new(
+                "disk_bytes",
+                format!("{b} must be positive"),
+            ));
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        for (name, port) in [
+            ("host_port", p.host_port),
+            ("container_port", p.container_port),
+        ] {
+            if !(1..=65535).contains(&port) {
+                return Err(FieldError::new(
+                    format!("ports[{i}].{name}"),
+                    format!("{port} is not a port (1-65535)"),
+                ));
+            }
+        }
+        let protocol = Protocol::try_from(p.protocol).map_err(|_| {
+            FieldError::new(
+                format!("ports[{i}].protocol"),
+                format!("{} is not a known protocol", p.protocol),
+            )
+        })?;
+        if !seen.insert((p.host_port, normal_protocol(protocol))) {
+            return Err(FieldError::new(
+                format!("ports[{i}].host_port"),
+                format!("{} is published twice", p.host_port),
+            ));
+        }
+    }
+    if let Some(r) = &spec.restart {
+        RestartCondition::try_from(r.condition).map_err(|_| {
+            FieldError::new(
+                "restart.condition",
+                format!(
+                    "{} is not a restart condition (never, on-failure or always)",
+                    r.condition
+                ),
+            )
+        })?;
+    }
+    for (field, map) in [
+        ("labels", &spec.labels),
+        ("node_selector", &spec.node_selector),
+    ] {
+        for key in map.keys() {
+            if key.is_empty() {
+                return Err(FieldError::new(field, "keys must be non-empty"));
+            }
+            if field == "labels" && key.starts_with(RESERVED_PREFIX) {
+                return Err(FieldError::new(
+                    format!("labels[{key:?}]"),
+                    format!("the prefix {RESERVED_PREFIX:?} is reserved for orch"),
+                ));
+            }
+        }
+    }
+    if let Some(g) = &spec.stop_grace_period {
+        match crate::time::std_duration(g) {
+            Some(d) if d <= MAX_STOP_GRACE => {}
+            _ => {
+                return Err(FieldError::new(
+                    "stop_grace_period",
+                    "must be between 0 and 1 hour",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The protocol a port mapping means: unset is TCP.
+pub fn normal_protocol(p: Protocol) -> Protocol {
+    match p {
+        Protocol::Unspecified => Protocol::Tcp,
+        other => other,
+    }
+}
+
+/// The stop grace period a spec asks for, or the default.
+pub fn stop_grace(spec: &TaskSpec) -> Duration {
+    spec.stop_grace_period
+        .as_ref()
+        .and_then(crate::time::std_duration)
+        .unwrap_or(DEFAULT_STOP_GRACE)
+}
+
+/// Checks a worker's registration.
+///
+/// # Errors
+/// The first rule the request breaks.
+pub fn register(req: &RegisterRequest) -> Result<(), FieldError> {
+    if !req.node_id.is_empty() {
+        id("node_id", &req.node_id)?;
+    }
+    if req.name.trim().is_empty() {
+        return Err(FieldError::new("name", "is required"));
+    }
+    let Some(c) = &req.capacity else {
+        return Err(FieldError::new("capacity", "is required"));
+    };
+    for (field, v) in [
+        ("capacity.milli_cpus", c.milli_cpus),
+        ("capacity.memory_bytes", c.memory_bytes),
+        ("capacity.disk_bytes", c.disk_bytes),
+    ] {
+        if v < 1 {
+            return Err(FieldError::new(field, format!("{v} must be positive")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{PortMapping, Resources, RestartPolicy};
+
+    fn valid() -> TaskSpec {
+        TaskSpec {
+            name: "web-1".into(),
+            image: "busybox:latest".into(),
+            command: vec!["sleep".into(), "10".into()],
+            env: [("A".to_string(), "1".to_string())].into(),
+            milli_cpus: Some(500),
+            memory_bytes: Some(64 << 20),
+            ports: vec![PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: 0,
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Applies `edit` to a valid spec and checks the error names `field`.
+    fn check(edit: impl FnOnce(&mut TaskSpec), field: &str) {
+        let mut spec = valid();
+        edit(&mut spec);
+        let err = task_spec(&spec).expect_err(field);
+        assert_eq!(err.field, field, "{err}");
+        assert!(!err.rule.is_empty());
+    }
+
+    #[test]
+    fn a_valid_spec_passes() {
+        assert_eq!(task_spec(&valid()), Ok(()));
+        assert_eq!(
+            task_spec(&TaskSpec {
+                image: "x".into(),
+                ..Default::default()
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        check(|s| s.name = "-bad".into(), "name");
+        check(|s| s.name = "a".repeat(64), "name");
+        check(|s| s.name = "has space".into(), "name");
+        check(|s| s.image = String::new(), "image");
+        check(|s| s.image = "   ".into(), "image");
+        check(|s| s.image = "bad image".into(), "image");
+        check(|s| s.command.push("a\0b".into()), "command[2]");
+        check(
+            |s| {
+                s.env.insert("A=B".into(), "x".into());
+            },
+            "env[\"A=B\"]",
+        );
+        check(
+            |s| {
+                s.env.insert(String::new(), "x".into());
+            },
+            "env[\"\"]",
+        );
+        check(
+            |s| {
+                s.env.insert("B".into(), "x\0".into());
+            },
+            "env[\"B\"]",
+        );
+        check(|s| s.milli_cpus = Some(0), "milli_cpus");
+        check(|s| s.milli_cpus = Some(-500), "milli_cpus");
+        check(|s| s.memory_bytes = Some(0), "memory_bytes");
+        check(|s| s.memory_bytes = Some(-1), "memory_bytes");
+        check(|s| s.memory_bytes = Some(1 << 20), "memory_bytes");
+        check(|s| s.disk_bytes = Some(0), "disk_bytes");
+        check(|s| s.ports[0].host_port = 0, "ports[0].host_port");
+        check(|s| s.ports[0].host_port = 70000, "ports[0].host_port");
+        check(|s| s.ports[0].container_port = 0, "ports[0].container_port");
+        check(|s| s.ports[0].protocol = 9, "ports[0].protocol");
+        check(
+            |s| {
+                s.ports.push(PortMapping {
+                    host_port: 8080,
+                    container_port: 81,
+                    protocol: 1,
+                })
+            },
+            "ports[1].host_port",
+        );
+        check(
+            |s| {
+                s.restart = Some(RestartPolicy {
+                    condition: 7,
+                    max_restarts: 0,
+                })
+            },
+            "restart.condition",
+        );
+        check(
+            |s| {
+                s.labels.insert("orch.task-id".into(), "x".into());
+            },
+            "labels[\"orch.task-id\"]",
+        );
+        check(
+            |s| {
+                s.labels.insert(String::new(), "x".into());
+            },
+            "labels",
+        );
+        check(
+            |s| {
+                s.node_selector.insert(String::new(), "x".into());
+            },
+            "node_selector",
+        );
+        check(
+            |s| {
+                s.stop_grace_period = Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                })
+            },
+            "stop_grace_period",
+        );
+        check(
+            |s| {
+                s.stop_grace_period = Some(prost_types::Duration {
+                    seconds: 7200,
+                    nanos: 0,
+                })
+            },
+            "stop_grace_period",
+        );
+    }
+
+    #[test]
+    fn same_port_on_two_protocols_is_allowed() {
+        let mut spec = valid();
+        spec.ports.push(PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: Protocol::Udp as i32,
+        });
+        assert_eq!(task_spec(&spec), Ok(()));
+    }
+
+    #[test]
+    fn field_errors_read_well() {
+        let err = FieldError::new("image", "is required").within("specs[3]");
+        assert_eq!(err.to_string(), "specs[3].image: is required");
+    }
+
+    #[test]
+    fn ids() {
+        assert!(id("id", "").is_err());
+        assert_eq!(id("id", "nope").unwrap_err().field, "id");
+        assert!(id("id", "0190a4c6-57b6-7c6e-8000-000000000000").is_ok());
+    }
+
+    #[test]
+    fn registrations() {
+        let good = RegisterRequest {
+            name: "w1".into(),
+            capacity: Some(Resources {
+                milli_cpus: 2000,
+                memory_bytes: 1 << 30,
+                disk_bytes: 1 << 30,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(register(&good), Ok(()));
+        let mut r = good.clone();
+        r.name.clear();
+        assert_eq!(register(&r).unwrap_err().field, "name");
+        let mut r = good.clone();
+        r.capacity = None;
+        assert_eq!(register(&r).unwrap_err().field, "capacity");
+        let mut r = good.clone();
+        r.capacity.as_mut().map(|c| c.memory_bytes = 0);
+        assert_eq!(register(&r).unwrap_err().field, "capacity.memory_bytes");
+        let mut r = good;
+        r.node_id = "x".into();
+        assert_eq!(register(&r).unwrap_err().field, "node_id");
+    }
+}
