@@ -1,1 +1,5 @@
-//! stub
+//! The orch manager.
+#![allow(missing_docs)]
+
+pub mod scheduler;
+pub mod store;

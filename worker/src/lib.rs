@@ -1,1 +1,4 @@
-//! stub
+//! The orch worker agent.
+#![allow(missing_docs)]
+
+pub mod runtime;

@@ -1,0 +1,132 @@
+//! How a worker runs containers: the [`Runtime`] trait, with the Docker
+//! implementation ([`docker::DockerRuntime`], through bollard) used in
+//! production and in end-to-end tests.
+//!
+//! A runtime knows containers and images, not the manager: it never sees the
+//! session stream and never decides what should run. The agent above it calls
+//! `start`/`stop` and reads `exits`; everything it reports comes from there.
+
+pub mod docker;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use uuid::Uuid;
+
+/// What a runtime needs to start one task attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRequest {
+    /// The cluster's id (label `orch.cluster`).
+    pub cluster_id: String,
+    /// This node's id (label `orch.node-id`).
+    pub node_id: Uuid,
+    /// The task (label `orch.task-id`).
+    pub task_id: Uuid,
+    /// The attempt (label `orch.attempt`).
+    pub attempt: u64,
+    /// What to run, already validated by the manager.
+    pub spec: orch::v1::TaskSpec,
+}
+
+/// A container the runtime found, running or exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// The container id.
+    pub container_id: String,
+    /// From label `orch.task-id`.
+    pub task_id: Uuid,
+    /// From label `orch.attempt`.
+    pub attempt: u64,
+    /// Whether it is running now.
+    pub running: bool,
+    /// Its exit code, if it exited.
+    pub exit_code: Option<i32>,
+}
+
+/// A container of this cluster and node exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// The container id.
+    pub container_id: String,
+    /// From label `orch.task-id`.
+    pub task_id: Uuid,
+    /// From label `orch.attempt`.
+    pub attempt: u64,
+    /// The exit code.
+    pub exit_code: i32,
+}
+
+/// Why a runtime call failed. The message is shown to people as the task's
+/// message, so it says what went wrong in their terms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image is not present and could not be pulled.
+    #[error("pulling image {image}: {reason}")]
+    ImagePull {
+        /// The image reference.
+        image: String,
+        /// What the engine said.
+        reason: String,
+    },
+    /// The container could not be created or started.
+    #[error("starting container: {0}")]
+    Start(String),
+    /// The container does not exist (any more).
+    #[error("container {0} not found")]
+    NotFound(String),
+    /// The engine failed or could not be reached.
+    #[error("container engine: {0}")]
+    Engine(String),
+}
+
+/// Runs task containers on this machine.
+pub trait Runtime: Send + Sync + 'static {
+    /// Makes sure the image is present (pulling it if not), creates the
+    /// container with the spec's command, env, limits, ports and the orch labels,
+    /// starts it, and returns its id. A container left over from an earlier
+    /// try of the same attempt is replaced.
+    fn start(
+        &self,
+        req: &StartRequest,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    /// Stops a container: SIGTERM, then SIGKILL once `grace` has passed; then
+    /// removes it. A container that is already gone is not an error.
+    fn stop(
+        &self,
+        container_id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes an exited container. A container that is already gone is not an error.
+    fn remove(&self, container_id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Every container, running or exited, labelled with this cluster and node.
+    fn list(
+        &self,
+        cluster_id: &str,
+        node_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
+
+    /// A stream of container exits for this cluster and node, learnt from the
+    /// engine's event stream (never by polling). Call it before starting
+    /// anything so no exit is missed. If the engine's stream breaks, the
+    /// runtime reconnects by itself; exits that happened in between are found by
+    /// the caller through `list`.
+    fn exits(&self, cluster_id: &str, node_id: Uuid) -> BoxStream<'static, Exit>;
+}
+
+/// The labels of the container of a task attempt: the spec's own labels plus
+/// orch's (`orch.managed`, `orch.cluster`, `orch.task-id`, `orch.node-id`,
+/// `orch.attempt`), by which the worker finds its containers again.
+pub fn container_labels(req: &StartRequest) -> HashMap<String, String> {
+    use orch::labels;
+    let mut l: HashMap<String, String> = req.spec.labels.clone().into_iter().collect();
+    l.insert(labels::MANAGED.into(), "true".into());
+    l.insert(labels::CLUSTER.into(), req.cluster_id.clone());
+    l.insert(labels::TASK_ID.into(), req.task_id.to_string());
+    l.insert(labels::NODE_ID.into(), req.node_id.to_string());
+    l.insert(labels::ATTEMPT.into(), req.attempt.to_string());
+    l
+}
