@@ -1,3 +1,162 @@
-//! placeholder
-/// placeholder
-pub struct MemoryStore;
+//! [`MemoryStore`]: a [`Store`] that keeps everything in ordered maps behind
+//! a mutex, for the manager's unit tests. It follows the same rules as
+//! [`RedbStore`](super::RedbStore) (coalescing, event pruning, a status
+//! without a spec is corrupt) but holds nothing durable.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+
+use orch::v1::{Event, Node, Task, TaskSpec};
+
+use super::{
+    Batch, Snapshot, Store, StoreError, Write, events_prune_bound, join_task, status_record,
+};
+
+/// A [`Store`] in memory. Everything is lost when it is dropped.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+/// The "tables", laid out as redb's are, so that both stores behave alike.
+#[derive(Debug, Default)]
+struct State {
+    cluster_id: Option<String>,
+    specs: BTreeMap<u128, TaskSpec>,
+    statuses: BTreeMap<u128, Task>,
+    nodes: BTreeMap<u128, Node>,
+    events: BTreeMap<u64, Event>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        // A panic while the lock was held may have left a batch half applied;
+        // report it rather than serve state that breaks the all-or-nothing rule.
+        self.state
+            .lock()
+            .map_err(|_| StoreError::Backend("memory store poisoned by a panic".to_owned()))
+    }
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let state = self.state()?;
+        let tasks = state
+            .statuses
+            .iter()
+            .map(|(key, status)| join_task(status.clone(), state.specs.get(key).cloned()))
+            .collect::<Result<_, _>>()?;
+        Ok(Snapshot {
+            cluster_id: state.cluster_id.clone(),
+            tasks,
+            nodes: state.nodes.values().cloned().collect(),
+            last_event_sequence: state.events.last_key_value().map_or(0, |(seq, _)| *seq),
+        })
+    }
+
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        // Every check happens here, before the state is touched: what follows
+        // cannot fail, so a batch is applied whole or not at all.
+        let batch = Batch::new(writes)?;
+        let mut state = self.state()?;
+        if let Some(id) = batch.cluster_id {
+            state.cluster_id = Some(id.to_owned());
+        }
+        for (key, spec) in batch.specs {
+            state.specs.insert(key, spec.clone());
+        }
+        for (key, task) in batch.statuses {
+            state.statuses.insert(key, status_record(task));
+        }
+        for (key, node) in batch.nodes {
+            state.nodes.insert(key, node.clone());
+        }
+        if !batch.events.is_empty() {
+            for (seq, event) in batch.events {
+                state.events.insert(seq, event.clone());
+            }
+            let newest = state.events.last_key_value().map_or(0, |(seq, _)| *seq);
+            if let Some(bound) = events_prune_bound(newest) {
+                // Only the few oldest go at each commit, so pop them one by
+                // one rather than rebuild the map.
+                while let Some(oldest) = state.events.first_entry() {
+                    if *oldest.key() > bound {
+                        break;
+                    }
+                    oldest.remove();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let state = self.state()?;
+        Ok(state
+            .events
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .take(limit)
+            .map(|(_, event)| event.clone())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly, where it fails"
+)]
+mod tests {
+    use super::MemoryStore;
+    use crate::store::checks;
+
+    #[test]
+    fn memory_empty() {
+        checks::check_empty(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_round_trip() {
+        checks::check_round_trip(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_update_keeps_spec() {
+        checks::check_update_keeps_spec(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_coalescing() {
+        checks::check_coalescing(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_events_pruning() {
+        checks::check_events_pruning(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_events_after_paging() {
+        checks::check_events_after_paging(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_bad_id_refuses_batch() {
+        checks::check_bad_id_refuses_batch(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_status_without_spec_is_corrupt() {
+        checks::check_status_without_spec_is_corrupt(&MemoryStore::new());
+    }
+}

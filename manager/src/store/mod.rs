@@ -9,11 +9,19 @@
 //! Layout (redb): tasks are keyed by their UUID v7 bytes, so keys arrive in
 //! time order and inserts append. A task's spec is written once, when it is
 //! created, apart from its status, which changes often and stays small.
+//!
+//! Both implementations share the rules that are real logic, written once
+//! here: how a batch is coalesced ([`Batch`]), how ids become keys, how a task
+//! is joined back from its spec and status, and which events are pruned.
 
 pub mod memory;
 pub mod redb;
 
-use orch::v1::{Event, Node, Task};
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use orch::v1::{Event, Node, Task, TaskSpec};
+use uuid::Uuid;
 
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
@@ -89,4 +97,454 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// If the backend fails or a record cannot be decoded.
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+}
+
+// Table names, shared by both implementations so that a `Corrupt` error names
+// the same table whichever store reported it.
+const TASK_SPEC: &str = "task_spec";
+
+/// The spec stored for a `TaskCreated` whose task carries none. The manager
+/// always sets one; storing an empty spec rather than failing keeps a commit
+/// from being refused for a field the store does not interpret.
+static EMPTY_SPEC: LazyLock<TaskSpec> = LazyLock::new(TaskSpec::default);
+
+/// A batch of [`Write`]s reduced to what must be stored: one record per key,
+/// the last one written. The manager writes a task's status at every step, so
+/// a busy batch often holds several statuses of one task; only the last counts.
+///
+/// Building it checks every id first, so a batch with a bad id is refused
+/// before anything is written.
+#[derive(Debug, Default)]
+struct Batch<'a> {
+    /// The cluster id, if the batch sets it.
+    cluster_id: Option<&'a str>,
+    /// The spec of each task created in the batch, by task key.
+    specs: BTreeMap<u128, &'a TaskSpec>,
+    /// The last status of each task created or updated in the batch, by task
+    /// key. Its `spec` is still set; [`status_record`] drops it.
+    statuses: BTreeMap<u128, &'a Task>,
+    /// The last state of each node written, by node key.
+    nodes: BTreeMap<u128, &'a Node>,
+    /// The events, by sequence.
+    events: BTreeMap<u64, &'a Event>,
+}
+
+impl<'a> Batch<'a> {
+    /// Coalesces `writes`, applied in order: a later write of a key replaces
+    /// an earlier one.
+    fn new(writes: &'a [Write]) -> Result<Self, StoreError> {
+        let mut batch = Self::default();
+        for write in writes {
+            match write {
+                Write::TaskCreated(task) => {
+                    let key = key_of("task", &task.id)?;
+                    batch
+                        .specs
+                        .insert(key, task.spec.as_ref().unwrap_or(&EMPTY_SPEC));
+                    batch.statuses.insert(key, task);
+                }
+                Write::TaskUpdated(task) => {
+                    batch.statuses.insert(key_of("task", &task.id)?, task);
+                }
+                Write::Node(node) => {
+                    batch.nodes.insert(key_of("node", &node.id)?, node);
+                }
+                Write::Event(event) => {
+                    batch.events.insert(event.sequence, event);
+                }
+                Write::ClusterId(id) => batch.cluster_id = Some(id),
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// The key of a task or node: its UUID as a big-endian `u128`, so that keys
+/// order like the UUIDs' bytes, and v7 ids order by creation time.
+fn key_of(kind: &str, id: &str) -> Result<u128, StoreError> {
+    Uuid::parse_str(id)
+        .map(|uuid| uuid.as_u128())
+        .map_err(|err| StoreError::Backend(format!("{kind} id {id:?} is not a UUID: {err}")))
+}
+
+/// What the `task_status` table holds: the task without its spec, which is
+/// stored once, apart, and would otherwise be rewritten at every update.
+fn status_record(task: &Task) -> Task {
+    Task {
+        spec: None,
+        ..task.clone()
+    }
+}
+
+/// Joins a stored status with its stored spec back into a task.
+fn join_task(mut status: Task, spec: Option<TaskSpec>) -> Result<Task, StoreError> {
+    let Some(spec) = spec else {
+        return Err(StoreError::Corrupt {
+            table: TASK_SPEC,
+            detail: format!("task {} has a status but no spec", status.id),
+        });
+    };
+    status.spec = Some(spec);
+    Ok(status)
+}
+
+/// The highest event sequence to delete once `newest` is stored, so that the
+/// newest [`EVENTS_KEPT`] stay; `None` while fewer than that were ever written.
+fn events_prune_bound(newest: u64) -> Option<u64> {
+    newest.checked_sub(EVENTS_KEPT)
+}
+
+/// Behaviours every [`Store`] must have, written once as `check_*` functions
+/// and run against each implementation by its own tests.
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly, where it fails"
+)]
+mod checks {
+    use std::collections::HashMap;
+
+    use orch::v1::{
+        DesiredState, NodeEvent, NodeMetrics, NodeState, PortMapping, Protocol, Resources,
+        RestartCondition, RestartPolicy, TaskEvent, TaskState, event,
+    };
+    use prost_types::{Duration, Timestamp};
+
+    use super::*;
+
+    /// A fixed point in time, so that ids and timestamps are reproducible.
+    const EPOCH: i64 = 1_750_000_000;
+
+    fn at(seconds: i64) -> Option<Timestamp> {
+        Some(Timestamp {
+            seconds: EPOCH + seconds,
+            nanos: 250_000_000,
+        })
+    }
+
+    /// A UUID v7 minted `n` seconds after [`EPOCH`]: ids of a higher `n`
+    /// order after, as the manager's do. Its "random" bits are fixed, so that
+    /// `id(n)` is the same at every call.
+    fn id(n: u64) -> String {
+        let millis = (EPOCH.unsigned_abs() + n) * 1_000;
+        let mut random = [0x5a; 10];
+        random[2..].copy_from_slice(&n.to_be_bytes());
+        uuid::Builder::from_unix_timestamp_millis(millis, &random)
+            .into_uuid()
+            .to_string()
+    }
+
+    /// A task just accepted: pending, with a full spec.
+    fn task(n: u64) -> Task {
+        let seconds = i64::try_from(n).unwrap_or(i64::MAX);
+        Task {
+            id: id(n),
+            spec: Some(TaskSpec {
+                name: format!("web-{n}"),
+                image: "nginx:1.27".to_owned(),
+                command: vec![
+                    "nginx".to_owned(),
+                    "-g".to_owned(),
+                    "daemon off;".to_owned(),
+                ],
+                env: HashMap::from([("MODE".to_owned(), "prod".to_owned())]),
+                milli_cpus: Some(500),
+                memory_bytes: Some(64 * 1024 * 1024),
+                disk_bytes: None,
+                ports: vec![PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: Protocol::Tcp.into(),
+                }],
+                restart: Some(RestartPolicy {
+                    condition: RestartCondition::OnFailure.into(),
+                    max_restarts: 3,
+                }),
+                labels: HashMap::from([("team".to_owned(), "edge".to_owned())]),
+                node_selector: HashMap::from([("zone".to_owned(), "a".to_owned())]),
+                stop_grace_period: Some(Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
+            }),
+            desired_state: DesiredState::Running.into(),
+            state: TaskState::Pending.into(),
+            attempt: 1,
+            message: "waiting for a node".to_owned(),
+            created_at: at(seconds),
+            updated_at: at(seconds),
+            ..Task::default()
+        }
+    }
+
+    /// `task` after it ran on `node` and exited with `code`; its spec is
+    /// dropped, as the manager may do in a `TaskUpdated`.
+    fn finished(task: &Task, node: &Node, code: i32) -> Task {
+        Task {
+            spec: None,
+            state: if code == 0 {
+                TaskState::Completed
+            } else {
+                TaskState::Failed
+            }
+            .into(),
+            node_id: node.id.clone(),
+            container_id: "4f2a9c81d0e3".to_owned(),
+            exit_code: Some(code),
+            message: format!("exited with code {code}"),
+            updated_at: at(120),
+            started_at: at(60),
+            finished_at: at(120),
+            ..task.clone()
+        }
+    }
+
+    fn node(n: u64) -> Node {
+        Node {
+            id: id(1_000 + n),
+            name: format!("worker-{n}"),
+            address: format!("10.0.0.{n}:7071"),
+            labels: HashMap::from([("zone".to_owned(), "a".to_owned())]),
+            state: NodeState::Ready.into(),
+            capacity: Some(Resources {
+                milli_cpus: 4_000,
+                memory_bytes: 8 << 30,
+                disk_bytes: 100 << 30,
+            }),
+            allocated: Some(Resources {
+                milli_cpus: 500,
+                memory_bytes: 64 << 20,
+                disk_bytes: 0,
+            }),
+            usage: Some(NodeMetrics {
+                cpu_percent: 12.5,
+                memory_used_bytes: 2 << 30,
+                memory_total_bytes: 8 << 30,
+                disk_free_bytes: 60 << 30,
+                load_1m: 0.5,
+                load_5m: 0.4,
+                load_15m: 0.3,
+            }),
+            last_heartbeat: at(30),
+            registered_at: at(0),
+            task_count: 1,
+        }
+    }
+
+    /// Event `sequence`, alternating task and node events.
+    fn event(sequence: u64) -> Event {
+        let kind = if sequence.is_multiple_of(2) {
+            event::Kind::Task(TaskEvent {
+                task_id: id(sequence),
+                attempt: 1,
+                state: TaskState::Running.into(),
+                desired_state: DesiredState::Running.into(),
+                node_id: id(1_001),
+                message: "container started".to_owned(),
+            })
+        } else {
+            event::Kind::Node(NodeEvent {
+                node_id: id(1_001),
+                name: "worker-1".to_owned(),
+                state: NodeState::Down.into(),
+                message: "heartbeats stopped".to_owned(),
+            })
+        };
+        Event {
+            sequence,
+            time: at(i64::try_from(sequence).unwrap_or(i64::MAX)),
+            kind: Some(kind),
+        }
+    }
+
+    fn events(sequences: std::ops::RangeInclusive<u64>) -> Vec<Write> {
+        sequences.map(|seq| Write::Event(event(seq))).collect()
+    }
+
+    fn sequences(events: &[Event]) -> Vec<u64> {
+        events.iter().map(|event| event.sequence).collect()
+    }
+
+    /// A new store is empty, and an empty batch changes nothing.
+    pub(super) fn check_empty(store: &impl Store) {
+        assert_eq!(store.load().unwrap(), Snapshot::default());
+        store.commit(&[]).unwrap();
+        assert_eq!(store.load().unwrap(), Snapshot::default());
+        assert_eq!(store.events_after(0, 10).unwrap(), Vec::<Event>::new());
+    }
+
+    /// Writes a bit of everything (tasks written out of id order, in two
+    /// batches) and returns what `load` must give back.
+    pub(super) fn write_everything(store: &impl Store) -> Snapshot {
+        let (t1, t2, t3) = (task(1), task(2), task(3));
+        let (n1, n2) = (node(1), node(2));
+        store
+            .commit(&[
+                Write::ClusterId(id(0)),
+                Write::Node(n2.clone()),
+                Write::TaskCreated(t3.clone()),
+                Write::TaskCreated(t1.clone()),
+                Write::Event(event(1)),
+                Write::Event(event(2)),
+            ])
+            .unwrap();
+        store
+            .commit(&[
+                Write::Node(n1.clone()),
+                Write::TaskCreated(t2.clone()),
+                Write::Event(event(3)),
+            ])
+            .unwrap();
+        Snapshot {
+            cluster_id: Some(id(0)),
+            tasks: vec![t1, t2, t3],
+            nodes: vec![n1, n2],
+            last_event_sequence: 3,
+        }
+    }
+
+    /// Tasks (with their specs), nodes, the cluster id and events come back
+    /// as written, tasks and nodes ordered by id.
+    pub(super) fn check_round_trip(store: &impl Store) {
+        let expected = write_everything(store);
+        assert_eq!(store.load().unwrap(), expected);
+        assert_eq!(
+            store.events_after(0, 100).unwrap(),
+            vec![event(1), event(2), event(3)]
+        );
+    }
+
+    /// An update replaces the status and keeps the spec written at creation.
+    pub(super) fn check_update_keeps_spec(store: &impl Store) {
+        let (created, worker) = (task(1), node(1));
+        store
+            .commit(&[Write::TaskCreated(created.clone())])
+            .unwrap();
+        let done = finished(&created, &worker, 137);
+        store.commit(&[Write::TaskUpdated(done.clone())]).unwrap();
+
+        let expected = Task {
+            spec: created.spec.clone(),
+            ..done
+        };
+        assert_eq!(store.load().unwrap().tasks, vec![expected]);
+    }
+
+    /// Within one batch, the last write of a task or node wins, and the spec
+    /// comes from the `TaskCreated` even when updates follow it.
+    pub(super) fn check_coalescing(store: &impl Store) {
+        let (created, worker) = (task(1), node(1));
+        let running = Task {
+            spec: None,
+            state: TaskState::Running.into(),
+            node_id: worker.id.clone(),
+            started_at: at(60),
+            ..created.clone()
+        };
+        let done = finished(&created, &worker, 0);
+        let down = Node {
+            state: NodeState::Down.into(),
+            ..worker.clone()
+        };
+        store
+            .commit(&[
+                Write::TaskCreated(created.clone()),
+                Write::Node(worker),
+                Write::TaskUpdated(running),
+                Write::Node(down.clone()),
+                Write::TaskUpdated(done.clone()),
+            ])
+            .unwrap();
+
+        let snapshot = store.load().unwrap();
+        let expected = Task {
+            spec: created.spec,
+            ..done
+        };
+        assert_eq!(snapshot.tasks, vec![expected]);
+        assert_eq!(snapshot.nodes, vec![down]);
+    }
+
+    /// Only the newest `EVENTS_KEPT` events stay, whether one batch or later
+    /// ones push the old out.
+    pub(super) fn check_events_pruning(store: &impl Store) {
+        let written = EVENTS_KEPT + 5;
+        store.commit(&events(1..=written)).unwrap();
+        let kept = store.events_after(0, usize::MAX).unwrap();
+        assert_eq!(kept.len(), usize::try_from(EVENTS_KEPT).unwrap());
+        assert_eq!(kept.first().map(|e| e.sequence), Some(6));
+        assert_eq!(kept.last(), Some(&event(written)));
+        assert_eq!(store.load().unwrap().last_event_sequence, written);
+
+        store.commit(&events(written + 1..=written + 3)).unwrap();
+        let kept = store.events_after(0, usize::MAX).unwrap();
+        assert_eq!(kept.len(), usize::try_from(EVENTS_KEPT).unwrap());
+        assert_eq!(kept.first().map(|e| e.sequence), Some(9));
+        assert_eq!(store.load().unwrap().last_event_sequence, written + 3);
+    }
+
+    /// `events_after` pages through the events, oldest first.
+    pub(super) fn check_events_after_paging(store: &impl Store) {
+        store.commit(&events(1..=25)).unwrap();
+        let mut pages = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.events_after(after, 10).unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.sequence;
+            pages.push(sequences(&page));
+        }
+        assert_eq!(
+            pages,
+            vec![
+                (1..=10).collect::<Vec<_>>(),
+                (11..=20).collect(),
+                (21..=25).collect()
+            ]
+        );
+        assert_eq!(sequences(&store.events_after(17, 3).unwrap()), [18, 19, 20]);
+        assert!(store.events_after(5, 0).unwrap().is_empty());
+        assert!(store.events_after(u64::MAX, 10).unwrap().is_empty());
+        assert_eq!(store.events_after(0, 1).unwrap(), vec![event(1)]);
+    }
+
+    /// A batch with an id that is not a UUID is refused whole.
+    pub(super) fn check_bad_id_refuses_batch(store: &impl Store) {
+        let before = write_everything(store);
+        let bad = Task {
+            id: "not-a-uuid".to_owned(),
+            ..task(9)
+        };
+        let result = store.commit(&[
+            Write::TaskCreated(task(8)),
+            Write::Event(event(4)),
+            Write::TaskCreated(bad),
+        ]);
+        assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+        assert_eq!(store.load().unwrap(), before);
+
+        let result = store.commit(&[Write::Node(Node {
+            id: "worker-1".to_owned(),
+            ..node(1)
+        })]);
+        assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+        assert_eq!(store.load().unwrap(), before);
+    }
+
+    /// A status whose spec was never written makes `load` fail: the store
+    /// does not invent a spec.
+    pub(super) fn check_status_without_spec_is_corrupt(store: &impl Store) {
+        store.commit(&[Write::TaskUpdated(task(1))]).unwrap();
+        let result = store.load();
+        assert!(
+            matches!(
+                result,
+                Err(StoreError::Corrupt {
+                    table: TASK_SPEC,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
 }
