@@ -11,7 +11,7 @@
 //! created, apart from its status, which changes often and stays small.
 //!
 //! Both implementations share the rules that are real logic, written once
-//! here: how a batch is coalesced ([`Batch`]), how ids become keys, how a task
+//! here: how a batch is coalesced (`Batch`), how ids become keys, how a task
 //! is joined back from its spec and status, and which events are pruned.
 
 pub mod memory;
@@ -101,7 +101,11 @@ pub trait Store: Send + Sync + 'static {
 
 // Table names, shared by both implementations so that a `Corrupt` error names
 // the same table whichever store reported it.
+const META: &str = "meta";
 const TASK_SPEC: &str = "task_spec";
+const TASK_STATUS: &str = "task_status";
+const NODES: &str = "nodes";
+const EVENTS: &str = "events";
 
 /// The spec stored for a `TaskCreated` whose task carries none. The manager
 /// always sets one; storing an empty spec rather than failing keeps a commit
