@@ -1,1 +1,0 @@
-//! placeholder: see the interface in the helper brief
