@@ -124,31 +124,31 @@ pub fn task_spec(spec: &TaskSpec) -> Result<(), FieldError> {
             ));
         }
     }
-    if let Some(m) = spec.milli_cpus {
-        if m < 1 {
-            return Err(FieldError::new(
-                "milli_cpus",
-                format!("{m} must be at least 1 (leave it unset for no cpu limit)"),
-            ));
-        }
+    if let Some(m) = spec.milli_cpus
+        && m < 1
+    {
+        return Err(FieldError::new(
+            "milli_cpus",
+            format!("{m} must be at least 1 (leave it unset for no cpu limit)"),
+        ));
     }
-    if let Some(b) = spec.memory_bytes {
-        if b < MIN_MEMORY_BYTES {
-            return Err(FieldError::new(
-                "memory_bytes",
-                format!(
-                    "{b} must be at least 6Mi (6291456), Docker's smallest limit (leave it unset for no limit)"
-                ),
-            ));
-        }
+    if let Some(b) = spec.memory_bytes
+        && b < MIN_MEMORY_BYTES
+    {
+        return Err(FieldError::new(
+            "memory_bytes",
+            format!(
+                "{b} must be at least 6Mi (6291456), Docker's smallest limit (leave it unset for no limit)"
+            ),
+        ));
     }
-    if let Some(b) = spec.disk_bytes {
-        if b < 1 {
-            return Err(FieldError::new(
-                "disk_bytes",
-                format!("{b} must be positive"),
-            ));
-        }
+    if let Some(b) = spec.disk_bytes
+        && b < 1
+    {
+        return Err(FieldError::new(
+            "disk_bytes",
+            format!("{b} must be positive"),
+        ));
     }
     let mut seen = HashSet::new();
     for (i, p) in spec.ports.iter().enumerate() {
@@ -439,7 +439,9 @@ mod tests {
         r.capacity = None;
         assert_eq!(register(&r).unwrap_err().field, "capacity");
         let mut r = good.clone();
-        r.capacity.as_mut().map(|c| c.memory_bytes = 0);
+        if let Some(c) = r.capacity.as_mut() {
+            c.memory_bytes = 0;
+        }
         assert_eq!(register(&r).unwrap_err().field, "capacity.memory_bytes");
         let mut r = good;
         r.node_id = "x".into();

@@ -1,1 +1,92 @@
-fn main() {}
+//! `orchctl`: the orch command-line client, and the launcher of the daemons
+//! (`orchctl manager`, `orchctl worker`, `orchctl dev`).
+//!
+//! Client commands are thin: they parse what a person typed, call the
+//! `Cluster` API, and print the answer as a table or as stable JSON. Every
+//! failure ends with one readable line on stderr and a non-zero exit.
+
+mod args;
+mod client;
+mod daemon;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+/// An error for people: printed as one line after `orchctl: `.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap's message without its usage block: one line.
+            let text = e.to_string();
+            let line = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("orchctl: {line} (see orchctl --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let daemon = matches!(
+        cli.command,
+        Command::Dev(_) | Command::Manager(_) | Command::Worker(_)
+    );
+    init_logging(daemon);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orchctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError(message)) => {
+            eprintln!("orchctl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(daemon: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if daemon { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("ORCH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let out = cli.output;
+    match cli.command {
+        Command::Dev(a) => daemon::dev(a).await,
+        Command::Manager(a) => daemon::manager(a).await,
+        Command::Worker(a) => daemon::worker(a, &cli.manager).await,
+        Command::Run(a) => client::run(&cli.manager, a).await,
+        Command::Stop(a) => client::stop(&cli.manager, a, out).await,
+        Command::Status(a) => client::status(&cli.manager, a, out).await,
+        Command::Nodes => client::nodes(&cli.manager, out).await,
+        Command::Events => client::events(&cli.manager, out).await,
+    }
+}

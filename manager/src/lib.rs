@@ -1,5 +1,208 @@
-//! The orch manager.
-#![allow(missing_docs)]
+//! The orch manager: accepts tasks, stores them, schedules them onto workers,
+//! pushes work down the workers' sessions and tracks what they report.
+//!
+//! Modules, from the edge inwards:
+//! - [`api`]: the `Cluster` gRPC service (clients);
+//! - [`dispatcher`]: the `Dispatcher` gRPC service (workers); the only module
+//!   that touches a worker's stream;
+//! - [`state`]: the live state and every rule about how it changes;
+//! - [`scheduler`]: pure placement decisions over node snapshots;
+//! - [`persist`]: group commit of state changes to the [`store`];
+//! - [`store`]: durable state (redb, or memory in unit tests).
 
+pub mod api;
+pub mod dispatcher;
+mod error;
+pub mod persist;
 pub mod scheduler;
+pub mod state;
 pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use orch::v1::cluster_server::ClusterServer;
+use orch::v1::dispatcher_server::DispatcherServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use crate::error::Error;
+use crate::persist::Committer;
+use crate::scheduler::{Scheduler, Strategy};
+use crate::state::{Liveness, State};
+use crate::store::{MemoryStore, RedbStore, Store, StoreError};
+
+/// The redb file's name inside the data directory.
+pub const STORE_FILE: &str = "manager.redb";
+
+/// How the manager runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store lives; `None` keeps everything in memory (tests only:
+    /// nothing survives a restart).
+    pub data_dir: Option<PathBuf>,
+    /// How tasks are placed.
+    pub strategy: Strategy,
+    /// How often workers send heartbeats.
+    pub heartbeat_period: Duration,
+    /// How many heartbeat periods may pass in silence before a node is down.
+    pub missed_heartbeats: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            strategy: Strategy::default(),
+            heartbeat_period: Duration::from_secs(1),
+            missed_heartbeats: 3,
+        }
+    }
+}
+
+/// Why the manager could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be opened or read.
+    #[error("opening the store in {path}: {source}")]
+    Store {
+        /// The data directory.
+        path: String,
+        /// What failed.
+        source: StoreError,
+    },
+    /// The data directory could not be created.
+    #[error("creating the data directory {path}: {source}")]
+    DataDir {
+        /// The data directory.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The state shared by the gRPC services, behind one lock that is never held
+/// across an await.
+pub struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    /// Locks the state. A panic while the lock was held leaves the state as the
+    /// panicking thread left it; the manager keeps going rather than wedge.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+    let Some(dir) = &config.data_dir else {
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    let path = dir.display().to_string();
+    std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
+        path: path.clone(),
+        source,
+    })?;
+    let store = RedbStore::open(&dir.join(STORE_FILE))
+        .map_err(|source| ServeError::Store { path, source })?;
+    Ok(Arc::new(store))
+}
+
+/// Runs the manager on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// If the store cannot be opened or the server fails.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = open_store(&config)?;
+    let path = config
+        .data_dir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "memory".into());
+    let snapshot = store
+        .load()
+        .map_err(|source| ServeError::Store { path, source })?;
+    let committer = Committer::start(store);
+    let liveness = Liveness {
+        heartbeat_period: config.heartbeat_period,
+        missed_heartbeats: config.missed_heartbeats,
+    };
+    let tasks = snapshot.tasks.len();
+    let state = State::restore(
+        snapshot,
+        Scheduler::new(config.strategy),
+        committer.clone(),
+        liveness,
+    );
+    tracing::info!(cluster = %state.cluster_id(), tasks, strategy = %config.strategy, "manager state loaded");
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+    });
+
+    let liveness_task = tokio::spawn(watch_liveness(shared.clone(), liveness));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ClusterServer<api::ClusterApi>>()
+        .await;
+    health_reporter
+        .set_serving::<DispatcherServer<dispatcher::DispatcherApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(orch::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| {
+            tracing::error!(error = %e, "reflection service");
+            e
+        });
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(orch::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha();
+
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "manager listening");
+    let keepalive = config.heartbeat_period.max(Duration::from_millis(500));
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive * config.missed_heartbeats.max(1)))
+        .add_service(health_service)
+        .add_service(ClusterServer::new(api::ClusterApi::new(shared.clone())))
+        .add_service(DispatcherServer::new(dispatcher::DispatcherApi::new(
+            shared.clone(),
+        )))
+        .add_optional_service(reflection.ok())
+        .add_optional_service(reflection_alpha.ok());
+    let result = router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    liveness_task.abort();
+    if let Err(e) = committer.flush().await {
+        tracing::error!(error = %e, "final store flush failed");
+    }
+    result.map_err(ServeError::from)
+}
+
+/// Declares silent nodes down, checking twice per heartbeat period.
+async fn watch_liveness(shared: Arc<Shared>, liveness: Liveness) {
+    let mut tick = tokio::time::interval(liveness.heartbeat_period / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        shared.lock().check_liveness(now);
+    }
+}

@@ -1,4 +1,15 @@
-//! The orch worker agent.
-#![allow(missing_docs)]
+//! The orch worker: registers with the manager, keeps one session stream to
+//! it, and runs the tasks it is assigned as containers.
+//!
+//! Modules:
+//! - [`agent`]: registration, the session stream, heartbeats, reconnects;
+//! - [`executor`]: the lifecycle of each task attempt on this node;
+//! - [`runtime`]: the container engine behind a trait (Docker via bollard);
+//! - [`metrics`]: machine capacity and usage (sysinfo).
 
+pub mod agent;
+pub mod executor;
+pub mod metrics;
 pub mod runtime;
+
+pub use agent::{Config, Error, run};

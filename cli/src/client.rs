@@ -1,0 +1,222 @@
+//! The client commands: `run`, `stop`, `status`, `nodes`, `events`.
+
+use orch::task_state;
+use orch::v1::cluster_client::ClusterClient;
+use orch::v1::{
+    GetTaskRequest, ListNodesRequest, ListTasksRequest, PortMapping, Protocol, RestartCondition,
+    RestartPolicy, StopTaskRequest, SubmitTaskRequest, Task, TaskSpec, WatchEventsRequest,
+};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::CliError;
+use crate::args::{Output, Restart, RunArgs, StatusArgs, StopArgs};
+use crate::output;
+
+/// Connects to the manager, or explains why not.
+async fn connect(manager: &str) -> Result<ClusterClient<Channel>, CliError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(manager.to_string())
+        .map_err(|_| CliError(format!("{manager:?} is not a URL like http://127.0.0.1:7070")))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| {
+        let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_else(|| e.to_string());
+        CliError(format!(
+            "cannot reach the manager at {manager}: {cause} (is it running? start one with `orchctl dev`)"
+        ))
+    })?;
+    Ok(ClusterClient::new(channel))
+}
+
+/// One line for a gRPC error: the code in words, then the manager's message.
+fn status_error(s: tonic::Status) -> CliError {
+    use tonic::Code;
+    let what = match s.code() {
+        Code::InvalidArgument => "invalid argument",
+        Code::NotFound => "not found",
+        Code::FailedPrecondition => "refused",
+        Code::Unavailable => "manager unavailable",
+        Code::DeadlineExceeded => "timed out",
+        _ => "error",
+    };
+    CliError(format!("{what}: {}", s.message()))
+}
+
+/// Finds a task by full id, unique id prefix, or exact name.
+async fn resolve(client: &mut ClusterClient<Channel>, key: &str) -> Result<Task, CliError> {
+    if Uuid::parse_str(key).is_ok() {
+        let task = client
+            .get_task(GetTaskRequest { id: key.to_string() })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .task;
+        return task.ok_or_else(|| CliError(format!("task {key} not found")));
+    }
+    let mut found: Vec<Task> = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_tasks(ListTasksRequest {
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        found.extend(page.tasks.into_iter().filter(|t| {
+            t.id.starts_with(key) || t.spec.as_ref().is_some_and(|s| s.name == key)
+        }));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    match found.len() {
+        0 => Err(CliError(format!("no task has the id, id prefix or name {key:?}"))),
+        1 => Ok(found.remove(0)),
+        n => Err(CliError(format!(
+            "{key:?} matches {n} tasks; use more of the id"
+        ))),
+    }
+}
+
+pub async fn run(manager: &str, a: RunArgs) -> Result<(), CliError> {
+    let spec = TaskSpec {
+        name: a.name.unwrap_or_default(),
+        image: a.image,
+        command: a.command,
+        env: a.env.into_iter().collect(),
+        milli_cpus: a.cpus,
+        memory_bytes: a.memory,
+        disk_bytes: a.disk,
+        ports: a
+            .ports
+            .iter()
+            .map(|p| PortMapping {
+                host_port: p.host,
+                container_port: p.container,
+                protocol: if p.udp { Protocol::Udp } else { Protocol::Tcp } as i32,
+            })
+            .collect(),
+        restart: Some(RestartPolicy {
+            condition: match a.restart {
+                Restart::Never => RestartCondition::Never,
+                Restart::OnFailure => RestartCondition::OnFailure,
+                Restart::Always => RestartCondition::Always,
+            } as i32,
+            max_restarts: a.max_restarts,
+        }),
+        labels: a.labels.into_iter().collect(),
+        node_selector: a.constraints.into_iter().collect(),
+        stop_grace_period: a.stop_timeout.map(orch::time::duration),
+    };
+    let mut client = connect(manager).await?;
+    let task = client
+        .submit_task(SubmitTaskRequest { spec: Some(spec) })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .task
+        .ok_or_else(|| CliError("the manager answered without a task".into()))?;
+    println!("{}", task.id);
+    if task.state() == orch::v1::TaskState::Pending && !task.message.is_empty() {
+        eprintln!("pending: {}", task.message);
+    }
+    Ok(())
+}
+
+pub async fn stop(manager: &str, a: StopArgs, out: Output) -> Result<(), CliError> {
+    let mut client = connect(manager).await?;
+    let task = resolve(&mut client, &a.task).await?;
+    let task = client
+        .stop_task(StopTaskRequest { id: task.id })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .task
+        .ok_or_else(|| CliError("the manager answered without a task".into()))?;
+    match out {
+        Output::Json => output::print_json(&output::task_json(&task)),
+        Output::Table => println!("{}", task.id),
+    }
+    Ok(())
+}
+
+pub async fn status(manager: &str, a: StatusArgs, out: Output) -> Result<(), CliError> {
+    let mut client = connect(manager).await?;
+    if let Some(key) = a.task {
+        let task = resolve(&mut client, &key).await?;
+        match out {
+            Output::Json => output::print_json(&output::task_json(&task)),
+            Output::Table => output::print_task(&task),
+        }
+        return Ok(());
+    }
+    let mut states = Vec::new();
+    for word in &a.states {
+        let state = task_state::parse(word).ok_or_else(|| {
+            CliError(format!(
+                "--state {word:?} is not a task state (pending, scheduled, starting, running, completed, failed, stopped, lost)"
+            ))
+        })?;
+        states.push(state as i32);
+    }
+    let mut tasks = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_tasks(ListTasksRequest {
+                states: states.clone(),
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        tasks.extend(page.tasks);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    match out {
+        Output::Json => output::print_json(&serde_json::Value::Array(
+            tasks.iter().map(output::task_json).collect(),
+        )),
+        Output::Table => output::print_tasks(&tasks),
+    }
+    Ok(())
+}
+
+pub async fn nodes(manager: &str, out: Output) -> Result<(), CliError> {
+    let mut client = connect(manager).await?;
+    let nodes = client
+        .list_nodes(ListNodesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .nodes;
+    match out {
+        Output::Json => output::print_json(&serde_json::Value::Array(
+            nodes.iter().map(output::node_json).collect(),
+        )),
+        Output::Table => output::print_nodes(&nodes),
+    }
+    Ok(())
+}
+
+pub async fn events(manager: &str, out: Output) -> Result<(), CliError> {
+    let mut client = connect(manager).await?;
+    let mut stream = client
+        .watch_events(WatchEventsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    while let Some(event) = stream.message().await.map_err(status_error)? {
+        match out {
+            Output::Json => println!("{}", output::event_json(&event)),
+            Output::Table => println!("{}", output::event_line(&event)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,380 @@
+//! A cluster harness: a real manager and real workers on loopback ports, with
+//! the real Docker engine, in one test process.
+//!
+//! ```ignore
+//! let cluster = Cluster::builder().workers(2).worker_cpus(1000).start().await;
+//! let mut client = cluster.client().await;
+//! ```
+//!
+//! Every cluster has its own temporary data directory and therefore its own
+//! cluster id, and `Cluster::shutdown` (or drop) removes the containers
+//! labelled with it, so tests never see each other's containers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use orch::v1::cluster_client::ClusterClient;
+use orch::v1::{GetTaskRequest, ListNodesRequest, NodeState, Task, WatchEventsRequest};
+use orch_manager::scheduler::Strategy;
+use orch_worker::runtime::docker::DockerRuntime;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// How long a test waits for something before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Builds a [`Cluster`].
+pub struct Builder {
+    workers: usize,
+    milli_cpus: Option<i64>,
+    memory_bytes: Option<i64>,
+    strategy: Strategy,
+}
+
+/// A running manager.
+struct ManagerProc {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), orch_manager::ServeError>>,
+}
+
+/// A running worker.
+pub struct WorkerProc {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), orch_worker::Error>>,
+}
+
+/// A manager and its workers.
+pub struct Cluster {
+    /// The manager's address.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    strategy: Strategy,
+    manager: Option<ManagerProc>,
+    /// The workers, in start order.
+    pub workers: Vec<WorkerProc>,
+    /// The Docker engine.
+    pub docker: Docker,
+    runtime: Arc<DockerRuntime>,
+    worker_config: (Option<i64>, Option<i64>),
+}
+
+impl Builder {
+    /// How many workers to start (default 1).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// The cpu every worker declares, in millicpus (default: the machine's).
+    pub fn worker_cpus(mut self, milli: i64) -> Self {
+        self.milli_cpus = Some(milli);
+        self
+    }
+
+    /// The memory every worker declares (default: the machine's).
+    pub fn worker_memory(mut self, bytes: i64) -> Self {
+        self.memory_bytes = Some(bytes);
+        self
+    }
+
+    /// The scheduling strategy (default: spread).
+    pub fn strategy(mut self, s: Strategy) -> Self {
+        self.strategy = s;
+        self
+    }
+
+    /// Starts the manager, then the workers, and waits until every worker is ready.
+    ///
+    /// # Panics
+    /// If anything fails to start: this is test set-up.
+    pub async fn start(self) -> Cluster {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let runtime = Arc::new(DockerRuntime::connect().await.expect("docker"));
+        let docker = Docker::connect_with_local_defaults()
+            .expect("docker")
+            .negotiate_version()
+            .await
+            .expect("docker version");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut cluster = Cluster {
+            addr,
+            dir,
+            strategy: self.strategy,
+            manager: None,
+            workers: Vec::new(),
+            docker,
+            runtime,
+            worker_config: (self.milli_cpus, self.memory_bytes),
+        };
+        cluster.manager = Some(cluster.spawn_manager(listener));
+        for _ in 0..self.workers {
+            cluster.add_worker();
+        }
+        cluster.wait_ready_nodes(self.workers).await;
+        cluster
+    }
+}
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl Cluster {
+    /// A builder with one worker, machine capacity, spread scheduling.
+    pub fn builder() -> Builder {
+        Builder {
+            workers: 1,
+            milli_cpus: None,
+            memory_bytes: None,
+            strategy: Strategy::Spread,
+        }
+    }
+
+    /// The manager's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The manager's data directory.
+    pub fn manager_dir(&self) -> PathBuf {
+        self.dir.path().join("manager")
+    }
+
+    fn spawn_manager(&self, listener: TcpListener) -> ManagerProc {
+        let (stop, stopped) = oneshot::channel();
+        let config = orch_manager::Config {
+            data_dir: Some(self.manager_dir()),
+            strategy: self.strategy,
+            heartbeat_period: Duration::from_millis(500),
+            missed_heartbeats: 3,
+        };
+        let task = tokio::spawn(orch_manager::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        ManagerProc { stop, task }
+    }
+
+    /// Starts one more worker, named `worker-N`.
+    pub fn add_worker(&mut self) {
+        let n = self.workers.len();
+        let (stop, stopped) = oneshot::channel();
+        let config = orch_worker::Config {
+            manager: self.url(),
+            name: format!("worker-{n}"),
+            address: String::new(),
+            labels: [("index".to_string(), n.to_string())].into(),
+            milli_cpus: self.worker_config.0,
+            memory_bytes: self.worker_config.1,
+            disk_bytes: None,
+            data_dir: Some(self.dir.path().join(format!("worker-{n}"))),
+        };
+        let task = tokio::spawn(orch_worker::run(config, self.runtime.clone(), async {
+            let _ = stopped.await;
+        }));
+        self.workers.push(WorkerProc {
+            stop: Some(stop),
+            task,
+        });
+    }
+
+    /// Stops the manager (its state stays on disk) and starts it again on
+    /// the same address and data directory.
+    pub async fn restart_manager(&mut self) {
+        if let Some(m) = self.manager.take() {
+            let _ = m.stop.send(());
+            m.task.await.expect("manager task").expect("manager run");
+        }
+        // The port was just released; binding it again can race with the
+        // kernel for a moment.
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        self.manager = Some(self.spawn_manager(listener));
+    }
+
+    /// A client of the manager.
+    pub async fn client(&self) -> ClusterClient<Channel> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match ClusterClient::connect(self.url()).await {
+                Ok(c) => return c,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("cannot connect to the manager: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Waits until `n` nodes are ready, following the event stream.
+    pub async fn wait_ready_nodes(&self, n: usize) {
+        let mut client = self.client().await;
+        let mut events = client
+            .watch_events(WatchEventsRequest {})
+            .await
+            .expect("watch")
+            .into_inner();
+        let ready = |c: &mut ClusterClient<Channel>| {
+            let mut c = c.clone();
+            async move {
+                c.list_nodes(ListNodesRequest {})
+                    .await
+                    .expect("list nodes")
+                    .into_inner()
+                    .nodes
+                    .iter()
+                    .filter(|n| n.state() == NodeState::Ready)
+                    .count()
+            }
+        };
+        tokio::time::timeout(DEADLINE, async {
+            while ready(&mut client).await < n {
+                events.message().await.expect("event stream");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{n} nodes not ready within {DEADLINE:?}"));
+    }
+
+    /// Waits until task `id` satisfies `done`, re-reading it after every
+    /// event; returns it. Panics with the task's last state at the deadline.
+    pub async fn wait_task(&self, id: &str, done: impl Fn(&Task) -> bool) -> Task {
+        let mut client = self.client().await;
+        let mut events = client
+            .watch_events(WatchEventsRequest {})
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut last = None;
+        let waited = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let task = client
+                    .get_task(GetTaskRequest { id: id.to_string() })
+                    .await
+                    .expect("get task")
+                    .into_inner()
+                    .task
+                    .expect("task");
+                if done(&task) {
+                    return task;
+                }
+                last = Some(task);
+                events.message().await.expect("event stream");
+            }
+        })
+        .await;
+        match waited {
+            Ok(task) => task,
+            Err(_) => panic!("task {id} did not get there within {DEADLINE:?}; last seen: {last:?}"),
+        }
+    }
+
+    /// Waits until task `id` is in `state`.
+    pub async fn wait_state(&self, id: &str, state: orch::v1::TaskState) -> Task {
+        self.wait_task(id, |t| t.state() == state).await
+    }
+
+    /// This cluster's containers (`all`: exited ones too), as the engine lists them.
+    pub async fn containers(&self, all: bool) -> Vec<bollard::models::ContainerSummary> {
+        let filters = [("label", vec![format!("{}=true", orch::labels::MANAGED)])]
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>();
+        let opts = ListContainersOptionsBuilder::default()
+            .all(all)
+            .filters(&filters)
+            .build();
+        let nodes = self.node_ids();
+        self.docker
+            .list_containers(Some(opts))
+            .await
+            .expect("list containers")
+            .into_iter()
+            .filter(|c| {
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(orch::labels::NODE_ID))
+                    .is_some_and(|n| nodes.contains(n))
+            })
+            .collect()
+    }
+
+    /// The task ids of this cluster's running containers, sorted.
+    pub async fn running_task_containers(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .containers(false)
+            .await
+            .into_iter()
+            .filter_map(|c| c.labels?.get(orch::labels::TASK_ID).cloned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Stops a worker like a crash would: its containers keep running.
+    pub async fn stop_worker(&mut self, i: usize) {
+        if let Some(stop) = self.workers[i].stop.take() {
+            let _ = stop.send(());
+        }
+        let w = &mut self.workers[i];
+        let _ = (&mut w.task).await;
+    }
+
+    /// Stops everything and removes this cluster's containers.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.workers.len() {
+            self.stop_worker(i).await;
+        }
+        if let Some(m) = self.manager.take() {
+            let _ = m.stop.send(());
+            let _ = m.task.await;
+        }
+        self.remove_containers().await;
+    }
+
+    async fn remove_containers(&self) {
+        for c in self.containers(true).await {
+            if let Some(id) = c.id {
+                let _ = self
+                    .docker
+                    .remove_container(
+                        &id,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// The node ids the workers kept in their data directories.
+    pub fn node_ids(&self) -> Vec<String> {
+        (0..self.workers.len())
+            .filter_map(|i| {
+                std::fs::read_to_string(
+                    self.dir
+                        .path()
+                        .join(format!("worker-{i}"))
+                        .join(orch_worker::agent::NODE_ID_FILE),
+                )
+                .ok()
+            })
+            .map(|s| s.trim().to_string())
+            .collect()
+    }
+}

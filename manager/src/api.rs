@@ -1,0 +1,222 @@
+//! The `Cluster` gRPC service: what clients call.
+//!
+//! Each handler validates its request completely before touching the state, so
+//! a refused request stores nothing; then it takes the state lock briefly,
+//! never across an await, and waits for durability after releasing it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use orch::v1::cluster_server::Cluster;
+use orch::v1::{
+    Event, GetTaskRequest, GetTaskResponse, ListNodesRequest, ListNodesResponse, ListTasksRequest,
+    ListTasksResponse, StopTaskRequest, StopTaskResponse, SubmitTaskRequest, SubmitTaskResponse,
+    SubmitTasksRequest, SubmitTasksResponse, TaskSpec, TaskState, WatchEventsRequest,
+};
+use orch::validate::{self, FieldError};
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::state::State;
+use crate::{Error, Shared};
+
+/// Most specs in one `SubmitTasks` call.
+pub const MAX_BATCH_SPECS: usize = 10_000;
+/// Most tasks in one `ListTasks` page.
+pub const MAX_PAGE_SIZE: u32 = 10_000;
+const DEFAULT_PAGE_SIZE: u32 = 1_000;
+
+/// The `Cluster` service over the manager's shared state.
+pub struct ClusterApi {
+    shared: Arc<Shared>,
+}
+
+impl ClusterApi {
+    /// A service over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Stores new tasks durably, then schedules them.
+    async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<orch::v1::Task>, Error> {
+        let tasks = State::new_tasks(specs);
+        let created = tasks
+            .iter()
+            .cloned()
+            .map(crate::store::Write::TaskCreated)
+            .collect();
+        // Durable before visible: the tasks join the state (and can be
+        // scheduled and reported on) only once the store holds them.
+        let durable = self.shared.lock().committer().queue_durable(created);
+        durable.wait().await?;
+        Ok(self.shared.lock().admit(tasks))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Cluster for ClusterApi {
+    async fn submit_task(
+        &self,
+        request: Request<SubmitTaskRequest>,
+    ) -> Result<Response<SubmitTaskResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Error::from(FieldError::new("spec", "is required")))?;
+        validate::task_spec(&spec).map_err(|e| Error::from(e.within("spec")))?;
+        let task = self.submit(vec![spec]).await?.pop();
+        Ok(Response::new(SubmitTaskResponse { task }))
+    }
+
+    async fn submit_tasks(
+        &self,
+        request: Request<SubmitTasksRequest>,
+    ) -> Result<Response<SubmitTasksResponse>, Status> {
+        let specs = request.into_inner().specs;
+        if specs.is_empty() || specs.len() > MAX_BATCH_SPECS {
+            return Err(Error::from(FieldError::new(
+                "specs",
+                format!(
+                    "{} specs given; send 1 to {MAX_BATCH_SPECS} per call",
+                    specs.len()
+                ),
+            ))
+            .into());
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            validate::task_spec(spec).map_err(|e| Error::from(e.within(&format!("specs[{i}]"))))?;
+        }
+        let tasks = self.submit(specs).await?;
+        Ok(Response::new(SubmitTasksResponse { tasks }))
+    }
+
+    async fn stop_task(
+        &self,
+        request: Request<StopTaskRequest>,
+    ) -> Result<Response<StopTaskResponse>, Status> {
+        let id = validate::id("id", &request.into_inner().id).map_err(Error::from)?;
+        let (task, durable) = self.shared.lock().stop(id)?;
+        durable.wait().await.map_err(Error::from)?;
+        Ok(Response::new(StopTaskResponse { task: Some(task) }))
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<GetTaskRequest>,
+    ) -> Result<Response<GetTaskResponse>, Status> {
+        let id = validate::id("id", &request.into_inner().id).map_err(Error::from)?;
+        let task = self
+            .shared
+            .lock()
+            .task(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("task {id} not found")))?;
+        Ok(Response::new(GetTaskResponse { task: Some(task) }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let req = request.into_inner();
+        let mut states = Vec::with_capacity(req.states.len());
+        for (i, s) in req.states.iter().enumerate() {
+            match TaskState::try_from(*s) {
+                Ok(state) if state != TaskState::Unspecified => states.push(state),
+                _ => {
+                    return Err(Error::from(FieldError::new(
+                        format!("states[{i}]"),
+                        format!("{s} is not a task state"),
+                    ))
+                    .into());
+                }
+            }
+        }
+        if !req.node_id.is_empty() {
+            validate::id("node_id", &req.node_id).map_err(Error::from)?;
+        }
+        if req.page_size > MAX_PAGE_SIZE {
+            return Err(Error::from(FieldError::new(
+                "page_size",
+                format!("{} is more than {MAX_PAGE_SIZE}", req.page_size),
+            ))
+            .into());
+        }
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(Uuid::parse_str(&req.page_token).map_err(|_| {
+                Error::from(FieldError::new(
+                    "page_token",
+                    "is not a token ListTasks returned",
+                ))
+            })?)
+        };
+        let limit = if req.page_size == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            req.page_size
+        } as usize;
+        let (tasks, more) = self.shared.lock().list_tasks(after, limit, |t| {
+            (states.is_empty() || states.contains(&t.state()))
+                && (req.node_id.is_empty() || t.node_id == req.node_id)
+        });
+        let next_page_token = match (more, tasks.last()) {
+            (true, Some(last)) => last.id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListTasksResponse {
+            tasks,
+            next_page_token,
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let nodes = self.shared.lock().list_nodes();
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        _request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let mut rx = self.shared.lock().subscribe();
+        let stream = async_stream(move |tx| async move {
+            loop {
+                let item = match rx.recv().await {
+                    Ok(event) => Ok(event),
+                    Err(RecvError::Lagged(n)) => Err(Status::resource_exhausted(format!(
+                        "the client fell {n} events behind and was cut off; watch again"
+                    ))),
+                    Err(RecvError::Closed) => return,
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a spawned task through a small channel; the task ends when
+/// the client goes away.
+fn async_stream<F, Fut>(f: F) -> EventStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Event, Status>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -1,0 +1,120 @@
+//! The `Dispatcher` gRPC service: worker registration and sessions.
+//!
+//! Only this module touches a worker's stream. It turns incoming worker
+//! messages into calls on the [`State`](crate::state::State) and forwards what
+//! the state pushes on the session's channel; it makes no decision itself.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use orch::v1::dispatcher_server::Dispatcher;
+use orch::v1::{ManagerMessage, RegisterRequest, RegisterResponse, WorkerMessage, worker_message};
+use orch::validate;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::{Error, Shared};
+
+/// How long a new stream may take to send its `open` message.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `Dispatcher` service over the manager's shared state.
+pub struct DispatcherApi {
+    shared: Arc<Shared>,
+}
+
+impl DispatcherApi {
+    /// A service over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+type ManagerStream = Pin<Box<dyn Stream<Item = Result<ManagerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Dispatcher for DispatcherApi {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let req = request.into_inner();
+        validate::register(&req).map_err(Error::from)?;
+        let (reply, durable) = self.shared.lock().register(req);
+        durable.wait().await.map_err(Error::from)?;
+        tracing::info!(node = %reply.node_id, "worker registered");
+        Ok(Response::new(reply))
+    }
+
+    type SessionStream = ManagerStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no open message within 10s"))??;
+        let Some(WorkerMessage {
+            kind: Some(worker_message::Kind::Open(open)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "kind: the first message of a session must be open",
+            ));
+        };
+        let node_id = validate::id("open.node_id", &open.node_id).map_err(Error::from)?;
+        let session_id = validate::id("open.session_id", &open.session_id).map_err(Error::from)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.lock().open_session(node_id, session_id, tx)?;
+        tracing::info!(node = %node_id, session = %session_id, "session opened");
+        tokio::spawn(serve_session(
+            self.shared.clone(),
+            node_id,
+            session_id,
+            inbound,
+        ));
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+/// Reads a session's messages until the stream ends, then closes the session.
+async fn serve_session(
+    shared: Arc<Shared>,
+    node_id: Uuid,
+    session_id: Uuid,
+    mut inbound: Streaming<WorkerMessage>,
+) {
+    while let Some(msg) = inbound.next().await {
+        let kind = match msg {
+            Ok(WorkerMessage { kind: Some(kind) }) => kind,
+            Ok(WorkerMessage { kind: None }) => continue,
+            Err(status) => {
+                tracing::info!(node = %node_id, %status, "session stream failed");
+                break;
+            }
+        };
+        let current = match kind {
+            worker_message::Kind::Heartbeat(hb) => {
+                shared
+                    .lock()
+                    .heartbeat(node_id, session_id, hb.metrics.unwrap_or_default())
+            }
+            worker_message::Kind::Status(batch) => {
+                shared.lock().report(node_id, session_id, batch.statuses)
+            }
+            worker_message::Kind::Open(_) => true,
+        };
+        if !current {
+            tracing::info!(node = %node_id, session = %session_id, "message on a superseded session; closing it");
+            break;
+        }
+    }
+    shared.lock().close_session(node_id, session_id);
+    tracing::info!(node = %node_id, session = %session_id, "session closed");
+}

@@ -1,0 +1,41 @@
+//! The manager's errors and their one mapping to gRPC status codes.
+
+use orch::validate::FieldError;
+use tonic::Status;
+
+use crate::store::StoreError;
+
+/// Why a request to the manager failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field breaks a rule; nothing was stored.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// No such task or node.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request does not fit the current state (for example an unknown session).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The store failed; the request was not stored and may be retried.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    /// Whether the same request may succeed if simply retried later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Store(_))
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Invalid(f) => Status::invalid_argument(f.to_string()),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::Store(s) => Status::unavailable(format!("{s}; nothing was stored, retry later")),
+        }
+    }
+}

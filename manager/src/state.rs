@@ -1,0 +1,720 @@
+//! The manager's live state: every task and node, held in memory, and every
+//! rule about how they change.
+//!
+//! `State` is the only place that writes a task's desired state, binds a task
+//! to a node, or accepts a worker's report. Each method mutates memory, queues
+//! the matching store writes (in order, through the [`Committer`]) and pushes
+//! messages to the affected worker sessions, all while the caller holds the
+//! state lock; none of them awaits or does I/O, so the lock is never held
+//! across I/O. Callers that must answer "durable" await the returned
+//! [`Durable`] after releasing the lock.
+//!
+//! It owns the node snapshots the scheduler reads (`nodes`), kept up to date
+//! incrementally, so a scheduling decision never rebuilds them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use orch::task_state::{self, TransitionError};
+use orch::time::{duration, timestamp};
+use orch::v1::{
+    Assignments, DesiredState, Event, ManagerMessage, Node, NodeEvent, NodeMetrics, NodeState,
+    RegisterRequest, RegisterResponse, Task, TaskAssignment, TaskEvent, TaskSpec, TaskState,
+    TaskStatus, TaskStop, event, manager_message,
+};
+use orch::validate;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::Error;
+use crate::persist::{Committer, Durable};
+use crate::scheduler::{Demand, NodeSnapshot, Resources, Scheduler};
+use crate::store::{Snapshot, Write};
+
+/// What a session's stream carries to its worker.
+pub type SessionTx = mpsc::UnboundedSender<Result<ManagerMessage, Status>>;
+
+/// How many events a slow `WatchEvents` client may fall behind before it is cut off.
+const EVENT_BUFFER: usize = 65_536;
+
+/// Liveness settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// How often workers send heartbeats.
+    pub heartbeat_period: Duration,
+    /// A node is down once this many periods pass without a heartbeat.
+    pub missed_heartbeats: u32,
+}
+
+impl Liveness {
+    /// How long a node may stay silent before it is declared down.
+    pub fn deadline(&self) -> Duration {
+        self.heartbeat_period * self.missed_heartbeats
+    }
+}
+
+/// What the manager knows of a node beyond its scheduling snapshot.
+struct NodeEntry {
+    /// The node as stored and listed (its `allocated` and `task_count` are
+    /// filled in from the snapshot when listed).
+    node: Node,
+    /// Active tasks placed on the node.
+    tasks: HashSet<Uuid>,
+    /// The open session, if the worker is connected.
+    session: Option<(Uuid, SessionTx)>,
+    /// A session id handed out by `Register` and not yet opened.
+    registered_session: Option<Uuid>,
+    /// When the worker was last heard from (tokio's clock, so tests can pause it).
+    last_seen: Instant,
+}
+
+/// The live state. See the module documentation.
+pub struct State {
+    cluster_id: String,
+    tasks: BTreeMap<Uuid, Task>,
+    /// Tasks waiting for a node, in submission order (v7 ids sort by time).
+    pending: BTreeSet<Uuid>,
+    /// Scheduling snapshots, one per node, in registration order.
+    nodes: Vec<NodeSnapshot>,
+    /// The rest of each node, same index as `nodes`.
+    entries: Vec<NodeEntry>,
+    node_index: HashMap<Uuid, usize>,
+    scheduler: Scheduler,
+    last_event: u64,
+    events: broadcast::Sender<Event>,
+    committer: Committer,
+    liveness: Liveness,
+}
+
+fn now() -> prost_types::Timestamp {
+    timestamp(SystemTime::now())
+}
+
+fn demand_of(task: &Task) -> Demand {
+    task.spec.as_ref().map(Demand::of).unwrap_or_default()
+}
+
+fn task_uuid(task: &Task) -> Uuid {
+    Uuid::parse_str(&task.id).unwrap_or_default()
+}
+
+fn is_active(task: &Task) -> bool {
+    task_state::is_active(task.state())
+}
+
+impl State {
+    /// Rebuilds the state from what the store holds. Nodes come back `down`
+    /// until their workers reconnect; pending tasks go back in the queue.
+    pub fn restore(
+        snapshot: Snapshot,
+        scheduler: Scheduler,
+        committer: Committer,
+        liveness: Liveness,
+    ) -> Self {
+        let mut writes = Vec::new();
+        let cluster_id = snapshot.cluster_id.unwrap_or_else(|| {
+            let id = Uuid::new_v4().to_string();
+            writes.push(Write::ClusterId(id.clone()));
+            id
+        });
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let mut state = Self {
+            cluster_id,
+            tasks: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            nodes: Vec::new(),
+            entries: Vec::new(),
+            node_index: HashMap::new(),
+            scheduler,
+            last_event: snapshot.last_event_sequence,
+            events,
+            committer,
+            liveness,
+        };
+        for mut node in snapshot.nodes {
+            if node.state() != NodeState::Down {
+                node.set_state(NodeState::Down);
+                writes.push(Write::Node(node.clone()));
+            }
+            state.add_node(node);
+        }
+        for task in snapshot.tasks {
+            let id = task_uuid(&task);
+            if task.state() == TaskState::Pending {
+                state.pending.insert(id);
+            } else if is_active(&task)
+                && let Some(&i) = Uuid::parse_str(&task.node_id)
+                    .ok()
+                    .and_then(|n| state.node_index.get(&n))
+            {
+                state.bind_resources(i, id, &demand_of(&task));
+            }
+            state.tasks.insert(id, task);
+        }
+        state.committer.queue(writes);
+        state
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// The store writer.
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
+    /// A receiver of every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn add_node(&mut self, node: Node) -> usize {
+        let id = Uuid::parse_str(&node.id).unwrap_or_default();
+        let capacity = node
+            .capacity
+            .as_ref()
+            .map(Resources::from)
+            .unwrap_or_default();
+        self.nodes.push(NodeSnapshot {
+            id,
+            name: node.name.clone(),
+            ready: node.state() == NodeState::Ready,
+            labels: node.labels.clone(),
+            capacity,
+            allocated: Resources::default(),
+            task_count: 0,
+            ports_in_use: HashSet::new(),
+            cpu_percent: 0.0,
+            memory_used_bytes: 0,
+            memory_total_bytes: 0,
+        });
+        self.entries.push(NodeEntry {
+            node,
+            tasks: HashSet::new(),
+            session: None,
+            registered_session: None,
+            last_seen: Instant::now(),
+        });
+        let i = self.nodes.len() - 1;
+        self.node_index.insert(id, i);
+        i
+    }
+
+    fn bind_resources(&mut self, i: usize, task: Uuid, demand: &Demand) {
+        let snap = &mut self.nodes[i];
+        snap.allocated += demand.resources;
+        snap.task_count += 1;
+        snap.ports_in_use.extend(demand.ports.iter().copied());
+        self.entries[i].tasks.insert(task);
+    }
+
+    fn release_resources(&mut self, i: usize, task: Uuid, demand: &Demand) {
+        if !self.entries[i].tasks.remove(&task) {
+            return;
+        }
+        let snap = &mut self.nodes[i];
+        snap.allocated -= demand.resources;
+        snap.task_count = snap.task_count.saturating_sub(1);
+        for p in &demand.ports {
+            snap.ports_in_use.remove(p);
+        }
+    }
+
+    fn emit(&mut self, kind: event::Kind, writes: &mut Vec<Write>) {
+        self.last_event += 1;
+        let e = Event {
+            sequence: self.last_event,
+            time: Some(now()),
+            kind: Some(kind),
+        };
+        writes.push(Write::Event(e.clone()));
+        // No receivers is fine: nobody is watching.
+        let _ = self.events.send(e);
+    }
+
+    fn task_changed(&mut self, id: Uuid, writes: &mut Vec<Write>) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        task.updated_at = Some(now());
+        let kind = event::Kind::Task(TaskEvent {
+            task_id: task.id.clone(),
+            attempt: task.attempt,
+            state: task.state,
+            desired_state: task.desired_state,
+            node_id: task.node_id.clone(),
+            message: task.message.clone(),
+        });
+        writes.push(Write::TaskUpdated(task.clone()));
+        self.emit(kind, writes);
+    }
+
+    fn node_changed(&mut self, i: usize, message: &str, writes: &mut Vec<Write>) {
+        let node = &self.entries[i].node;
+        let kind = event::Kind::Node(NodeEvent {
+            node_id: node.id.clone(),
+            name: node.name.clone(),
+            state: node.state,
+            message: message.to_string(),
+        });
+        writes.push(Write::Node(node.clone()));
+        self.emit(kind, writes);
+    }
+
+    fn send(&self, i: usize, msg: Assignments) {
+        if let Some((_, tx)) = &self.entries[i].session {
+            let _ = tx.send(Ok(ManagerMessage {
+                kind: Some(manager_message::Kind::Assignments(msg)),
+            }));
+        }
+    }
+
+    /// Builds new tasks from validated specs. They are not part of the state
+    /// until [`State::admit`]; the caller makes them durable in between.
+    pub fn new_tasks(specs: Vec<TaskSpec>) -> Vec<Task> {
+        let created = now();
+        specs
+            .into_iter()
+            .map(|spec| Task {
+                id: Uuid::now_v7().to_string(),
+                spec: Some(spec),
+                desired_state: DesiredState::Running as i32,
+                state: TaskState::Pending as i32,
+                attempt: 1,
+                created_at: Some(created),
+                updated_at: Some(created),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// Adds durable new tasks and schedules them. Returns them as they are now.
+    pub fn admit(&mut self, tasks: Vec<Task>) -> Vec<Task> {
+        let mut writes = Vec::new();
+        let ids: Vec<Uuid> = tasks.iter().map(task_uuid).collect();
+        for task in tasks {
+            let id = task_uuid(&task);
+            self.tasks.insert(id, task);
+            self.place(id, &mut writes);
+        }
+        self.committer.queue(writes);
+        ids.iter()
+            .filter_map(|id| self.tasks.get(id).cloned())
+            .collect()
+    }
+
+    /// Tries to bind a pending task to a node; on failure it stays pending
+    /// with the scheduler's reason.
+    fn place(&mut self, id: Uuid, writes: &mut Vec<Write>) -> bool {
+        let Some(task) = self.tasks.get(&id) else {
+            return false;
+        };
+        let demand = demand_of(task);
+        match self.scheduler.place(&demand, &self.nodes) {
+            Ok(i) => {
+                self.pending.remove(&id);
+                self.bind_resources(i, id, &demand);
+                let node_id = self.nodes[i].id.to_string();
+                let Some(task) = self.tasks.get_mut(&id) else {
+                    return false;
+                };
+                task.state = TaskState::Scheduled as i32;
+                task.node_id = node_id;
+                task.message.clear();
+                let run = TaskAssignment {
+                    task_id: task.id.clone(),
+                    attempt: task.attempt,
+                    spec: task.spec.clone(),
+                };
+                self.send(
+                    i,
+                    Assignments {
+                        full: false,
+                        run: vec![run],
+                        stop: vec![],
+                    },
+                );
+                self.task_changed(id, writes);
+                true
+            }
+            Err(unplaceable) => {
+                let was_pending = self.pending.insert(id);
+                let Some(task) = self.tasks.get_mut(&id) else {
+                    return false;
+                };
+                if !was_pending || task.message != unplaceable.reason {
+                    task.message = unplaceable.reason;
+                    self.task_changed(id, writes);
+                }
+                false
+            }
+        }
+    }
+
+    /// Tries every pending task again, oldest first (after capacity freed up
+    /// or a node became ready).
+    fn retry_pending(&mut self, writes: &mut Vec<Write>) {
+        if self.pending.is_empty() || !self.nodes.iter().any(|n| n.ready) {
+            return;
+        }
+        let waiting: Vec<Uuid> = self.pending.iter().copied().collect();
+        for id in waiting {
+            self.place(id, writes);
+        }
+    }
+
+    /// Ends a task's current attempt in `state`, releasing its node's resources.
+    fn finish(&mut self, id: Uuid, state: TaskState, writes: &mut Vec<Write>) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        task.state = state as i32;
+        task.finished_at = Some(now());
+        let demand = demand_of(task);
+        let node = Uuid::parse_str(&task.node_id).ok();
+        self.pending.remove(&id);
+        if let Some(&i) = node.as_ref().and_then(|n| self.node_index.get(n)) {
+            self.release_resources(i, id, &demand);
+        }
+        self.task_changed(id, writes);
+    }
+
+    /// Asks for a task to stop. Returns the task and a [`Durable`] for the
+    /// change of its desired state.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown task.
+    pub fn stop(&mut self, id: Uuid) -> Result<(Task, Durable), Error> {
+        let task = self
+            .tasks
+            .get_mut(&id)
+            .ok_or_else(|| Error::NotFound(format!("task {id} not found")))?;
+        if task.desired_state() == DesiredState::Stopped || task_state::is_terminal(task.state()) {
+            return Ok((task.clone(), Durable::done()));
+        }
+        task.set_desired_state(DesiredState::Stopped);
+        let mut writes = Vec::new();
+        match task.state() {
+            TaskState::Pending => {
+                task.message = "stopped before it was placed".into();
+                self.finish(id, TaskState::Stopped, &mut writes);
+            }
+            _ => {
+                let stop = TaskStop {
+                    task_id: task.id.clone(),
+                    attempt: task.attempt,
+                    grace_period: Some(duration(validate::stop_grace(
+                        task.spec.as_ref().unwrap_or(&TaskSpec::default()),
+                    ))),
+                };
+                let node = Uuid::parse_str(&task.node_id).ok();
+                if let Some(&i) = node.as_ref().and_then(|n| self.node_index.get(n)) {
+                    self.send(
+                        i,
+                        Assignments {
+                            full: false,
+                            run: vec![],
+                            stop: vec![stop],
+                        },
+                    );
+                }
+                self.task_changed(id, &mut writes);
+            }
+        }
+        let task = self.tasks.get(&id).cloned().unwrap_or_default();
+        Ok((task, self.committer.queue_durable(writes)))
+    }
+
+    /// One task.
+    pub fn task(&self, id: Uuid) -> Option<&Task> {
+        self.tasks.get(&id)
+    }
+
+    /// Tasks after `after` (exclusive) in submission order that pass `keep`,
+    /// at most `limit`; and whether more follow.
+    pub fn list_tasks(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+        keep: impl Fn(&Task) -> bool,
+    ) -> (Vec<Task>, bool) {
+        let range = match after {
+            Some(a) => self
+                .tasks
+                .range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.tasks.range(..),
+        };
+        let mut out = Vec::new();
+        for task in range.map(|(_, t)| t).filter(|t| keep(t)) {
+            if out.len() == limit {
+                return (out, true);
+            }
+            out.push(task.clone());
+        }
+        (out, false)
+    }
+
+    /// Every node, as `ListNodes` shows it.
+    pub fn list_nodes(&self) -> Vec<Node> {
+        self.entries
+            .iter()
+            .zip(&self.nodes)
+            .map(|(e, snap)| {
+                let mut node = e.node.clone();
+                node.allocated = Some(snap.allocated.into());
+                node.task_count = snap.task_count;
+                node
+            })
+            .collect()
+    }
+
+    /// Registers a worker, new or returning, and hands out a new session.
+    /// Returns the reply and a [`Durable`] for the node's record.
+    pub fn register(&mut self, req: RegisterRequest) -> (RegisterResponse, Durable) {
+        let mut writes = Vec::new();
+        let asked = Uuid::parse_str(&req.node_id).ok();
+        let i = match asked.and_then(|id| self.node_index.get(&id).copied()) {
+            Some(i) => i,
+            None => {
+                let node = Node {
+                    id: asked.unwrap_or_else(Uuid::now_v7).to_string(),
+                    state: NodeState::Down as i32,
+                    registered_at: Some(now()),
+                    ..Default::default()
+                };
+                self.add_node(node)
+            }
+        };
+        let capacity = req.capacity.unwrap_or_default();
+        let entry = &mut self.entries[i];
+        entry.node.name = req.name;
+        entry.node.address = req.address;
+        entry.node.labels = req.labels;
+        entry.node.capacity = Some(capacity);
+        let session_id = Uuid::new_v4();
+        entry.registered_session = Some(session_id);
+        let snap = &mut self.nodes[i];
+        snap.name = entry.node.name.clone();
+        snap.labels = entry.node.labels.clone();
+        snap.capacity = Resources::from(&capacity);
+        writes.push(Write::Node(entry.node.clone()));
+        let reply = RegisterResponse {
+            node_id: entry.node.id.clone(),
+            session_id: session_id.to_string(),
+            heartbeat_period: Some(duration(self.liveness.heartbeat_period)),
+            cluster_id: self.cluster_id.clone(),
+        };
+        (reply, self.committer.queue_durable(writes))
+    }
+
+    /// Opens the session Register handed out: the node becomes ready, gets the
+    /// full set of tasks it should run, and pending tasks are tried again.
+    ///
+    /// # Errors
+    /// [`Error::FailedPrecondition`] if the node or session is unknown or superseded.
+    pub fn open_session(
+        &mut self,
+        node_id: Uuid,
+        session_id: Uuid,
+        tx: SessionTx,
+    ) -> Result<(), Error> {
+        let stale = || {
+            Error::FailedPrecondition(format!(
+                "session {session_id} of node {node_id} is unknown or superseded; register again"
+            ))
+        };
+        let i = *self.node_index.get(&node_id).ok_or_else(stale)?;
+        let entry = &mut self.entries[i];
+        if entry.registered_session != Some(session_id) {
+            return Err(stale());
+        }
+        entry.registered_session = None;
+        // Replacing the sender closes a previous session's stream.
+        entry.session = Some((session_id, tx));
+        entry.last_seen = Instant::now();
+        let run = entry
+            .tasks
+            .iter()
+            .filter_map(|id| self.tasks.get(id))
+            .filter(|t| t.desired_state() == DesiredState::Running)
+            .map(|t| TaskAssignment {
+                task_id: t.id.clone(),
+                attempt: t.attempt,
+                spec: t.spec.clone(),
+            })
+            .collect();
+        self.send(
+            i,
+            Assignments {
+                full: true,
+                run,
+                stop: vec![],
+            },
+        );
+        let mut writes = Vec::new();
+        self.set_node_state(i, NodeState::Ready, "worker connected", &mut writes);
+        self.retry_pending(&mut writes);
+        self.committer.queue(writes);
+        Ok(())
+    }
+
+    fn set_node_state(&mut self, i: usize, state: NodeState, why: &str, writes: &mut Vec<Write>) {
+        if self.entries[i].node.state() == state {
+            return;
+        }
+        self.entries[i].node.set_state(state);
+        self.nodes[i].ready = state == NodeState::Ready;
+        tracing::info!(node = %self.nodes[i].id, name = %self.nodes[i].name, state = ?state, why, "node state");
+        self.node_changed(i, why, writes);
+    }
+
+    /// The session's stream ended: if it is still the node's current session,
+    /// the node is down.
+    pub fn close_session(&mut self, node_id: Uuid, session_id: Uuid) {
+        let Some(&i) = self.node_index.get(&node_id) else {
+            return;
+        };
+        if self.entries[i].session.as_ref().map(|s| s.0) != Some(session_id) {
+            return;
+        }
+        self.entries[i].session = None;
+        let mut writes = Vec::new();
+        self.set_node_state(i, NodeState::Down, "worker disconnected", &mut writes);
+        self.committer.queue(writes);
+    }
+
+    fn current_session(&self, node_id: Uuid, session_id: Uuid) -> Option<usize> {
+        let &i = self.node_index.get(&node_id)?;
+        (self.entries[i].session.as_ref().map(|s| s.0) == Some(session_id)).then_some(i)
+    }
+
+    /// A heartbeat from a session. Returns false if the session is not current.
+    pub fn heartbeat(&mut self, node_id: Uuid, session_id: Uuid, metrics: NodeMetrics) -> bool {
+        let Some(i) = self.current_session(node_id, session_id) else {
+            return false;
+        };
+        let snap = &mut self.nodes[i];
+        snap.cpu_percent = metrics.cpu_percent;
+        snap.memory_used_bytes = metrics.memory_used_bytes;
+        snap.memory_total_bytes = metrics.memory_total_bytes;
+        let entry = &mut self.entries[i];
+        entry.last_seen = Instant::now();
+        entry.node.usage = Some(metrics);
+        entry.node.last_heartbeat = Some(now());
+        // Heartbeats are not persisted: they change every second on every node
+        // and mean nothing after a restart.
+        true
+    }
+
+    /// A batch of status reports from a session. Reports about an attempt
+    /// other than the task's current one, or about a task placed elsewhere,
+    /// are ignored, and a container they say is still alive is told to stop.
+    /// Returns false if the session is not current.
+    pub fn report(&mut self, node_id: Uuid, session_id: Uuid, statuses: Vec<TaskStatus>) -> bool {
+        let Some(i) = self.current_session(node_id, session_id) else {
+            return false;
+        };
+        self.entries[i].last_seen = Instant::now();
+        let node = node_id.to_string();
+        let mut writes = Vec::new();
+        let mut fence = Vec::new();
+        let mut freed = false;
+        for status in statuses {
+            let Ok(id) = Uuid::parse_str(&status.task_id) else {
+                continue;
+            };
+            let reported = status.state();
+            let Some(task) = self.tasks.get_mut(&id).filter(|t| t.node_id == node) else {
+                if !task_state::is_terminal(reported) {
+                    fence.push(stale_stop(&status));
+                }
+                continue;
+            };
+            match task_state::accept_report(task.attempt, task.state(), status.attempt, reported) {
+                Ok(()) => {}
+                Err(TransitionError::StaleAttempt { .. }) => {
+                    if !task_state::is_terminal(reported) {
+                        fence.push(stale_stop(&status));
+                    }
+                    continue;
+                }
+                Err(e @ TransitionError::NotAllowed { .. }) => {
+                    tracing::debug!(task = %id, error = %e, "report ignored");
+                    continue;
+                }
+            }
+            if !status.container_id.is_empty() {
+                task.container_id = status.container_id;
+            }
+            if status.exit_code.is_some() {
+                task.exit_code = status.exit_code;
+            }
+            task.message = status.message;
+            if reported == TaskState::Running {
+                task.started_at = status.time.or_else(|| Some(now()));
+            }
+            if task_state::is_terminal(reported) {
+                freed = true;
+                self.finish(id, reported, &mut writes);
+            } else {
+                task.state = reported as i32;
+                self.task_changed(id, &mut writes);
+            }
+        }
+        if !fence.is_empty() {
+            self.send(
+                i,
+                Assignments {
+                    full: false,
+                    run: vec![],
+                    stop: fence,
+                },
+            );
+        }
+        if freed {
+            self.retry_pending(&mut writes);
+        }
+        self.committer.queue(writes);
+        true
+    }
+
+    /// Declares down every connected node not heard from within the liveness
+    /// deadline, closing its session. Returns how many went down.
+    pub fn check_liveness(&mut self, now: Instant) -> usize {
+        let deadline = self.liveness.deadline();
+        let silent: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| {
+                let e = &self.entries[i];
+                e.session.is_some() && now.saturating_duration_since(e.last_seen) > deadline
+            })
+            .collect();
+        let mut writes = Vec::new();
+        for &i in &silent {
+            if let Some((_, tx)) = self.entries[i].session.take() {
+                let _ = tx.send(Err(Status::unavailable(
+                    "no heartbeat within the deadline; register again",
+                )));
+            }
+            self.set_node_state(i, NodeState::Down, "heartbeats stopped", &mut writes);
+        }
+        self.committer.queue(writes);
+        silent.len()
+    }
+
+    /// The liveness settings.
+    pub fn liveness(&self) -> Liveness {
+        self.liveness
+    }
+}
+
+fn stale_stop(status: &TaskStatus) -> TaskStop {
+    TaskStop {
+        task_id: status.task_id.clone(),
+        attempt: status.attempt,
+        grace_period: Some(duration(validate::DEFAULT_STOP_GRACE)),
+    }
+}

@@ -1,0 +1,472 @@
+//! The executor: runs the task attempts the manager assigns to this node, on a
+//! [`Runtime`], and reports every observed state change.
+//!
+//! It is one actor (a tokio task owning all per-task state) fed by commands
+//! from the agent, by container exits from the runtime's event stream, and by
+//! the results of the start/stop calls it spawns, so a slow image pull never
+//! holds up another task. It only observes and reports: it never decides that
+//! a task should restart or move, which is the manager's job. It knows nothing
+//! of gRPC streams; reports leave through a channel the agent drains.
+//!
+//! Per task it holds at most one attempt. An assignment of a newer attempt
+//! replaces an older one (the old container is stopped first): a worker never
+//! runs two attempts of one task.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use orch::v1::{Assignments, TaskAssignment, TaskState, TaskStatus};
+use orch::{task_state, validate};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::runtime::{Exit, Runtime, StartRequest};
+
+/// Most ended attempts remembered for resyncs.
+const MAX_FINISHED: usize = 100_000;
+
+/// What the agent asks of the executor.
+#[derive(Debug)]
+pub enum Command {
+    /// Assignments from the manager.
+    Assign(Assignments),
+    /// A new session opened: report the current state of every task again,
+    /// since reports sent on the broken session may have been lost.
+    Resync,
+}
+
+/// A handle to the executor actor.
+#[derive(Clone)]
+pub struct Executor {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Executor {
+    /// Starts the executor for this cluster and node. It first adopts the
+    /// containers the node already has (left by an earlier run of the worker):
+    /// running ones are reported `running`, exited ones with their exit code.
+    /// Reports are sent on `reports`.
+    pub fn start<R: Runtime>(
+        runtime: Arc<R>,
+        cluster_id: String,
+        node_id: Uuid,
+        reports: mpsc::UnboundedSender<TaskStatus>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let actor = Actor {
+            runtime,
+            cluster_id,
+            node_id,
+            reports,
+            done: done_tx,
+            slots: HashMap::new(),
+            finished: HashMap::new(),
+        };
+        tokio::spawn(actor.run(rx, done_rx));
+        Self { tx }
+    }
+
+    /// Sends a command. Returns false if the executor has stopped.
+    pub fn send(&self, command: Command) -> bool {
+        self.tx.send(command).is_ok()
+    }
+}
+
+/// Where one task attempt is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The runtime is pulling and starting it.
+    Starting,
+    /// The container runs.
+    Running,
+}
+
+/// One task attempt on this node.
+#[derive(Debug)]
+struct Slot {
+    attempt: u64,
+    phase: Phase,
+    container_id: Option<String>,
+    /// A stop was asked for; the exit it causes is reported `stopped`.
+    stopping: bool,
+    /// Grace period for a stop.
+    grace: Duration,
+    /// An exit that arrived while the start call was still returning.
+    early_exit: Option<i32>,
+    /// The last state reported, for resyncs.
+    last: TaskStatus,
+}
+
+/// Results of calls the actor spawned.
+enum Done {
+    Started {
+        task: Uuid,
+        attempt: u64,
+        result: Result<String, String>,
+    },
+    Stopped {
+        task: Uuid,
+        attempt: u64,
+        result: Result<(), String>,
+    },
+}
+
+struct Actor<R> {
+    runtime: Arc<R>,
+    cluster_id: String,
+    node_id: Uuid,
+    reports: mpsc::UnboundedSender<TaskStatus>,
+    done: mpsc::UnboundedSender<Done>,
+    slots: HashMap<Uuid, Slot>,
+    /// The final report of each recently ended attempt, kept until the
+    /// manager shows (by a full assignment set without it) that it has it.
+    finished: HashMap<Uuid, TaskStatus>,
+}
+
+fn status(task: Uuid, attempt: u64, state: TaskState) -> TaskStatus {
+    TaskStatus {
+        task_id: task.to_string(),
+        attempt,
+        state: state as i32,
+        time: Some(orch::time::timestamp(SystemTime::now())),
+        ..Default::default()
+    }
+}
+
+fn exit_status(task: Uuid, attempt: u64, container_id: &str, code: i32, stopping: bool) -> TaskStatus {
+    let (state, message) = if stopping {
+        (TaskState::Stopped, String::new())
+    } else if code == 0 {
+        (TaskState::Completed, String::new())
+    } else {
+        (TaskState::Failed, format!("container exited with code {code}"))
+    };
+    TaskStatus {
+        container_id: container_id.to_string(),
+        exit_code: Some(code),
+        message,
+        ..status(task, attempt, state)
+    }
+}
+
+impl<R: Runtime> Actor<R> {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut done: mpsc::UnboundedReceiver<Done>,
+    ) {
+        // Subscribe before listing, so no exit falls between the two.
+        let mut exits = self.runtime.exits(&self.cluster_id, self.node_id);
+        self.adopt().await;
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Assign(a)) => self.assign(a),
+                    Some(Command::Resync) => self.resync(),
+                    None => return,
+                },
+                Some(d) = done.recv() => self.finished(d),
+                Some(exit) = exits.next() => self.exited(exit),
+            }
+        }
+    }
+
+    /// Sends a report, and remembers it for resyncs: a live attempt's last
+    /// state in its slot, an ended attempt's final state in `finished`.
+    fn report(&mut self, task: Uuid, s: TaskStatus) {
+        if task_state::is_terminal(s.state()) {
+            if self.finished.len() >= MAX_FINISHED {
+                self.finished.clear();
+            }
+            self.finished.insert(task, s.clone());
+        } else if let Some(slot) = self.slots.get_mut(&task).filter(|x| x.attempt == s.attempt) {
+            slot.last = s.clone();
+        }
+        let _ = self.reports.send(s);
+    }
+
+    /// Takes over the containers an earlier run of this worker left.
+    async fn adopt(&mut self) {
+        let found = match self.runtime.list(&self.cluster_id, self.node_id).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list existing containers");
+                return;
+            }
+        };
+        for c in found {
+            if c.running {
+                tracing::info!(task = %c.task_id, attempt = c.attempt, "adopting running container");
+                let running = TaskStatus {
+                    container_id: c.container_id.clone(),
+                    ..status(c.task_id, c.attempt, TaskState::Running)
+                };
+                self.slots.insert(
+                    c.task_id,
+                    Slot {
+                        attempt: c.attempt,
+                        phase: Phase::Running,
+                        container_id: Some(c.container_id),
+                        stopping: false,
+                        grace: validate::DEFAULT_STOP_GRACE,
+                        early_exit: None,
+                        last: running.clone(),
+                    },
+                );
+                self.report(c.task_id, running);
+            } else {
+                let code = c.exit_code.unwrap_or(-1);
+                self.report(
+                    c.task_id,
+                    exit_status(c.task_id, c.attempt, &c.container_id, code, false),
+                );
+                self.remove(c.container_id);
+            }
+        }
+    }
+
+    fn assign(&mut self, a: Assignments) {
+        if a.full {
+            // Everything not in the full set must not run here.
+            let keep: HashSet<(String, u64)> = a
+                .run
+                .iter()
+                .map(|r| (r.task_id.clone(), r.attempt))
+                .collect();
+            let extra: Vec<(Uuid, u64)> = self
+                .slots
+                .iter()
+                .filter(|(id, s)| !keep.contains(&(id.to_string(), s.attempt)))
+                .map(|(id, s)| (*id, s.attempt))
+                .collect();
+            for (task, attempt) in extra {
+                tracing::info!(%task, attempt, "stopping a task the manager no longer assigns here");
+                self.stop(task, attempt, None);
+            }
+            // Ended attempts the manager no longer lists are settled there.
+            self.finished
+                .retain(|id, s| keep.contains(&(id.to_string(), s.attempt)));
+        }
+        for run in a.run {
+            self.run_one(run);
+        }
+        for stop in a.stop {
+            let Ok(task) = Uuid::parse_str(&stop.task_id) else {
+                continue;
+            };
+            let grace = stop.grace_period.as_ref().and_then(orch::time::std_duration);
+            self.stop(task, stop.attempt, grace);
+        }
+        if a.full {
+            self.resync();
+        }
+    }
+
+    fn run_one(&mut self, run: TaskAssignment) {
+        let Ok(task) = Uuid::parse_str(&run.task_id) else {
+            return;
+        };
+        let Some(spec) = run.spec else {
+            return;
+        };
+        if let Some(ended) = self.finished.get(&task).filter(|s| s.attempt >= run.attempt) {
+            // This attempt already ended here; the manager missed the report.
+            let _ = self.reports.send(ended.clone());
+            return;
+        }
+        if let Some(slot) = self.slots.get(&task) {
+            if slot.attempt >= run.attempt {
+                // Already running this attempt (or a newer one): idempotent.
+                return;
+            }
+            // An older attempt still runs here: fence it off first.
+            let old = slot.attempt;
+            self.stop(task, old, None);
+            self.slots.remove(&task);
+        }
+        let grace = validate::stop_grace(&spec);
+        let starting = status(task, run.attempt, TaskState::Starting);
+        self.slots.insert(
+            task,
+            Slot {
+                attempt: run.attempt,
+                phase: Phase::Starting,
+                container_id: None,
+                stopping: false,
+                grace,
+                early_exit: None,
+                last: starting.clone(),
+            },
+        );
+        self.report(task, starting);
+        let req = StartRequest {
+            cluster_id: self.cluster_id.clone(),
+            node_id: self.node_id,
+            task_id: task,
+            attempt: run.attempt,
+            spec,
+        };
+        let runtime = self.runtime.clone();
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            let result = runtime.start(&req).await.map_err(|e| e.to_string());
+            let _ = done.send(Done::Started {
+                task,
+                attempt: req.attempt,
+                result,
+            });
+        });
+    }
+
+    /// Stops one attempt. An attempt this worker does not run is reported
+    /// stopped at once, so the manager can settle it.
+    fn stop(&mut self, task: Uuid, attempt: u64, grace: Option<Duration>) {
+        let Some(slot) = self.slots.get_mut(&task).filter(|s| s.attempt == attempt) else {
+            self.report(task, status(task, attempt, TaskState::Stopped));
+            return;
+        };
+        if slot.stopping {
+            return;
+        }
+        slot.stopping = true;
+        if let Some(g) = grace {
+            slot.grace = g;
+        }
+        let grace = slot.grace;
+        if let Some(cid) = slot.container_id.clone() {
+            self.spawn_stop(task, attempt, cid, grace);
+        }
+        // Still starting: `finished` stops it once the start returns.
+    }
+
+    fn spawn_stop(&self, task: Uuid, attempt: u64, container_id: String, grace: Duration) {
+        let runtime = self.runtime.clone();
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            let result = runtime
+                .stop(&container_id, grace)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = done.send(Done::Stopped {
+                task,
+                attempt,
+                result,
+            });
+        });
+    }
+
+    fn remove(&self, container_id: String) {
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runtime.remove(&container_id).await {
+                tracing::warn!(container = %container_id, error = %e, "cannot remove container");
+            }
+        });
+    }
+
+    fn finished(&mut self, done: Done) {
+        match done {
+            Done::Started {
+                task,
+                attempt,
+                result,
+            } => {
+                let Some(slot) = self.slots.get_mut(&task).filter(|s| s.attempt == attempt) else {
+                    // Replaced meanwhile; make sure its container does not linger.
+                    if let Ok(cid) = result {
+                        self.spawn_stop(task, attempt, cid, Duration::ZERO);
+                    }
+                    return;
+                };
+                match result {
+                    Err(message) => {
+                        self.slots.remove(&task);
+                        let failed = TaskStatus {
+                            message,
+                            ..status(task, attempt, TaskState::Failed)
+                        };
+                        self.report(task, failed);
+                    }
+                    Ok(cid) => {
+                        slot.container_id = Some(cid.clone());
+                        slot.phase = Phase::Running;
+                        if slot.stopping {
+                            let grace = slot.grace;
+                            self.spawn_stop(task, attempt, cid, grace);
+                        } else if let Some(code) = slot.early_exit {
+                            self.slots.remove(&task);
+                            self.report(task, exit_status(task, attempt, &cid, code, false));
+                            self.remove(cid);
+                        } else {
+                            let running = TaskStatus {
+                                container_id: cid,
+                                ..status(task, attempt, TaskState::Running)
+                            };
+                            self.report(task, running);
+                        }
+                    }
+                }
+            }
+            Done::Stopped {
+                task,
+                attempt,
+                result,
+            } => {
+                if let Err(e) = &result {
+                    tracing::warn!(%task, attempt, error = %e, "stop failed");
+                }
+                // The exit event usually reported the stop already; if not
+                // (the container was already gone), report it now.
+                if self.slots.get(&task).is_some_and(|s| s.attempt == attempt) {
+                    let cid = self.slots.remove(&task).and_then(|s| s.container_id);
+                    let stopped = TaskStatus {
+                        container_id: cid.unwrap_or_default(),
+                        message: result.err().unwrap_or_default(),
+                        ..status(task, attempt, TaskState::Stopped)
+                    };
+                    self.report(task, stopped);
+                }
+            }
+        }
+    }
+
+    fn exited(&mut self, exit: Exit) {
+        let Some(slot) = self
+            .slots
+            .get_mut(&exit.task_id)
+            .filter(|s| s.attempt == exit.attempt)
+        else {
+            return;
+        };
+        if slot.phase == Phase::Starting && slot.container_id.is_none() {
+            // The start call has not returned yet; `finished` reports it.
+            slot.early_exit = Some(exit.exit_code);
+            return;
+        }
+        let stopping = slot.stopping;
+        self.slots.remove(&exit.task_id);
+        let ended = exit_status(
+            exit.task_id,
+            exit.attempt,
+            &exit.container_id,
+            exit.exit_code,
+            stopping,
+        );
+        self.report(exit.task_id, ended);
+        if !stopping {
+            // A stop removes its own container; a natural exit is removed here,
+            // once its exit code has been read and reported.
+            self.remove(exit.container_id);
+        }
+    }
+
+    fn resync(&mut self) {
+        let live = self.slots.values().map(|s| s.last.clone());
+        for s in live.chain(self.finished.values().cloned()) {
+            let _ = self.reports.send(s);
+        }
+    }
+}
