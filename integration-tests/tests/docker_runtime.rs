@@ -445,7 +445,13 @@ struct EngineProxy {
 }
 
 impl EngineProxy {
-    const ENGINE: &str = "/var/run/docker.sock";
+    /// The engine's socket, as the runtime finds it (`DOCKER_HOST` first).
+    fn engine() -> String {
+        std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
+            .unwrap_or_else(|| "/var/run/docker.sock".to_owned())
+    }
 
     fn start(path: std::path::PathBuf) -> Self {
         let mut proxy = Self { path, task: None };
@@ -460,10 +466,12 @@ impl EngineProxy {
         self.task = Some(tokio::spawn(async move {
             // Dropping the set (when this task is aborted) closes every
             // proxied connection.
+            let engine = Self::engine();
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut client, _)) = listener.accept().await {
+                let engine = engine.clone();
                 connections.spawn(async move {
-                    if let Ok(mut engine) = tokio::net::UnixStream::connect(Self::ENGINE).await {
+                    if let Ok(mut engine) = tokio::net::UnixStream::connect(engine).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
                     }
                 });
