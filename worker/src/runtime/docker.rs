@@ -1,1 +1,549 @@
-//! placeholder
+//! [`DockerRuntime`]: the [`Runtime`] that runs task containers on a Docker
+//! engine through bollard.
+//!
+//! It owns everything that speaks the Engine API: image pulls, container
+//! create/start/stop/remove, listing by label and the event stream that reports
+//! exits. It turns every bollard error into a [`RuntimeError`] in one place
+//! ([`runtime_error`]), so callers never see bollard types. It may not decide
+//! what should run or talk to the manager, and it touches only containers that
+//! carry orch's labels (or the name orch gives a task attempt).
+//!
+//! The engine on our machines is Debian's Docker 20.10 (API 1.41), older than
+//! the API bollard speaks by default, so [`DockerRuntime::connect`] negotiates
+//! the version before anything else.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, EventMessage, HostConfig};
+use bollard::models::{PortBinding, PortMap};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use orch::labels;
+use orch::v1::Protocol;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
+
+use super::{ContainerInfo, Exit, Runtime, RuntimeError, StartRequest, container_labels};
+
+/// How many exits may wait in the channel before the event reader waits for
+/// the agent; exits are rare and small, this only smooths bursts.
+const EXIT_CHANNEL_CAPACITY: usize = 64;
+
+/// The first pause before reconnecting to a broken event stream.
+const EVENTS_BACKOFF_START: Duration = Duration::from_millis(100);
+
+/// The longest pause between reconnects: short, because exits keep happening
+/// while we are not listening and the agent waits on them.
+const EVENTS_BACKOFF_MAX: Duration = Duration::from_secs(4);
+
+/// Extra time a stop request gets beyond its grace period: the engine answers
+/// only once the container is dead, after SIGKILL and cleanup.
+const STOP_REQUEST_SLACK: Duration = Duration::from_secs(30);
+
+/// Runs task containers on the local Docker engine. Cloning is cheap: clones
+/// share one connection pool.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+impl DockerRuntime {
+    /// Connects to the engine named by `DOCKER_HOST` (or the local socket) and
+    /// agrees on an API version with it.
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::Engine`] if the engine cannot be reached or does not
+    /// answer the version request.
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| runtime_error(Call::Engine, e))?
+            .negotiate_version()
+            .await
+            .map_err(|e| runtime_error(Call::Engine, e))?;
+        tracing::debug!(api_version = %docker.client_version(), "connected to the Docker engine");
+        Ok(Self { docker })
+    }
+
+    /// Wraps a client that is already connected (and negotiated).
+    pub fn from_client(docker: Docker) -> Self {
+        Self { docker }
+    }
+
+    /// The underlying bollard client, for callers (tests, image builds) that
+    /// need engine calls the [`Runtime`] trait does not offer.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Makes sure `image` is present, pulling it if it is not.
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status(&e) == Some(404) => {}
+            Err(e) => return Err(runtime_error(Call::Engine, e)),
+        }
+        tracing::info!(image, "pulling image");
+        let (from_image, tag) = split_reference(image);
+        let mut options = CreateImageOptionsBuilder::new().from_image(from_image);
+        if let Some(tag) = tag {
+            options = options.tag(tag);
+        }
+        let mut progress = self.docker.create_image(Some(options.build()), None, None);
+        // The pull is done only when the engine closes the stream; errors can
+        // arrive as the first response or in the middle of it.
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(info) => tracing::trace!(image, status = ?info.status, "pull progress"),
+                Err(e) => return Err(runtime_error(Call::Pull(image), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a container by id or name, killing it if it runs. Already gone
+    /// is fine.
+    async fn force_remove(&self, container: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.docker.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match runtime_error(Call::Container(container), e) {
+                RuntimeError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// The exit code of an exited container, or `None` if it is gone.
+    async fn exit_code(&self, container_id: &str) -> Result<Option<i32>, RuntimeError> {
+        match self.docker.inspect_container(container_id, None).await {
+            Ok(inspect) => Ok(inspect
+                .state
+                .and_then(|s| s.exit_code)
+                .and_then(|c| i32::try_from(c).ok())),
+            Err(e) => match runtime_error(Call::Container(container_id), e) {
+                RuntimeError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+}
+
+impl Runtime for DockerRuntime {
+    async fn start(&self, req: &StartRequest) -> Result<String, RuntimeError> {
+        let spec = &req.spec;
+        self.ensure_image(&spec.image).await?;
+
+        // A container with this name is left over from an earlier try of the
+        // same attempt that crashed between create and reporting; it is ours
+        // and must go, or create fails with a name conflict.
+        let name = container_name(req.task_id, req.attempt);
+        self.force_remove(&name).await?;
+
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), create_body(req))
+            .await
+            .map_err(|e| runtime_error(Call::Start, e))?;
+        let id = created.id;
+
+        if let Err(e) = self.docker.start_container(&id, None).await {
+            let err = runtime_error(Call::Start, e);
+            // A created container that never ran would otherwise linger under
+            // the attempt's name and be listed as ours.
+            if let Err(cleanup) = self.force_remove(&id).await {
+                tracing::warn!(container_id = %id, error = %cleanup, "removing a container that failed to start");
+            }
+            return Err(err);
+        }
+        tracing::debug!(container_id = %id, task_id = %req.task_id, attempt = req.attempt, "started container");
+        Ok(id)
+    }
+
+    async fn stop(&self, container_id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let t = i32::try_from(secs).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(t).build();
+
+        // The engine answers a stop only once the container is dead, which may
+        // take the whole grace period: the client's usual request timeout
+        // (two minutes) must not cut a longer grace short.
+        let needed = Duration::from_secs(secs).saturating_add(STOP_REQUEST_SLACK);
+        let docker = if needed > self.docker.timeout() {
+            self.docker.clone().with_timeout(needed)
+        } else {
+            self.docker.clone()
+        };
+
+        // 304 (already stopped) is a success for bollard.
+        match docker.stop_container(container_id, Some(options)).await {
+            Ok(()) => {}
+            Err(e) => match runtime_error(Call::Container(container_id), e) {
+                RuntimeError::NotFound(_) => return Ok(()),
+                other => return Err(other),
+            },
+        }
+        self.force_remove(container_id).await
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
+        self.force_remove(container_id).await
+    }
+
+    async fn list(
+        &self,
+        cluster_id: &str,
+        node_id: Uuid,
+    ) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let filters = HashMap::from([("label", label_filters(cluster_id, node_id))]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| runtime_error(Call::Engine, e))?;
+
+        let mut found = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            let Some(container_id) = summary.id else {
+                continue;
+            };
+            let labels = summary.labels.unwrap_or_default();
+            let Some((task_id, attempt)) = parse_task_labels(&labels) else {
+                tracing::warn!(%container_id, ?labels, "skipping a container whose orch labels do not parse");
+                continue;
+            };
+            let running = summary.state == Some(ContainerSummaryStateEnum::RUNNING);
+            // The list only has a human "Exited (3) 2 minutes ago" status; the
+            // code itself needs an inspect.
+            let exit_code = match summary.state {
+                Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD) => {
+                    self.exit_code(&container_id).await?
+                }
+                _ => None,
+            };
+            found.push(ContainerInfo {
+                container_id,
+                task_id,
+                attempt,
+                running,
+                exit_code,
+            });
+        }
+        Ok(found)
+    }
+
+    fn exits(&self, cluster_id: &str, node_id: Uuid) -> BoxStream<'static, Exit> {
+        let (tx, rx) = mpsc::channel(EXIT_CHANNEL_CAPACITY);
+        let filters = HashMap::from([
+            ("type", vec!["container".to_owned()]),
+            ("event", vec!["die".to_owned()]),
+            ("label", label_filters(cluster_id, node_id)),
+        ]);
+        // The engine replays its recent events from `since` (it keeps the
+        // last 256), so exits between this call and the subscription, and
+        // between reconnects, are not lost. The first `since` is our clock,
+        // which is the engine's as long as the engine is local; `list` covers
+        // whatever this misses. Like every caller of `exits`, this needs a
+        // Tokio runtime: the reader is a task of its own.
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        tokio::spawn(read_exits(self.docker.clone(), filters, since, tx));
+        ReceiverStream::new(rx).boxed()
+    }
+}
+
+/// Reads `die` events into `tx` until the receiver is dropped, reconnecting
+/// with backoff whenever the engine's stream fails or ends.
+async fn read_exits(
+    docker: Docker,
+    filters: HashMap<&'static str, Vec<String>>,
+    mut since_nanos: i64,
+    tx: mpsc::Sender<Exit>,
+) {
+    let mut backoff = EVENTS_BACKOFF_START;
+    loop {
+        let options = EventsOptionsBuilder::new()
+            .since(&engine_timestamp(since_nanos))
+            .filters(&filters)
+            .build();
+        let mut events = docker.events(Some(options));
+        let ended = loop {
+            let next = tokio::select! {
+                () = tx.closed() => return,
+                next = events.next() => next,
+            };
+            match next {
+                Some(Ok(event)) => {
+                    backoff = EVENTS_BACKOFF_START;
+                    if let Some(nanos) = event.time_nano {
+                        // Resume after this event, so a reconnect does not
+                        // report it twice.
+                        since_nanos = since_nanos.max(nanos.saturating_add(1));
+                    }
+                    let Some(exit) = exit_from_event(&event) else {
+                        continue;
+                    };
+                    if tx.send(exit).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) => break runtime_error(Call::Engine, e).to_string(),
+                None => break "the engine closed the event stream".to_owned(),
+            }
+        };
+        tracing::warn!(reason = %ended, retry_in = ?backoff, "container event stream broke; reconnecting");
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(EVENTS_BACKOFF_MAX);
+    }
+}
+
+/// The [`Exit`] a `die` event reports, or `None` (logged) if its attributes are
+/// not those of an orch container.
+fn exit_from_event(event: &EventMessage) -> Option<Exit> {
+    let actor = event.actor.as_ref()?;
+    let container_id = actor.id.clone()?;
+    let attributes = actor.attributes.clone().unwrap_or_default();
+    let parsed = parse_task_labels(&attributes).zip(
+        attributes
+            .get("exitCode")
+            .and_then(|c| c.parse::<i32>().ok()),
+    );
+    let Some(((task_id, attempt), exit_code)) = parsed else {
+        tracing::warn!(%container_id, ?attributes, "skipping a die event whose attributes do not parse");
+        return None;
+    };
+    Some(Exit {
+        container_id,
+        task_id,
+        attempt,
+        exit_code,
+    })
+}
+
+/// The container name of a task attempt: unique per attempt, so a retried
+/// start finds what an earlier try left behind.
+pub fn container_name(task_id: Uuid, attempt: u64) -> String {
+    format!("orch-{task_id}-{attempt}")
+}
+
+/// The create request for a task attempt.
+fn create_body(req: &StartRequest) -> ContainerCreateBody {
+    let spec = &req.spec;
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // Map order is random; a stable order keeps `docker inspect` readable.
+    env.sort();
+
+    let mut port_bindings = PortMap::new();
+    for port in &spec.ports {
+        let protocol = match port.protocol() {
+            Protocol::Udp => "udp",
+            Protocol::Tcp | Protocol::Unspecified => "tcp",
+        };
+        port_bindings
+            .entry(format!("{}/{protocol}", port.container_port))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: Some("0.0.0.0".to_owned()),
+                host_port: Some(port.host_port.to_string()),
+            });
+    }
+    let mut exposed_ports: Vec<String> = port_bindings.keys().cloned().collect();
+    exposed_ports.sort();
+
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        env: Some(env),
+        labels: Some(container_labels(req)),
+        exposed_ports: (!exposed_ports.is_empty()).then_some(exposed_ports),
+        host_config: Some(HostConfig {
+            memory: spec.memory_bytes,
+            nano_cpus: spec.milli_cpus.map(|m| m.saturating_mul(1_000_000)),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The label filters that select this cluster's and node's containers.
+fn label_filters(cluster_id: &str, node_id: Uuid) -> Vec<String> {
+    vec![
+        format!("{}=true", labels::MANAGED),
+        format!("{}={cluster_id}", labels::CLUSTER),
+        format!("{}={node_id}", labels::NODE_ID),
+    ]
+}
+
+/// Task id and attempt from a container's labels (or a die event's
+/// attributes, which carry the labels).
+fn parse_task_labels(labels: &HashMap<String, String>) -> Option<(Uuid, u64)> {
+    let task_id = labels.get(labels::TASK_ID)?.parse().ok()?;
+    let attempt = labels.get(labels::ATTEMPT)?.parse().ok()?;
+    Some((task_id, attempt))
+}
+
+/// Splits an image reference into what `/images/create` wants: the engine
+/// pulls every tag of a repository when given no tag, so an untagged
+/// reference means `latest`, as with `docker pull`.
+fn split_reference(image: &str) -> (&str, Option<&str>) {
+    if image.contains('@') {
+        return (image, None);
+    }
+    let last_component = image.rsplit('/').next().unwrap_or(image);
+    if last_component.contains(':') {
+        (image, None)
+    } else {
+        (image, Some("latest"))
+    }
+}
+
+/// A Unix time in nanoseconds as the engine's `since` takes it.
+fn engine_timestamp(nanos: i64) -> String {
+    format!(
+        "{}.{:09}",
+        nanos.div_euclid(1_000_000_000),
+        nanos.rem_euclid(1_000_000_000)
+    )
+}
+
+/// What a failed engine call was doing, which decides the error people see.
+#[derive(Debug, Clone, Copy)]
+enum Call<'a> {
+    /// Pulling this image.
+    Pull(&'a str),
+    /// Creating or starting a task's container.
+    Start,
+    /// Acting on this existing container.
+    Container(&'a str),
+    /// Anything else: connecting, listing, events.
+    Engine,
+}
+
+/// The HTTP status of an engine's refusal, if that is what `err` is.
+fn status(err: &BollardError) -> Option<u16> {
+    match err {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// The one place bollard errors become [`RuntimeError`]s. What the engine
+/// said is kept word for word (it names the port, the image, the registry);
+/// failures to reach the engine at all are always [`RuntimeError::Engine`],
+/// whatever the call, because they are not the task's fault.
+fn runtime_error(call: Call<'_>, err: BollardError) -> RuntimeError {
+    let (status_code, message) = match err {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => (Some(status_code), message),
+        BollardError::DockerStreamError { error } => (None, error),
+        BollardError::RequestTimeoutError => {
+            return RuntimeError::Engine("the Docker engine did not answer in time".to_owned());
+        }
+        BollardError::SocketNotFoundError(path) => {
+            return RuntimeError::Engine(format!(
+                "cannot reach the Docker engine: no socket at {path} (is Docker running?)"
+            ));
+        }
+        e @ (BollardError::HyperResponseError { .. }
+        | BollardError::HttpClientError { .. }
+        | BollardError::HyperLegacyError { .. }
+        | BollardError::IOError { .. }) => {
+            return RuntimeError::Engine(format!("cannot reach the Docker engine: {e}"));
+        }
+        other => return RuntimeError::Engine(other.to_string()),
+    };
+    let message = if message.trim().is_empty() {
+        format!(
+            "the engine refused with status {}",
+            status_code.unwrap_or_default()
+        )
+    } else {
+        message.trim().to_owned()
+    };
+    match call {
+        Call::Pull(image) => RuntimeError::ImagePull {
+            image: image.to_owned(),
+            reason: message,
+        },
+        Call::Start => RuntimeError::Start(message),
+        Call::Container(id) if status_code == Some(404) => RuntimeError::NotFound(id.to_owned()),
+        Call::Container(_) | Call::Engine => RuntimeError::Engine(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untagged_references_pull_latest_only() {
+        let cases = [
+            ("busybox", ("busybox", Some("latest"))),
+            ("busybox:1.36", ("busybox:1.36", None)),
+            ("localhost:5000/app", ("localhost:5000/app", Some("latest"))),
+            ("localhost:5000/app:2", ("localhost:5000/app:2", None)),
+            ("app@sha256:abcd", ("app@sha256:abcd", None)),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(split_reference(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn engine_timestamps_keep_nanoseconds() {
+        assert_eq!(
+            engine_timestamp(1_700_000_000_000_000_001),
+            "1700000000.000000001"
+        );
+        assert_eq!(engine_timestamp(0), "0.000000000");
+    }
+
+    #[test]
+    fn not_found_only_for_containers() {
+        let err = || BollardError::DockerResponseServerError {
+            status_code: 404,
+            message: "No such container: abc".into(),
+        };
+        assert_eq!(
+            runtime_error(Call::Container("abc"), err()),
+            RuntimeError::NotFound("abc".into())
+        );
+        assert_eq!(
+            runtime_error(Call::Start, err()),
+            RuntimeError::Start("No such container: abc".into())
+        );
+        assert_eq!(
+            runtime_error(Call::Pull("x"), err()),
+            RuntimeError::ImagePull {
+                image: "x".into(),
+                reason: "No such container: abc".into()
+            }
+        );
+        assert!(matches!(
+            runtime_error(Call::Start, BollardError::RequestTimeoutError),
+            RuntimeError::Engine(_)
+        ));
+    }
+}
