@@ -15,7 +15,12 @@ use orch_manager::scheduler::Strategy;
 #[command(name = "orchctl", version, about, propagate_version = true)]
 pub struct Cli {
     /// The manager's URL.
-    #[arg(long, global = true, env = "ORCH_MANAGER", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "ORCH_MANAGER",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub manager: String,
 
     /// Output format of read commands.
@@ -61,7 +66,8 @@ fn parse_strategy(s: &str) -> Result<Strategy, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 10s or 500ms: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 10s or 500ms: {e}"))
 }
 
 fn parse_bytes(s: &str) -> Result<i64, String> {
@@ -243,8 +249,22 @@ mod tests {
 
     #[test]
     fn ports() {
-        assert_eq!(parse_port("8080:80"), Ok(Port { host: 8080, container: 80, udp: false }));
-        assert_eq!(parse_port("53:53/udp"), Ok(Port { host: 53, container: 53, udp: true }));
+        assert_eq!(
+            parse_port("8080:80"),
+            Ok(Port {
+                host: 8080,
+                container: 80,
+                udp: false
+            })
+        );
+        assert_eq!(
+            parse_port("53:53/udp"),
+            Ok(Port {
+                host: 53,
+                container: 53,
+                udp: true
+            })
+        );
         for bad in ["8080", "0:80", "8080:70000", "a:b", "80:80/sctp"] {
             assert!(parse_port(bad).is_err(), "{bad}");
         }
@@ -261,11 +281,29 @@ mod tests {
     #[test]
     fn run_takes_docker_habits() {
         let cli = Cli::try_parse_from([
-            "orchctl", "run", "--name", "web", "--cpus", "0.5", "--memory", "64Mi", "-e", "A=1",
-            "-p", "8080:80", "--restart", "on-failure", "busybox", "sh", "-c", "echo hi",
+            "orchctl",
+            "run",
+            "--name",
+            "web",
+            "--cpus",
+            "0.5",
+            "--memory",
+            "64Mi",
+            "-e",
+            "A=1",
+            "-p",
+            "8080:80",
+            "--restart",
+            "on-failure",
+            "busybox",
+            "sh",
+            "-c",
+            "echo hi",
         ])
         .expect("parses");
-        let Command::Run(run) = cli.command else { panic!("not run") };
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(run.cpus, Some(500));
         assert_eq!(run.memory, Some(64 << 20));
         assert_eq!(run.env, vec![("A".into(), "1".into())]);

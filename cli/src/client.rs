@@ -16,7 +16,11 @@ use crate::output;
 /// Connects to the manager, or explains why not.
 async fn connect(manager: &str) -> Result<ClusterClient<Channel>, CliError> {
     let endpoint = tonic::transport::Endpoint::from_shared(manager.to_string())
-        .map_err(|_| CliError(format!("{manager:?} is not a URL like http://127.0.0.1:7070")))?
+        .map_err(|_| {
+            CliError(format!(
+                "{manager:?} is not a URL like http://127.0.0.1:7070"
+            ))
+        })?
         .connect_timeout(std::time::Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| {
         let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_else(|| e.to_string());
@@ -45,7 +49,9 @@ fn status_error(s: tonic::Status) -> CliError {
 async fn resolve(client: &mut ClusterClient<Channel>, key: &str) -> Result<Task, CliError> {
     if Uuid::parse_str(key).is_ok() {
         let task = client
-            .get_task(GetTaskRequest { id: key.to_string() })
+            .get_task(GetTaskRequest {
+                id: key.to_string(),
+            })
             .await
             .map_err(status_error)?
             .into_inner()
@@ -63,16 +69,20 @@ async fn resolve(client: &mut ClusterClient<Channel>, key: &str) -> Result<Task,
             .await
             .map_err(status_error)?
             .into_inner();
-        found.extend(page.tasks.into_iter().filter(|t| {
-            t.id.starts_with(key) || t.spec.as_ref().is_some_and(|s| s.name == key)
-        }));
+        found.extend(
+            page.tasks.into_iter().filter(|t| {
+                t.id.starts_with(key) || t.spec.as_ref().is_some_and(|s| s.name == key)
+            }),
+        );
         if page.next_page_token.is_empty() {
             break;
         }
         page_token = page.next_page_token;
     }
     match found.len() {
-        0 => Err(CliError(format!("no task has the id, id prefix or name {key:?}"))),
+        0 => Err(CliError(format!(
+            "no task has the id, id prefix or name {key:?}"
+        ))),
         1 => Ok(found.remove(0)),
         n => Err(CliError(format!(
             "{key:?} matches {n} tasks; use more of the id"

@@ -61,10 +61,11 @@ pub async fn manager(args: ManagerArgs) -> Result<(), CliError> {
 }
 
 async fn docker() -> Result<Arc<DockerRuntime>, CliError> {
-    DockerRuntime::connect()
-        .await
-        .map(Arc::new)
-        .map_err(|e| CliError(format!("{e} (is Docker running, and may this user use it?)")))
+    DockerRuntime::connect().await.map(Arc::new).map_err(|e| {
+        CliError(format!(
+            "{e} (is Docker running, and may this user use it?)"
+        ))
+    })
 }
 
 pub async fn worker(args: WorkerArgs, manager: &str) -> Result<(), CliError> {
@@ -111,11 +112,7 @@ pub async fn dev(args: DevArgs) -> Result<(), CliError> {
         disk_bytes: None,
         data_dir: Some(args.data_dir.join("worker")),
     };
-    let worker = tokio::spawn(orch_worker::run(
-        worker_config,
-        runtime,
-        stopped(stop_rx),
-    ));
+    let worker = tokio::spawn(orch_worker::run(worker_config, runtime, stopped(stop_rx)));
     eprintln!("orch is running: manager on http://{addr}, one local worker; Ctrl-C stops it");
     terminated().await;
     let _ = stop_tx.send(true);

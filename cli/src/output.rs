@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Value {
     match ts {
-        Some(t) => Value::String(
-            humantime::format_rfc3339_millis(orch::time::system_time(t)).to_string(),
-        ),
+        Some(t) => {
+            Value::String(humantime::format_rfc3339_millis(orch::time::system_time(t)).to_string())
+        }
         None => Value::Null,
     }
 }
@@ -142,14 +142,22 @@ pub fn event_line(e: &Event) -> String {
             t.task_id,
             t.attempt,
             task_state::name(t.state()),
-            if t.message.is_empty() { String::new() } else { format!(": {}", t.message) }
+            if t.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", t.message)
+            }
         ),
         Some(event::Kind::Node(n)) => format!(
             "{time} node {} ({}) {}{}",
             n.node_id,
             n.name,
             node_state_name(n.state()),
-            if n.message.is_empty() { String::new() } else { format!(": {}", n.message) }
+            if n.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", n.message)
+            }
         ),
         None => format!("{time} (unknown event)"),
     }
@@ -186,7 +194,11 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 fn or_dash(s: &str) -> String {
-    if s.is_empty() { "-".into() } else { s.to_string() }
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
 }
 
 fn state_cell(t: &Task) -> String {
@@ -214,18 +226,29 @@ pub fn print_tasks(tasks: &[Task]) {
             ]
         })
         .collect();
-    print_table(&["ID", "NAME", "IMAGE", "STATE", "NODE", "CREATED", "MESSAGE"], &rows);
+    print_table(
+        &["ID", "NAME", "IMAGE", "STATE", "NODE", "CREATED", "MESSAGE"],
+        &rows,
+    );
 }
 
 /// One task, in detail.
 pub fn print_task(t: &Task) {
     let spec = t.spec.clone().unwrap_or_default();
-    let limit = |v: Option<i64>, f: fn(i64) -> String| v.map(f).unwrap_or_else(|| "no limit".into());
+    let limit =
+        |v: Option<i64>, f: fn(i64) -> String| v.map(f).unwrap_or_else(|| "no limit".into());
     let mut lines = vec![
         ("id", t.id.clone()),
         ("name", or_dash(&spec.name)),
         ("image", spec.image.clone()),
-        ("command", if spec.command.is_empty() { "(image default)".into() } else { spec.command.join(" ") }),
+        (
+            "command",
+            if spec.command.is_empty() {
+                "(image default)".into()
+            } else {
+                spec.command.join(" ")
+            },
+        ),
         ("state", state_cell(t)),
         ("desired state", desired_name(t.desired_state()).into()),
         ("node", or_dash(&t.node_id)),
@@ -234,7 +257,13 @@ pub fn print_task(t: &Task) {
         ("restarts", t.restart_count.to_string()),
         ("cpus", limit(spec.milli_cpus, format_milli_cpus)),
         ("memory", limit(spec.memory_bytes, format_bytes)),
-        ("created", rfc3339(t.created_at.as_ref()).as_str().unwrap_or("-").to_string()),
+        (
+            "created",
+            rfc3339(t.created_at.as_ref())
+                .as_str()
+                .unwrap_or("-")
+                .to_string(),
+        ),
     ];
     if let Some(code) = t.exit_code {
         lines.push(("exit code", code.to_string()));
@@ -260,8 +289,16 @@ pub fn print_nodes(nodes: &[Node]) {
                 n.name.clone(),
                 node_state_name(n.state()).into(),
                 n.task_count.to_string(),
-                format!("{}/{}", format_milli_cpus(alloc.milli_cpus), format_milli_cpus(cap.milli_cpus)),
-                format!("{}/{}", format_bytes(alloc.memory_bytes), format_bytes(cap.memory_bytes)),
+                format!(
+                    "{}/{}",
+                    format_milli_cpus(alloc.milli_cpus),
+                    format_milli_cpus(cap.milli_cpus)
+                ),
+                format!(
+                    "{}/{}",
+                    format_bytes(alloc.memory_bytes),
+                    format_bytes(cap.memory_bytes)
+                ),
                 format!("{:.0}%", usage.cpu_percent),
                 format_bytes(usage.memory_used_bytes),
                 ago(n.last_heartbeat.as_ref()),
@@ -269,7 +306,17 @@ pub fn print_nodes(nodes: &[Node]) {
         })
         .collect();
     print_table(
-        &["ID", "NAME", "STATE", "TASKS", "CPUS", "MEMORY", "CPU USE", "MEM USE", "HEARTBEAT"],
+        &[
+            "ID",
+            "NAME",
+            "STATE",
+            "TASKS",
+            "CPUS",
+            "MEMORY",
+            "CPU USE",
+            "MEM USE",
+            "HEARTBEAT",
+        ],
         &rows,
     );
 }

@@ -1,9 +1,13 @@
 //! A cluster harness: a real manager and real workers on loopback ports, with
 //! the real Docker engine, in one test process.
 //!
-//! ```ignore
+//! ```no_run
+//! # async fn example() {
+//! use orch_integration_tests::cluster::Cluster;
 //! let cluster = Cluster::builder().workers(2).worker_cpus(1000).start().await;
 //! let mut client = cluster.client().await;
+//! cluster.shutdown().await;
+//! # }
 //! ```
 //!
 //! Every cluster has its own temporary data directory and therefore its own
@@ -162,9 +166,16 @@ impl Cluster {
             heartbeat_period: Duration::from_millis(500),
             missed_heartbeats: 3,
         };
-        let task = tokio::spawn(orch_manager::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(async move {
+            let run = orch_manager::run(config, listener, async {
+                let _ = stopped.await;
+            });
+            let result = run.await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "manager failed");
+            }
+            result
+        });
         ManagerProc { stop, task }
     }
 
@@ -282,7 +293,9 @@ impl Cluster {
         .await;
         match waited {
             Ok(task) => task,
-            Err(_) => panic!("task {id} did not get there within {DEADLINE:?}; last seen: {last:?}"),
+            Err(_) => {
+                panic!("task {id} did not get there within {DEADLINE:?}; last seen: {last:?}")
+            }
         }
     }
 

@@ -33,7 +33,9 @@ async fn submit(cluster: &Cluster, spec: TaskSpec) -> Task {
 }
 
 async fn busybox(cluster: &Cluster) -> String {
-    images::busybox(&cluster.docker).await.expect("build test image")
+    images::busybox(&cluster.docker)
+        .await
+        .expect("build test image")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +53,10 @@ async fn a_task_runs_as_a_container_with_its_limits_and_stops() {
         container_port: 80,
         protocol: 0,
     }];
-    s.stop_grace_period = Some(prost_types::Duration { seconds: 1, nanos: 0 });
+    s.stop_grace_period = Some(prost_types::Duration {
+        seconds: 1,
+        nanos: 0,
+    });
     let task = submit(&cluster, s).await;
     assert_eq!(task.attempt, 1);
 
@@ -71,10 +76,16 @@ async fn a_task_runs_as_a_container_with_its_limits_and_stops() {
     assert!(bindings.contains_key("80/tcp"), "{bindings:?}");
     let config = c.config.expect("config");
     assert!(
-        config.env.unwrap_or_default().contains(&"GREETING=hello orch".to_string()),
+        config
+            .env
+            .unwrap_or_default()
+            .contains(&"GREETING=hello orch".to_string()),
         "env"
     );
-    assert_eq!(config.cmd, Some(vec!["sleep".to_string(), "300".to_string()]));
+    assert_eq!(
+        config.cmd,
+        Some(vec!["sleep".to_string(), "300".to_string()])
+    );
     let labels = config.labels.expect("labels");
     assert_eq!(labels.get("orch.managed").map(String::as_str), Some("true"));
     assert_eq!(labels.get("orch.task-id"), Some(&task.id));
@@ -82,12 +93,17 @@ async fn a_task_runs_as_a_container_with_its_limits_and_stops() {
     assert_eq!(labels.get("orch.attempt").map(String::as_str), Some("1"));
     assert!(labels.contains_key("orch.cluster"));
     assert_eq!(labels.get("team").map(String::as_str), Some("core"));
-    assert_eq!(cluster.running_task_containers().await, vec![task.id.clone()]);
+    assert_eq!(
+        cluster.running_task_containers().await,
+        vec![task.id.clone()]
+    );
 
     let stopped = cluster
         .client()
         .await
-        .stop_task(StopTaskRequest { id: task.id.clone() })
+        .stop_task(StopTaskRequest {
+            id: task.id.clone(),
+        })
         .await
         .expect("stop")
         .into_inner()
@@ -99,7 +115,10 @@ async fn a_task_runs_as_a_container_with_its_limits_and_stops() {
         .docker
         .inspect_container(&running.container_id, None::<InspectContainerOptions>)
         .await;
-    assert!(gone.is_err(), "the container should be removed after a stop");
+    assert!(
+        gone.is_err(),
+        "the container should be removed after a stop"
+    );
     assert!(cluster.running_task_containers().await.is_empty());
     cluster.shutdown().await;
 }
@@ -135,8 +154,16 @@ async fn a_missing_image_fails_the_task_with_the_pull_reason() {
     let cluster = Cluster::builder().start().await;
     let task = submit(&cluster, spec("orch-test/no-such-image:1", &[])).await;
     let failed = cluster.wait_state(&task.id, TaskState::Failed).await;
-    assert!(failed.message.contains("pulling image"), "{}", failed.message);
-    assert!(failed.message.contains("orch-test/no-such-image"), "{}", failed.message);
+    assert!(
+        failed.message.contains("pulling image"),
+        "{}",
+        failed.message
+    );
+    assert!(
+        failed.message.contains("orch-test/no-such-image"),
+        "{}",
+        failed.message
+    );
     assert_eq!(failed.exit_code, None);
     cluster.shutdown().await;
 }
@@ -155,7 +182,10 @@ async fn placement_respects_capacity_and_a_waiting_task_starts_when_room_frees()
         s.name = name.into();
         s.milli_cpus = Some(1000);
         s.memory_bytes = Some(64 << 20);
-        s.stop_grace_period = Some(prost_types::Duration { seconds: 0, nanos: 0 });
+        s.stop_grace_period = Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        });
         s
     };
     let a = submit(&cluster, big("a")).await;
@@ -238,7 +268,11 @@ async fn bad_requests_get_a_clear_status_and_store_nothing() {
             .await
             .expect_err(field);
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
     }
     let err = client
         .submit_task(SubmitTaskRequest { spec: None })
@@ -255,7 +289,11 @@ async fn bad_requests_get_a_clear_status_and_store_nothing() {
         .await
         .expect_err("bad batch");
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("specs[1].image"), "{}", err.message());
+    assert!(
+        err.message().starts_with("specs[1].image"),
+        "{}",
+        err.message()
+    );
 
     let listed = client
         .list_tasks(ListTasksRequest::default())
@@ -292,7 +330,15 @@ async fn bad_requests_get_a_clear_status_and_store_nothing() {
 async fn tasks_survive_a_manager_restart() {
     let mut cluster = Cluster::builder().start().await;
     let image = busybox(&cluster).await;
-    let long = submit(&cluster, spec(&image, &["sleep", "300"])).await;
+    let long = {
+        // `sleep` as PID 1 ignores SIGTERM: keep the grace short.
+        let mut s = spec(&image, &["sleep", "300"]);
+        s.stop_grace_period = Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        });
+        submit(&cluster, s).await
+    };
     let done = submit(&cluster, spec(&image, &["sh", "-c", "exit 3"])).await;
     let waiting = {
         let mut s = spec(&image, &["sleep", "300"]);
@@ -333,9 +379,14 @@ async fn tasks_survive_a_manager_restart() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].state(), NodeState::Ready);
     assert_eq!(nodes[0].task_count, 1);
-    assert_eq!(cluster.running_task_containers().await, vec![long.id.clone()]);
+    assert_eq!(
+        cluster.running_task_containers().await,
+        vec![long.id.clone()]
+    );
     client
-        .stop_task(StopTaskRequest { id: long.id.clone() })
+        .stop_task(StopTaskRequest {
+            id: long.id.clone(),
+        })
         .await
         .expect("stop");
     cluster.wait_state(&long.id, TaskState::Stopped).await;
@@ -367,10 +418,10 @@ async fn health_and_reflection_answer() {
         assert_eq!(status, ServingStatus::Serving, "{service:?}");
     }
 
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -390,8 +441,15 @@ async fn health_and_reflection_answer() {
         panic!("not a service list: {response:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["orch.v1.Cluster", "orch.v1.Dispatcher", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    for want in [
+        "orch.v1.Cluster",
+        "orch.v1.Dispatcher",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
     cluster.shutdown().await;
 }

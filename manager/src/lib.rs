@@ -186,12 +186,17 @@ pub async fn run(
         )))
         .add_optional_service(reflection.ok())
         .add_optional_service(reflection_alpha.ok());
+    let closing = shared.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.lock().close_streams();
+    };
     let result = router
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     liveness_task.abort();
-    if let Err(e) = committer.flush().await {
-        tracing::error!(error = %e, "final store flush failed");
+    if let Err(e) = committer.close().await {
+        tracing::error!(error = %e, "final store commit failed");
     }
     result.map_err(ServeError::from)
 }

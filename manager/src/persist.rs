@@ -23,6 +23,8 @@ const MAX_BATCH: usize = 20_000;
 enum Job {
     Writes(Vec<Write>, Option<oneshot::Sender<Result<(), String>>>),
     Flush(oneshot::Sender<Result<(), String>>),
+    /// Commit what is queued, then close the store and stop.
+    Close(oneshot::Sender<Result<(), String>>),
 }
 
 /// A handle to the writer thread. Cheap to clone.
@@ -85,6 +87,18 @@ impl Committer {
         Durable(Some(rx))
     }
 
+    /// Commits everything queued before this call, then closes the store (so
+    /// the same file can be opened again at once, by a restarted manager) and
+    /// stops the writer. Writes queued afterwards are refused.
+    ///
+    /// # Errors
+    /// As [`Durable::wait`].
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Job::Close(done));
+        Durable(Some(rx)).wait().await
+    }
+
     /// Waits until everything queued before this call is durable.
     ///
     /// # Errors
@@ -99,11 +113,12 @@ impl Committer {
 fn writer(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut batch = Vec::new();
     let mut waiters = Vec::new();
+    let mut closing = None;
     while let Some(job) = rx.blocking_recv() {
-        take(job, &mut batch, &mut waiters);
-        while batch.len() < MAX_BATCH {
+        closing = take(job, &mut batch, &mut waiters);
+        while closing.is_none() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => take(job, &mut batch, &mut waiters),
+                Ok(job) => closing = take(job, &mut batch, &mut waiters),
                 Err(_) => break,
             }
         }
@@ -115,15 +130,33 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>) {
             let _ = w.send(result.clone());
         }
         batch.clear();
+        if closing.is_some() {
+            break;
+        }
+    }
+    // Close the database before saying so.
+    drop(store);
+    if let Some(done) = closing {
+        let _ = done.send(Ok(()));
     }
 }
 
-fn take(job: Job, batch: &mut Vec<Write>, waiters: &mut Vec<oneshot::Sender<Result<(), String>>>) {
+/// Adds a job to the batch; returns the waiter of a close request.
+fn take(
+    job: Job,
+    batch: &mut Vec<Write>,
+    waiters: &mut Vec<oneshot::Sender<Result<(), String>>>,
+) -> Option<oneshot::Sender<Result<(), String>>> {
     match job {
         Job::Writes(mut w, done) => {
             batch.append(&mut w);
             waiters.extend(done);
+            None
         }
-        Job::Flush(done) => waiters.push(done),
+        Job::Flush(done) => {
+            waiters.push(done);
+            None
+        }
+        Job::Close(done) => Some(done),
     }
 }

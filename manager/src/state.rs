@@ -705,6 +705,17 @@ impl State {
         silent.len()
     }
 
+    /// Ends every session and event stream, so a graceful server shutdown
+    /// does not wait on streams that would otherwise never end. Workers see
+    /// their session close and reconnect (to this manager's successor).
+    pub fn close_streams(&mut self) {
+        for entry in &mut self.entries {
+            entry.session = None;
+        }
+        // Dropping the sender ends every `WatchEvents` stream.
+        self.events = broadcast::channel(EVENT_BUFFER).0;
+    }
+
     /// The liveness settings.
     pub fn liveness(&self) -> Liveness {
         self.liveness

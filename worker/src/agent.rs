@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use orch::v1::dispatcher_client::DispatcherClient;
 use orch::v1::{
-    Heartbeat, RegisterRequest, RegisterResponse, Resources, SessionOpen, StatusBatch,
-    TaskStatus, WorkerMessage, manager_message, worker_message,
+    Heartbeat, RegisterRequest, RegisterResponse, Resources, SessionOpen, StatusBatch, TaskStatus,
+    WorkerMessage, manager_message, worker_message,
 };
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -194,7 +194,10 @@ pub async fn run<R: Runtime>(
             }
         };
         let id = Uuid::parse_str(&reply.node_id).map_err(|_| {
-            Error::Refused(format!("the manager sent a bad node id {:?}", reply.node_id))
+            Error::Refused(format!(
+                "the manager sent a bad node id {:?}",
+                reply.node_id
+            ))
         })?;
         if node_id != Some(id) {
             save_node_id(&config, id)?;

@@ -136,13 +136,15 @@ fn status(task: Uuid, attempt: u64, state: TaskState) -> TaskStatus {
     }
 }
 
-fn exit_status(task: Uuid, attempt: u64, container_id: &str, code: i32, stopping: bool) -> TaskStatus {
-    let (state, message) = if stopping {
-        (TaskState::Stopped, String::new())
-    } else if code == 0 {
+/// The report of a container that exited on its own.
+fn exit_status(task: Uuid, attempt: u64, container_id: &str, code: i32) -> TaskStatus {
+    let (state, message) = if code == 0 {
         (TaskState::Completed, String::new())
     } else {
-        (TaskState::Failed, format!("container exited with code {code}"))
+        (
+            TaskState::Failed,
+            format!("container exited with code {code}"),
+        )
     };
     TaskStatus {
         container_id: container_id.to_string(),
@@ -221,7 +223,7 @@ impl<R: Runtime> Actor<R> {
                 let code = c.exit_code.unwrap_or(-1);
                 self.report(
                     c.task_id,
-                    exit_status(c.task_id, c.attempt, &c.container_id, code, false),
+                    exit_status(c.task_id, c.attempt, &c.container_id, code),
                 );
                 self.remove(c.container_id);
             }
@@ -257,7 +259,10 @@ impl<R: Runtime> Actor<R> {
             let Ok(task) = Uuid::parse_str(&stop.task_id) else {
                 continue;
             };
-            let grace = stop.grace_period.as_ref().and_then(orch::time::std_duration);
+            let grace = stop
+                .grace_period
+                .as_ref()
+                .and_then(orch::time::std_duration);
             self.stop(task, stop.attempt, grace);
         }
         if a.full {
@@ -272,7 +277,11 @@ impl<R: Runtime> Actor<R> {
         let Some(spec) = run.spec else {
             return;
         };
-        if let Some(ended) = self.finished.get(&task).filter(|s| s.attempt >= run.attempt) {
+        if let Some(ended) = self
+            .finished
+            .get(&task)
+            .filter(|s| s.attempt >= run.attempt)
+        {
             // This attempt already ended here; the manager missed the report.
             let _ = self.reports.send(ended.clone());
             return;
@@ -398,7 +407,7 @@ impl<R: Runtime> Actor<R> {
                             self.spawn_stop(task, attempt, cid, grace);
                         } else if let Some(code) = slot.early_exit {
                             self.slots.remove(&task);
-                            self.report(task, exit_status(task, attempt, &cid, code, false));
+                            self.report(task, exit_status(task, attempt, &cid, code));
                             self.remove(cid);
                         } else {
                             let running = TaskStatus {
@@ -418,12 +427,12 @@ impl<R: Runtime> Actor<R> {
                 if let Err(e) = &result {
                     tracing::warn!(%task, attempt, error = %e, "stop failed");
                 }
-                // The exit event usually reported the stop already; if not
-                // (the container was already gone), report it now.
+                // The container is gone now (or was already): report the stop.
                 if self.slots.get(&task).is_some_and(|s| s.attempt == attempt) {
-                    let cid = self.slots.remove(&task).and_then(|s| s.container_id);
+                    let slot = self.slots.remove(&task);
                     let stopped = TaskStatus {
-                        container_id: cid.unwrap_or_default(),
+                        exit_code: slot.as_ref().and_then(|s| s.early_exit),
+                        container_id: slot.and_then(|s| s.container_id).unwrap_or_default(),
                         message: result.err().unwrap_or_default(),
                         ..status(task, attempt, TaskState::Stopped)
                     };
@@ -446,21 +455,23 @@ impl<R: Runtime> Actor<R> {
             slot.early_exit = Some(exit.exit_code);
             return;
         }
-        let stopping = slot.stopping;
+        if slot.stopping {
+            // The stop call removes the container and reports `stopped` once
+            // it returns, so the task is not called stopped while its
+            // container still exists.
+            slot.early_exit = Some(exit.exit_code);
+            return;
+        }
         self.slots.remove(&exit.task_id);
         let ended = exit_status(
             exit.task_id,
             exit.attempt,
             &exit.container_id,
             exit.exit_code,
-            stopping,
         );
         self.report(exit.task_id, ended);
-        if !stopping {
-            // A stop removes its own container; a natural exit is removed here,
-            // once its exit code has been read and reported.
-            self.remove(exit.container_id);
-        }
+        // The exit code has been read and reported: the container can go.
+        self.remove(exit.container_id);
     }
 
     fn resync(&mut self) {

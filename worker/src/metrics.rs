@@ -43,10 +43,7 @@ impl Meter {
         Resources {
             milli_cpus: i64::try_from(cores * 1000).unwrap_or(i64::MAX),
             memory_bytes: i64::try_from(self.system.total_memory()).unwrap_or(i64::MAX),
-            disk_bytes: self
-                .data_disk()
-                .map(|(total, _)| total)
-                .unwrap_or(i64::MAX),
+            disk_bytes: self.data_disk().map(|(total, _)| total).unwrap_or(i64::MAX),
         }
     }
 
