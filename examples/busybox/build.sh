@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds `orch-example/busybox:latest`, a tiny image for trying orch on a
+# machine with no registry: Debian's static busybox in an otherwise empty image.
+# Needs: apt-get install busybox-static
+set -euo pipefail
+ctx=$(mktemp -d)
+trap 'rm -rf "$ctx"' EXIT
+cp "$(readlink -f /bin/busybox)" "$ctx/busybox"
+cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+CMD ["sh"]
+DOCKERFILE
+docker build -q -t orch-example/busybox:latest "$ctx"
