@@ -24,6 +24,11 @@ pub fn parse_bytes(text: &str) -> Result<i64, QuantityError> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
+    if number.is_empty() {
+        return Err(QuantityError(format!(
+            "{text:?} is not a size (for example 64Mi, 512m, 1g or 1048576)"
+        )));
+    }
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "ki" | "kb" | "kib" => 10,

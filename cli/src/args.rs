@@ -232,6 +232,9 @@ pub struct RunArgs {
 pub struct StopArgs {
     /// The task: its id, a unique prefix of it, or its name.
     pub task: String,
+    /// Return at once instead of waiting until the task has stopped.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Args)]

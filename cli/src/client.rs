@@ -23,7 +23,11 @@ async fn connect(manager: &str) -> Result<ClusterClient<Channel>, CliError> {
         })?
         .connect_timeout(std::time::Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| {
-        let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_else(|| e.to_string());
+        // The innermost cause says it best ("Connection refused").
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
         CliError(format!(
             "cannot reach the manager at {manager}: {cause} (is it running? start one with `orchctl dev`)"
         ))
@@ -138,18 +142,71 @@ pub async fn run(manager: &str, a: RunArgs) -> Result<(), CliError> {
 pub async fn stop(manager: &str, a: StopArgs, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let task = resolve(&mut client, &a.task).await?;
-    let task = client
+    // Watch before asking, so the end of the task cannot slip by unseen.
+    let mut events = if a.no_wait {
+        None
+    } else {
+        Some(
+            client
+                .watch_events(WatchEventsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner(),
+        )
+    };
+    let mut task = client
         .stop_task(StopTaskRequest { id: task.id })
         .await
         .map_err(status_error)?
         .into_inner()
         .task
         .ok_or_else(|| CliError("the manager answered without a task".into()))?;
+    if let Some(events) = events.as_mut() {
+        let grace = orch::validate::stop_grace(&task.spec.clone().unwrap_or_default());
+        let limit = grace + std::time::Duration::from_secs(30);
+        let id = task.id.clone();
+        task = tokio::time::timeout(limit, wait_ended(&mut client, events, task))
+            .await
+            .map_err(|_| {
+                CliError(format!(
+                    "task {id} was asked to stop but has not stopped after {}s",
+                    limit.as_secs()
+                ))
+            })??;
+    }
     match out {
         Output::Json => output::print_json(&output::task_json(&task)),
         Output::Table => println!("{}", task.id),
     }
     Ok(())
+}
+
+/// Follows `events` until `task` has ended; returns it as it ended.
+async fn wait_ended(
+    client: &mut ClusterClient<Channel>,
+    events: &mut tonic::Streaming<orch::v1::Event>,
+    mut task: Task,
+) -> Result<Task, CliError> {
+    while !task_state::is_terminal(task.state()) {
+        let Some(event) = events.message().await.map_err(status_error)? else {
+            return Err(CliError("the manager closed the event stream".into()));
+        };
+        let ours =
+            matches!(&event.kind, Some(orch::v1::event::Kind::Task(t)) if t.task_id == task.id);
+        if !ours {
+            continue;
+        }
+        let fresh = client
+            .get_task(GetTaskRequest {
+                id: task.id.clone(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .task;
+        task = fresh.unwrap_or(task);
+    }
+    Ok(task)
 }
 
 pub async fn status(manager: &str, a: StatusArgs, out: Output) -> Result<(), CliError> {

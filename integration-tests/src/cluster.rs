@@ -391,3 +391,48 @@ impl Cluster {
             .collect()
     }
 }
+
+impl Drop for Cluster {
+    /// A test that panicked never reached `shutdown`: remove its containers
+    /// anyway, from a thread with its own runtime (the test's runtime may be
+    /// going down), so no test leaves containers behind.
+    fn drop(&mut self) {
+        if self.manager.is_none() {
+            return;
+        }
+        let nodes = self.node_ids();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(docker) = Docker::connect_with_local_defaults() else {
+                    return;
+                };
+                let Ok(docker) = docker.negotiate_version().await else {
+                    return;
+                };
+                for node in nodes {
+                    let filters = [("label", vec![format!("{}={node}", orch::labels::NODE_ID)])]
+                        .into_iter()
+                        .collect::<std::collections::HashMap<_, _>>();
+                    let opts = ListContainersOptionsBuilder::default()
+                        .all(true)
+                        .filters(&filters)
+                        .build();
+                    for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
+                        if let Some(id) = c.id {
+                            let force =
+                                RemoveContainerOptionsBuilder::default().force(true).build();
+                            let _ = docker.remove_container(&id, Some(force)).await;
+                        }
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
