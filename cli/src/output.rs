@@ -68,6 +68,7 @@ pub fn task_json(t: &Task) -> Value {
         "exit_code": t.exit_code,
         "message": t.message,
         "created_at": rfc3339(t.created_at.as_ref()),
+        "restart_at": rfc3339(t.restart_at.as_ref()),
     })
 }
 
@@ -267,6 +268,9 @@ pub fn print_task(t: &Task) {
     ];
     if let Some(code) = t.exit_code {
         lines.push(("exit code", code.to_string()));
+    }
+    if let Some(at) = rfc3339(t.restart_at.as_ref()).as_str() {
+        lines.push(("next restart", at.to_string()));
     }
     if !t.message.is_empty() {
         lines.push(("message", t.message.clone()));

@@ -181,7 +181,17 @@ impl Cluster {
 
     /// Starts one more worker, named `worker-N`.
     pub fn add_worker(&mut self) {
-        let n = self.workers.len();
+        let w = self.spawn_worker(self.workers.len());
+        self.workers.push(w);
+    }
+
+    /// Starts worker `i` again after [`Cluster::stop_worker`], with the same
+    /// data directory, so it comes back as the same node.
+    pub fn restart_worker(&mut self, i: usize) {
+        self.workers[i] = self.spawn_worker(i);
+    }
+
+    fn spawn_worker(&self, n: usize) -> WorkerProc {
         let (stop, stopped) = oneshot::channel();
         let config = orch_worker::Config {
             manager: self.url(),
@@ -196,10 +206,10 @@ impl Cluster {
         let task = tokio::spawn(orch_worker::run(config, self.runtime.clone(), async {
             let _ = stopped.await;
         }));
-        self.workers.push(WorkerProc {
+        WorkerProc {
             stop: Some(stop),
             task,
-        });
+        }
     }
 
     /// Stops the manager (its state stays on disk) and starts it again on
@@ -338,6 +348,32 @@ impl Cluster {
             .collect();
         ids.sort();
         ids
+    }
+
+    /// Waits until the running containers of this cluster are exactly one per
+    /// task in `tasks`, re-checking on every Docker container event; returns
+    /// the last list seen, so the caller can assert on it.
+    pub async fn wait_running_tasks(&self, tasks: &[String]) -> Vec<String> {
+        use futures::StreamExt;
+        let mut want = tasks.to_vec();
+        want.sort();
+        let filters = [("type", vec!["container".to_string()])]
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>();
+        let opts = bollard::query_parameters::EventsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut events = self.docker.events(Some(opts));
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let running = self.running_task_containers().await;
+            if running == want || tokio::time::Instant::now() > deadline {
+                return running;
+            }
+            // The engine's own view can lag its events by a moment, so also
+            // look again after a short while if no event comes.
+            let _ = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
+        }
     }
 
     /// Stops a worker like a crash would: its containers keep running.

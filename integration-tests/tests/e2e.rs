@@ -453,3 +453,122 @@ async fn health_and_reflection_answer() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_task_restarts_with_growing_delays_then_fails() {
+    let cluster = Cluster::builder().start().await;
+    let image = busybox(&cluster).await;
+    let mut s = spec(&image, &["sh", "-c", "exit 3"]);
+    s.restart = Some(orch::v1::RestartPolicy {
+        condition: orch::v1::RestartCondition::OnFailure as i32,
+        max_restarts: 2,
+    });
+    let mut events = cluster
+        .client()
+        .await
+        .watch_events(orch::v1::WatchEventsRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let task = submit(&cluster, s).await;
+    let failed = cluster
+        .wait_task(&task.id, |t| {
+            t.state() == TaskState::Failed && t.attempt == 3
+        })
+        .await;
+    assert_eq!(failed.restart_count, 2);
+    assert_eq!(failed.exit_code, Some(3));
+    assert_eq!(failed.restart_at, None);
+
+    // The restarts waited 1 s, then 2 s: read the waits from the event stream.
+    let mut waits = Vec::new();
+    while waits.len() < 2 {
+        let e = events.message().await.expect("events").expect("event");
+        if let Some(orch::v1::event::Kind::Task(t)) = e.kind
+            && t.task_id == task.id
+            && t.message.starts_with("restarting in")
+        {
+            waits.push(t.message);
+        }
+    }
+    assert!(
+        waits[0].starts_with("restarting in 1s: attempt 1 exited with code 3"),
+        "{waits:?}"
+    );
+    assert!(
+        waits[1].starts_with("restarting in 2s: attempt 2 exited with code 3"),
+        "{waits:?}"
+    );
+    // No restart is left waiting and nothing runs.
+    let again = cluster
+        .client()
+        .await
+        .get_task(GetTaskRequest {
+            id: task.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!((again.state(), again.attempt), (TaskState::Failed, 3));
+    assert_eq!(cluster.wait_running_tasks(&[]).await, Vec::<String>::new());
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_tasks_move_and_its_stale_containers_stop_when_it_returns() {
+    let mut cluster = Cluster::builder().workers(2).start().await;
+    let image = busybox(&cluster).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut s = spec(&image, &["sleep", "300"]);
+        s.stop_grace_period = Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        });
+        ids.push(submit(&cluster, s).await.id);
+    }
+    let mut placed = Vec::new();
+    for id in &ids {
+        placed.push(cluster.wait_state(id, TaskState::Running).await);
+    }
+    assert_ne!(
+        placed[0].node_id, placed[1].node_id,
+        "spread puts one on each node"
+    );
+    let node_ids = cluster.node_ids();
+    let dying = node_ids
+        .iter()
+        .position(|n| *n == placed[0].node_id)
+        .expect("worker of task 0");
+
+    // The worker goes away; its container keeps running, unseen.
+    cluster.stop_worker(dying).await;
+    let moved = cluster
+        .wait_task(&ids[0], |t| {
+            t.attempt == 2 && t.state() == TaskState::Running
+        })
+        .await;
+    assert_eq!(moved.node_id, placed[1].node_id);
+    assert_eq!(moved.restart_count, 0, "a lost task is not a restart");
+
+    // It comes back: the manager's full set no longer lists its old attempt,
+    // so the worker stops that container. One container per task remains.
+    cluster.restart_worker(dying);
+    cluster.wait_ready_nodes(2).await;
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(cluster.wait_running_tasks(&ids).await, want);
+    let t0 = cluster
+        .client()
+        .await
+        .get_task(GetTaskRequest { id: ids[0].clone() })
+        .await
+        .expect("get")
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!((t0.state(), t0.attempt), (TaskState::Running, 2));
+    cluster.shutdown().await;
+}

@@ -7,6 +7,7 @@
 //!   that touches a worker's stream;
 //! - [`state`]: the live state and every rule about how it changes;
 //! - [`scheduler`]: pure placement decisions over node snapshots;
+//! - [`reconciler`]: pure restart decisions (policy and backoff);
 //! - [`persist`]: group commit of state changes to the [`store`];
 //! - [`store`]: durable state (redb, or memory in unit tests).
 
@@ -14,6 +15,7 @@ pub mod api;
 pub mod dispatcher;
 mod error;
 pub mod persist;
+pub mod reconciler;
 pub mod scheduler;
 pub mod state;
 pub mod store;
@@ -201,13 +203,16 @@ pub async fn run(
     result.map_err(ServeError::from)
 }
 
-/// Declares silent nodes down, checking twice per heartbeat period.
+/// Runs the state's housekeeping (liveness, due restarts) several times per
+/// heartbeat period.
 async fn watch_liveness(shared: Arc<Shared>, liveness: Liveness) {
-    let mut tick = tokio::time::interval(liveness.heartbeat_period / 2);
+    let period = (liveness.heartbeat_period / 4)
+        .clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = tokio::time::Instant::now();
-        shared.lock().check_liveness(now);
+        shared.lock().tick(now);
     }
 }

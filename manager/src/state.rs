@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::persist::{Committer, Durable};
+use crate::reconciler;
 use crate::scheduler::{Demand, NodeSnapshot, Resources, Scheduler};
 use crate::store::{Snapshot, Write};
 
@@ -76,6 +77,11 @@ pub struct State {
     tasks: BTreeMap<Uuid, Task>,
     /// Tasks waiting for a node, in submission order (v7 ids sort by time).
     pending: BTreeSet<Uuid>,
+    /// Restarts waiting out their backoff, by when they are due.
+    delayed: BTreeSet<(Instant, Uuid)>,
+    /// Each restarting task's backoff streak (see `reconciler`). Kept in
+    /// memory only: after a manager restart backoffs start over.
+    streaks: HashMap<Uuid, u32>,
     /// Scheduling snapshots, one per node, in registration order.
     nodes: Vec<NodeSnapshot>,
     /// The rest of each node, same index as `nodes`.
@@ -124,6 +130,8 @@ impl State {
             cluster_id,
             tasks: BTreeMap::new(),
             pending: BTreeSet::new(),
+            delayed: BTreeSet::new(),
+            streaks: HashMap::new(),
             nodes: Vec::new(),
             entries: Vec::new(),
             node_index: HashMap::new(),
@@ -367,13 +375,17 @@ impl State {
         }
     }
 
-    /// Ends a task's current attempt in `state`, releasing its node's resources.
+    /// Ends a task's current attempt in `state`, releasing its node's
+    /// resources; then, if the task should still run, begins its next attempt:
+    /// at once for a lost task, after the restart policy's backoff for one
+    /// whose container ended.
     fn finish(&mut self, id: Uuid, state: TaskState, writes: &mut Vec<Write>) {
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
         task.state = state as i32;
         task.finished_at = Some(now());
+        task.restart_at = None;
         let demand = demand_of(task);
         let node = Uuid::parse_str(&task.node_id).ok();
         self.pending.remove(&id);
@@ -381,6 +393,93 @@ impl State {
             self.release_resources(i, id, &demand);
         }
         self.task_changed(id, writes);
+
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
+        if task.desired_state() != DesiredState::Running {
+            return;
+        }
+        let delay = if state == TaskState::Lost {
+            Duration::ZERO
+        } else {
+            let ran_for = task.started_at.as_ref().and_then(|s| {
+                SystemTime::now()
+                    .duration_since(orch::time::system_time(s))
+                    .ok()
+            });
+            let streak = self.streaks.get(&id).copied().unwrap_or(0);
+            let Some(restart) = reconciler::after_exit(
+                task.spec.as_ref().and_then(|s| s.restart.as_ref()),
+                state,
+                task.restart_count,
+                streak,
+                ran_for,
+            ) else {
+                self.streaks.remove(&id);
+                return;
+            };
+            self.streaks.insert(id, restart.streak);
+            restart.delay
+        };
+        self.next_attempt(id, state, delay, writes);
+    }
+
+    /// Begins a task's next attempt: pending, placed once `delay` has passed.
+    fn next_attempt(
+        &mut self,
+        id: Uuid,
+        ended: TaskState,
+        delay: Duration,
+        writes: &mut Vec<Write>,
+    ) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let why = match (ended, task.exit_code) {
+            (TaskState::Lost, _) => format!("attempt {} was lost with its node", task.attempt),
+            (_, Some(code)) => format!("attempt {} exited with code {code}", task.attempt),
+            _ => format!("attempt {} failed: {}", task.attempt, task.message),
+        };
+        task.attempt += 1;
+        if ended != TaskState::Lost {
+            task.restart_count += 1;
+        }
+        task.state = TaskState::Pending as i32;
+        task.node_id.clear();
+        task.container_id.clear();
+        task.exit_code = None;
+        task.started_at = None;
+        task.finished_at = None;
+        if delay.is_zero() {
+            task.message = format!("rescheduling: {why}");
+            self.task_changed(id, writes);
+            self.place(id, writes);
+        } else {
+            task.message = format!("restarting in {}s: {why}", delay.as_secs_f64().ceil());
+            task.restart_at = Some(timestamp(SystemTime::now() + delay));
+            self.delayed.insert((Instant::now() + delay, id));
+            self.task_changed(id, writes);
+        }
+    }
+
+    /// Places the restarts whose backoff has passed.
+    fn run_due_restarts(&mut self, now: Instant, writes: &mut Vec<Write>) {
+        while let Some(&(due, id)) = self.delayed.first() {
+            if due > now {
+                break;
+            }
+            self.delayed.pop_first();
+            // A task stopped meanwhile is no longer waiting.
+            let waiting = self
+                .tasks
+                .get_mut(&id)
+                .filter(|t| t.state() == TaskState::Pending && t.restart_at.is_some());
+            if let Some(task) = waiting {
+                task.restart_at = None;
+                self.place(id, writes);
+            }
+        }
     }
 
     /// Asks for a task to stop. Returns the task and a [`Durable`] for the
@@ -572,19 +671,16 @@ impl State {
         self.node_changed(i, why, writes);
     }
 
-    /// The session's stream ended: if it is still the node's current session,
-    /// the node is down.
+    /// The session's stream ended: if it is still the node's current
+    /// session, the node has until the liveness deadline (counted from when it
+    /// was last heard from) to open a new one before it is declared down.
     pub fn close_session(&mut self, node_id: Uuid, session_id: Uuid) {
         let Some(&i) = self.node_index.get(&node_id) else {
             return;
         };
-        if self.entries[i].session.as_ref().map(|s| s.0) != Some(session_id) {
-            return;
+        if self.entries[i].session.as_ref().map(|s| s.0) == Some(session_id) {
+            self.entries[i].session = None;
         }
-        self.entries[i].session = None;
-        let mut writes = Vec::new();
-        self.set_node_state(i, NodeState::Down, "worker disconnected", &mut writes);
-        self.committer.queue(writes);
     }
 
     fn current_session(&self, node_id: Uuid, session_id: Uuid) -> Option<usize> {
@@ -682,27 +778,56 @@ impl State {
         true
     }
 
-    /// Declares down every connected node not heard from within the liveness
-    /// deadline, closing its session. Returns how many went down.
-    pub fn check_liveness(&mut self, now: Instant) -> usize {
+    /// Housekeeping, called a few times per heartbeat period: declares down
+    /// every node not heard from within the liveness deadline (rescheduling
+    /// its tasks), and places restarts whose backoff has passed. Returns how
+    /// many nodes went down.
+    pub fn tick(&mut self, now: Instant) -> usize {
         let deadline = self.liveness.deadline();
+        // A node counts as silent whether its stream is still open (a hung
+        // worker) or already broken and not reopened in time; a node that is
+        // down but still holds tasks (as after a manager restart) too.
         let silent: Vec<usize> = (0..self.entries.len())
             .filter(|&i| {
                 let e = &self.entries[i];
-                e.session.is_some() && now.saturating_duration_since(e.last_seen) > deadline
+                let holds =
+                    e.session.is_some() || e.node.state() != NodeState::Down || !e.tasks.is_empty();
+                holds && now.saturating_duration_since(e.last_seen) > deadline
             })
             .collect();
         let mut writes = Vec::new();
         for &i in &silent {
-            if let Some((_, tx)) = self.entries[i].session.take() {
-                let _ = tx.send(Err(Status::unavailable(
-                    "no heartbeat within the deadline; register again",
-                )));
-            }
-            self.set_node_state(i, NodeState::Down, "heartbeats stopped", &mut writes);
+            self.node_lost(i, &mut writes);
         }
+        self.run_due_restarts(now, &mut writes);
         self.committer.queue(writes);
         silent.len()
+    }
+
+    /// A node stopped answering: it is down, its tasks are lost and placed
+    /// again elsewhere as new attempts. If its worker comes back, the full
+    /// assignment set it gets no longer lists them, so it stops them.
+    fn node_lost(&mut self, i: usize, writes: &mut Vec<Write>) {
+        if let Some((_, tx)) = self.entries[i].session.take() {
+            let _ = tx.send(Err(Status::unavailable(
+                "no heartbeat within the deadline; register again",
+            )));
+        }
+        self.set_node_state(
+            i,
+            NodeState::Down,
+            "no heartbeat within the deadline",
+            writes,
+        );
+        let mut lost: Vec<Uuid> = self.entries[i].tasks.iter().copied().collect();
+        lost.sort();
+        let name = self.nodes[i].name.clone();
+        for id in lost {
+            if let Some(task) = self.tasks.get_mut(&id) {
+                task.message = format!("node {name} is down");
+            }
+            self.finish(id, TaskState::Lost, writes);
+        }
     }
 
     /// Ends every session and event stream, so a graceful server shutdown

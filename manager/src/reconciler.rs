@@ -1,0 +1,166 @@
+//! What to do when a task's attempt ends: restart it, and after how long.
+//!
+//! Pure decisions over plain data (no clock reads, no I/O, no state): the
+//! [`State`](crate::state::State) calls [`after_exit`] when a worker reports an
+//! attempt ended and applies the answer. Restarts wait out an exponential
+//! backoff (1 s doubling to 60 s), so a crashing task does not spin; the
+//! backoff starts over once an attempt has run stably for a while.
+
+use std::time::Duration;
+
+use orch::v1::{RestartCondition, RestartPolicy, TaskState};
+
+/// The first restart's delay.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// The longest delay between restarts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// An attempt that ran at least this long resets the backoff.
+pub const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// A restart to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    /// How long to wait before placing the new attempt.
+    pub delay: Duration,
+    /// The backoff streak to remember for the next exit.
+    pub streak: u32,
+}
+
+/// Decides whether an attempt that ended in `state` is restarted.
+///
+/// `restarts` is how many times the task was restarted so far; `streak` how
+/// many restarts in a row followed short-lived attempts; `ran_for` how long
+/// the ended attempt ran (None if it never ran).
+pub fn after_exit(
+    policy: Option<&RestartPolicy>,
+    state: TaskState,
+    restarts: u32,
+    streak: u32,
+    ran_for: Option<Duration>,
+) -> Option<Restart> {
+    let policy = policy.copied().unwrap_or_default();
+    let condition = RestartCondition::try_from(policy.condition).unwrap_or(RestartCondition::Never);
+    let wanted = match condition {
+        RestartCondition::Unspecified | RestartCondition::Never => false,
+        RestartCondition::OnFailure => state == TaskState::Failed,
+        RestartCondition::Always => matches!(state, TaskState::Completed | TaskState::Failed),
+    };
+    if !wanted || (policy.max_restarts > 0 && restarts >= policy.max_restarts) {
+        return None;
+    }
+    let streak = if ran_for.is_some_and(|d| d >= STABLE_AFTER) {
+        0
+    } else {
+        streak
+    };
+    let delay = BACKOFF_INITIAL
+        .saturating_mul(1u32 << streak.min(16))
+        .min(BACKOFF_MAX);
+    Some(Restart {
+        delay,
+        streak: streak.saturating_add(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(condition: RestartCondition, max: u32) -> RestartPolicy {
+        RestartPolicy {
+            condition: condition as i32,
+            max_restarts: max,
+        }
+    }
+
+    /// `after_exit` for a short-lived attempt, as (delay in seconds, next streak).
+    fn check(
+        p: Option<RestartPolicy>,
+        state: TaskState,
+        restarts: u32,
+        streak: u32,
+        expected: Option<(u64, u32)>,
+    ) {
+        let got = after_exit(
+            p.as_ref(),
+            state,
+            restarts,
+            streak,
+            Some(Duration::from_secs(1)),
+        );
+        assert_eq!(
+            got.map(|r| (r.delay.as_secs(), r.streak)),
+            expected,
+            "{p:?} {state:?} restarts={restarts} streak={streak}"
+        );
+    }
+
+    #[test]
+    fn conditions() {
+        use RestartCondition::*;
+        use TaskState::*;
+        check(None, Failed, 0, 0, None);
+        check(Some(policy(Never, 0)), Failed, 0, 0, None);
+        check(Some(policy(OnFailure, 0)), Failed, 0, 0, Some((1, 1)));
+        check(Some(policy(OnFailure, 0)), Completed, 0, 0, None);
+        check(Some(policy(Always, 0)), Completed, 0, 0, Some((1, 1)));
+        check(Some(policy(Always, 0)), Failed, 0, 0, Some((1, 1)));
+        // A stop is never undone by a restart.
+        check(Some(policy(Always, 0)), Stopped, 0, 0, None);
+        // An unknown condition (a newer client) is read as never.
+        check(
+            Some(RestartPolicy {
+                condition: 99,
+                max_restarts: 0,
+            }),
+            Failed,
+            0,
+            0,
+            None,
+        );
+    }
+
+    #[test]
+    fn max_restarts() {
+        use RestartCondition::*;
+        check(
+            Some(policy(Always, 3)),
+            TaskState::Failed,
+            2,
+            2,
+            Some((4, 3)),
+        );
+        check(Some(policy(Always, 3)), TaskState::Failed, 3, 3, None);
+        // 0 means no limit.
+        check(
+            Some(policy(Always, 0)),
+            TaskState::Failed,
+            1000,
+            3,
+            Some((8, 4)),
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = Some(policy(RestartCondition::Always, 0));
+        let delays: Vec<u64> = (0..9)
+            .map(|streak| {
+                after_exit(p.as_ref(), TaskState::Failed, streak, streak, None)
+                    .map(|r| r.delay.as_secs())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        // Huge streaks do not overflow.
+        let r = after_exit(p.as_ref(), TaskState::Failed, 0, u32::MAX, None).expect("restart");
+        assert_eq!(r.delay, BACKOFF_MAX);
+    }
+
+    #[test]
+    fn a_stable_run_resets_the_backoff() {
+        let p = policy(RestartCondition::Always, 0);
+        let r = after_exit(Some(&p), TaskState::Failed, 7, 7, Some(STABLE_AFTER)).expect("restart");
+        assert_eq!((r.delay, r.streak), (BACKOFF_INITIAL, 1));
+    }
+}
