@@ -12,7 +12,12 @@ use orch_manager::scheduler::Strategy;
 
 /// orch: a container orchestrator. Run tasks as containers on a cluster of workers.
 #[derive(Debug, Parser)]
-#[command(name = "orchctl", version, about, propagate_version = true)]
+#[command(
+    name = "orchctl",
+    version,
+    about = "orch: a container orchestrator. Run tasks as containers on a cluster of workers.",
+    propagate_version = true
+)]
 pub struct Cli {
     /// The manager's URL.
     #[arg(

@@ -40,7 +40,8 @@ fn status_error(s: tonic::Status) -> CliError {
     use tonic::Code;
     let what = match s.code() {
         Code::InvalidArgument => "invalid argument",
-        Code::NotFound => "not found",
+        // The manager's message says what was not found.
+        Code::NotFound => return CliError(s.message().to_string()),
         Code::FailedPrecondition => "refused",
         Code::Unavailable => "manager unavailable",
         Code::DeadlineExceeded => "timed out",
@@ -82,6 +83,11 @@ async fn resolve(client: &mut ClusterClient<Channel>, key: &str) -> Result<Task,
             break;
         }
         page_token = page.next_page_token;
+    }
+    // Names are not unique: a name that was used before by tasks that have
+    // since ended means the task that has not.
+    if found.len() > 1 && !found.iter().any(|t| t.id.starts_with(key)) {
+        found.retain(|t| !task_state::is_terminal(t.state()));
     }
     match found.len() {
         0 => Err(CliError(format!(
