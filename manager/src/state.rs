@@ -854,3 +854,7 @@ fn stale_stop(status: &TaskStatus) -> TaskStop {
         grace_period: Some(duration(validate::DEFAULT_STOP_GRACE)),
     }
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

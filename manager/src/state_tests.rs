@@ -1,0 +1,918 @@
+//! Unit tests for [`State`]: plain data in, worker messages and store writes out.
+//!
+//! Each test builds a `State` over a [`MemoryStore`], plays the workers through
+//! `register`, `open_session` and `report`, and reads back exactly what the
+//! manager pushed down each session's channel and what became durable. There is
+//! no network and no Docker, and no test sleeps: liveness tests pause tokio's
+//! clock and advance it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch::time::duration;
+use orch::v1::{
+    Assignments, DesiredState, ManagerMessage, Node, NodeMetrics, NodeState, RegisterRequest,
+    Resources, Task, TaskSpec, TaskState, TaskStatus, TaskStop, event, manager_message,
+};
+use prost_types::Timestamp;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::time::{Instant, advance};
+use tonic::{Code, Status};
+use uuid::Uuid;
+
+use super::{Liveness, State};
+use crate::Error;
+use crate::persist::Committer;
+use crate::scheduler::{Scheduler, Strategy};
+use crate::store::{MemoryStore, Snapshot, Store, Write};
+
+/// One heartbeat a second, down after three missed: a 3s deadline.
+const LIVENESS: Liveness = Liveness {
+    heartbeat_period: Duration::from_secs(1),
+    missed_heartbeats: 3,
+};
+
+/// A manager's state over an in-memory store the test can read back.
+struct Fixture {
+    state: State,
+    store: Arc<MemoryStore>,
+}
+
+/// One worker's end of a session: what the manager pushed to it.
+struct Worker {
+    node: Uuid,
+    session: Uuid,
+    rx: mpsc::UnboundedReceiver<Result<ManagerMessage, Status>>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self::over(Arc::new(MemoryStore::new()))
+    }
+
+    /// A state restored from whatever `store` holds, as a (re)started
+    /// manager builds it.
+    fn over(store: Arc<MemoryStore>) -> Self {
+        let snapshot = store.load().expect("load the store");
+        let state = State::restore(
+            snapshot,
+            Scheduler::with_seed(Strategy::Spread, 1),
+            Committer::start(store.clone()),
+            LIVENESS,
+        );
+        Self { state, store }
+    }
+
+    /// Waits until every write queued so far is committed, then reads the
+    /// store back.
+    async fn durable(&self) -> Snapshot {
+        self.state.committer().flush().await.expect("flush");
+        self.store.load().expect("load the store")
+    }
+
+    /// Submits tasks as the API does: created in the store first, then admitted.
+    /// (A status written for a task the store never saw created would make
+    /// the store corrupt, and `durable` would fail.)
+    fn submit(&mut self, specs: Vec<TaskSpec>) -> Vec<Task> {
+        let tasks = State::new_tasks(specs);
+        let created = tasks.iter().cloned().map(Write::TaskCreated).collect();
+        self.state.committer().queue(created);
+        self.state.admit(tasks)
+    }
+
+    fn submit_one(&mut self, spec: TaskSpec) -> Task {
+        self.submit(vec![spec]).remove(0)
+    }
+
+    /// Registers a worker (`node_id` may be empty) offering `milli_cpus`;
+    /// returns its node and session ids.
+    fn register(&mut self, node_id: &str, name: &str, milli_cpus: i64) -> (Uuid, Uuid) {
+        let (reply, _durable) = self.state.register(RegisterRequest {
+            node_id: node_id.to_owned(),
+            name: name.to_owned(),
+            capacity: Some(Resources {
+                milli_cpus,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        (
+            reply.node_id.parse().expect("node id"),
+            reply.session_id.parse().expect("session id"),
+        )
+    }
+
+    fn open(&mut self, node: Uuid, session: Uuid) -> Worker {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.state
+            .open_session(node, session, tx)
+            .expect("open_session");
+        Worker { node, session, rx }
+    }
+
+    /// A new node that registers and connects. Its full set is left unread.
+    fn join(&mut self, name: &str, milli_cpus: i64) -> Worker {
+        let (node, session) = self.register("", name, milli_cpus);
+        self.open(node, session)
+    }
+
+    fn report(&mut self, worker: &Worker, task: &Task, state: TaskState) -> bool {
+        self.report_status(worker, status(task, state))
+    }
+
+    fn report_status(&mut self, worker: &Worker, status: TaskStatus) -> bool {
+        self.state.report(worker.node, worker.session, vec![status])
+    }
+
+    /// The task as the state holds it now.
+    fn task(&self, task: &Task) -> Task {
+        self.state.task(id(task)).cloned().expect("task exists")
+    }
+
+    /// The node as `ListNodes` shows it now.
+    fn node(&self, node: Uuid) -> Node {
+        self.state
+            .list_nodes()
+            .into_iter()
+            .find(|n| n.id == node.to_string())
+            .expect("node exists")
+    }
+}
+
+impl Worker {
+    /// The next message, which must be an `Assignments`.
+    fn next(&mut self) -> Assignments {
+        match self.rx.try_recv() {
+            Ok(Ok(ManagerMessage {
+                kind: Some(manager_message::Kind::Assignments(a)),
+            })) => a,
+            other => panic!("node {}: expected assignments, got {other:?}", self.node),
+        }
+    }
+
+    /// The full set a session opens with, as task ids in any order, sorted.
+    fn full_set(&mut self) -> Vec<String> {
+        let a = self.next();
+        assert!(a.full, "expected a full set, got {a:?}");
+        assert!(a.stop.is_empty(), "a full set stops nothing: {a:?}");
+        for run in &a.run {
+            assert!(run.spec.is_some(), "a run carries its spec: {run:?}");
+        }
+        let mut ids: Vec<String> = a.run.into_iter().map(|r| r.task_id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The next message must be an incremental `run` of `task` alone.
+    fn expect_run(&mut self, task: &Task) {
+        let a = self.next();
+        assert!(!a.full && a.stop.is_empty(), "expected a run, got {a:?}");
+        assert_eq!(a.run.len(), 1, "{a:?}");
+        assert_eq!(a.run[0].task_id, task.id);
+        assert_eq!(a.run[0].attempt, task.attempt);
+        assert_eq!(a.run[0].spec, task.spec);
+    }
+
+    /// The next message must be an incremental `stop` of one task.
+    fn expect_stop(&mut self) -> TaskStop {
+        let mut a = self.next();
+        assert!(!a.full && a.run.is_empty(), "expected a stop, got {a:?}");
+        assert_eq!(a.stop.len(), 1, "{a:?}");
+        a.stop.remove(0)
+    }
+
+    /// Nothing more was pushed, and the session is still open.
+    fn expect_quiet(&mut self) {
+        match self.rx.try_recv() {
+            Err(TryRecvError::Empty) => {}
+            other => panic!("node {}: expected nothing, got {other:?}", self.node),
+        }
+    }
+}
+
+fn id(task: &Task) -> Uuid {
+    task.id.parse().expect("task id")
+}
+
+fn spec(name: &str) -> TaskSpec {
+    TaskSpec {
+        name: name.to_owned(),
+        image: "busybox".to_owned(),
+        ..Default::default()
+    }
+}
+
+fn cpu_spec(name: &str, milli_cpus: i64) -> TaskSpec {
+    TaskSpec {
+        milli_cpus: Some(milli_cpus),
+        ..spec(name)
+    }
+}
+
+/// A report about the task's current attempt.
+fn status(task: &Task, state: TaskState) -> TaskStatus {
+    TaskStatus {
+        task_id: task.id.clone(),
+        attempt: task.attempt,
+        state: state as i32,
+        ..Default::default()
+    }
+}
+
+/// What an event receiver says when nothing new was emitted.
+fn broadcast_empty() -> tokio::sync::broadcast::error::TryRecvError {
+    tokio::sync::broadcast::error::TryRecvError::Empty
+}
+
+fn allocated_cpu(node: &Node) -> i64 {
+    node.allocated.expect("allocated is listed").milli_cpus
+}
+
+// ---- scheduling ----------------------------------------------------------
+
+#[tokio::test]
+async fn a_task_admitted_with_no_nodes_waits_with_a_reason_then_runs_once_a_node_connects() {
+    let mut f = Fixture::new();
+    let task = f.submit_one(spec("web"));
+    assert_eq!(task.state(), TaskState::Pending);
+    assert_eq!(task.message, "no nodes are registered");
+    assert!(task.node_id.is_empty());
+    let stored = f.durable().await;
+    assert_eq!(stored.tasks.len(), 1);
+    assert_eq!(stored.tasks[0].state(), TaskState::Pending);
+    assert_eq!(stored.tasks[0].message, "no nodes are registered");
+
+    // Registered but not connected, the node is down: the task still waits.
+    let (node, session) = f.register("", "n1", 0);
+    assert_eq!(f.task(&task).state(), TaskState::Pending);
+
+    let mut worker = f.open(node, session);
+    // The full set comes first (empty: nothing was placed here yet), then
+    // the pending task, placed now that a node is ready.
+    assert!(worker.full_set().is_empty());
+    worker.expect_run(&task);
+    worker.expect_quiet();
+    let placed = f.task(&task);
+    assert_eq!(placed.state(), TaskState::Scheduled);
+    assert_eq!(placed.node_id, node.to_string());
+    assert!(placed.message.is_empty(), "the old reason is cleared");
+    let stored = f.durable().await;
+    assert_eq!(stored.tasks, vec![placed]);
+}
+
+#[tokio::test]
+async fn open_session_sends_exactly_the_nodes_active_tasks_that_should_run() {
+    let mut f = Fixture::new();
+    let mut worker = f.join("n1", 0);
+    assert!(worker.full_set().is_empty());
+    let tasks = f.submit(vec![
+        spec("keep"),
+        spec("running"),
+        spec("stopping"),
+        spec("done"),
+    ]);
+    for task in &tasks {
+        worker.expect_run(task);
+    }
+    let [keep, running, stopping, done] = <[Task; 4]>::try_from(tasks).expect("four tasks");
+    assert!(f.report(&worker, &running, TaskState::Running));
+    f.state.stop(id(&stopping)).expect("stop");
+    worker.expect_stop();
+    assert!(f.report(&worker, &done, TaskState::Completed));
+    // A task on another node is not this node's business. Spread sends it to
+    // the node with fewer tasks.
+    let mut other = f.join("n2", 0);
+    assert!(other.full_set().is_empty());
+    let elsewhere = f.submit_one(spec("elsewhere"));
+    other.expect_run(&elsewhere);
+
+    // The worker reconnects under its id: register again, open the new session.
+    let (node, session) = f.register(&worker.node.to_string(), "n1", 0);
+    assert_eq!(node, worker.node);
+    let mut again = f.open(node, session);
+    let mut want = vec![keep.id, running.id];
+    want.sort();
+    assert_eq!(again.full_set(), want);
+    again.expect_quiet();
+    // Replacing the session dropped the old stream's sender: it has ended.
+    assert_eq!(
+        worker.rx.try_recv().unwrap_err(),
+        TryRecvError::Disconnected
+    );
+}
+
+#[tokio::test]
+async fn full_nodes_leave_a_task_pending_until_a_finished_task_makes_room() {
+    let mut f = Fixture::new();
+    let mut a = f.join("a", 1000);
+    let mut b = f.join("b", 1000);
+    a.full_set();
+    b.full_set();
+    let tasks = f.submit(vec![
+        cpu_spec("t1", 1000),
+        cpu_spec("t2", 1000),
+        cpu_spec("t3", 1000),
+    ]);
+    let [first, second, third] = <[Task; 3]>::try_from(tasks).expect("three tasks");
+    assert_eq!(first.state(), TaskState::Scheduled);
+    assert_eq!(second.state(), TaskState::Scheduled);
+    assert_ne!(first.node_id, second.node_id, "one task per node");
+    assert_eq!(third.state(), TaskState::Pending);
+    assert_eq!(third.message, "no node fits: insufficient cpu on 2 nodes");
+
+    let (mut holder, mut other) = if first.node_id == a.node.to_string() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    holder.expect_run(&first);
+    other.expect_run(&second);
+
+    assert!(f.report(&holder, &first, TaskState::Completed));
+    holder.expect_run(&third);
+    holder.expect_quiet();
+    other.expect_quiet();
+    let placed = f.task(&third);
+    assert_eq!(placed.state(), TaskState::Scheduled);
+    assert_eq!(placed.node_id, holder.node.to_string());
+    for node in [holder.node, other.node] {
+        let node = f.node(node);
+        assert_eq!(
+            (node.task_count, allocated_cpu(&node)),
+            (1, 1000),
+            "{node:?}"
+        );
+    }
+}
+
+// ---- reports ---------------------------------------------------------------
+
+#[tokio::test]
+async fn reports_move_a_task_forward_and_record_what_the_worker_saw() {
+    let mut f = Fixture::new();
+    let mut worker = f.join("n1", 2000);
+    worker.full_set();
+    let task = f.submit_one(cpu_spec("web", 500));
+    worker.expect_run(&task);
+    let node = f.node(worker.node);
+    assert_eq!((node.task_count, allocated_cpu(&node)), (1, 500));
+
+    assert!(f.report_status(
+        &worker,
+        TaskStatus {
+            container_id: "c0ffee".to_owned(),
+            ..status(&task, TaskState::Starting)
+        }
+    ));
+    let now = f.task(&task);
+    assert_eq!(now.state(), TaskState::Starting);
+    assert_eq!(now.container_id, "c0ffee");
+    assert_eq!(now.started_at, None);
+
+    // The start time is the worker's observation, not the manager's clock; a
+    // report without a container id keeps the one already known.
+    let seen = Timestamp {
+        seconds: 1_750_000_000,
+        nanos: 0,
+    };
+    assert!(f.report_status(
+        &worker,
+        TaskStatus {
+            time: Some(seen),
+            ..status(&task, TaskState::Running)
+        }
+    ));
+    let now = f.task(&task);
+    assert_eq!(now.state(), TaskState::Running);
+    assert_eq!(now.container_id, "c0ffee");
+    assert_eq!(now.started_at, Some(seen));
+    assert_eq!(now.finished_at, None);
+
+    assert!(f.report_status(
+        &worker,
+        TaskStatus {
+            exit_code: Some(0),
+            message: "exited".to_owned(),
+            ..status(&task, TaskState::Completed)
+        }
+    ));
+    let now = f.task(&task);
+    assert_eq!(now.state(), TaskState::Completed);
+    assert_eq!(now.exit_code, Some(0));
+    assert_eq!(now.message, "exited");
+    assert!(now.finished_at.is_some());
+    assert_eq!(now.started_at, Some(seen));
+    let node = f.node(worker.node);
+    assert_eq!((node.task_count, allocated_cpu(&node)), (0, 0));
+    worker.expect_quiet();
+    assert_eq!(f.durable().await.tasks, vec![now]);
+}
+
+#[tokio::test]
+async fn a_report_about_an_older_attempt_is_ignored_and_a_live_container_is_told_to_stop() {
+    // A task at its second attempt can only come from the store: seed it.
+    let store = Arc::new(MemoryStore::new());
+    let mut task = State::new_tasks(vec![cpu_spec("web", 100)]).remove(0);
+    task.attempt = 2;
+    store
+        .commit(&[Write::TaskCreated(task.clone())])
+        .expect("seed");
+    let mut f = Fixture::over(store);
+    let mut worker = f.join("n1", 1000);
+    assert!(worker.full_set().is_empty());
+    worker.expect_run(&task);
+    let before = f.task(&task);
+
+    // (what the first attempt's container reports, whether it must be stopped)
+    for (reported, told_to_stop) in [
+        (TaskState::Starting, true),
+        (TaskState::Running, true),
+        (TaskState::Failed, false),
+        (TaskState::Completed, false),
+    ] {
+        let stale = TaskStatus {
+            attempt: 1,
+            ..status(&task, reported)
+        };
+        assert!(f.report_status(&worker, stale), "{reported:?}");
+        assert_eq!(f.task(&task), before, "{reported:?} changed the task");
+        if told_to_stop {
+            let stop = worker.expect_stop();
+            assert_eq!((stop.task_id.as_str(), stop.attempt), (task.id.as_str(), 1));
+            assert_eq!(stop.grace_period, Some(duration(Duration::from_secs(10))));
+        } else {
+            worker.expect_quiet();
+        }
+    }
+    // A stale terminal report released nothing.
+    let node = f.node(worker.node);
+    assert_eq!((node.task_count, allocated_cpu(&node)), (1, 100));
+}
+
+#[tokio::test]
+async fn a_report_from_a_session_that_is_not_current_changes_nothing() {
+    let mut f = Fixture::new();
+    let (node, first) = f.register("", "n1", 0);
+    let old = f.open(node, first);
+    let task = f.submit_one(spec("web"));
+    // The worker reconnects; the first session is superseded.
+    let (_, second) = f.register(&node.to_string(), "n1", 0);
+    let mut current = f.open(node, second);
+    assert_eq!(current.full_set(), vec![task.id.clone()]);
+    let before = f.task(&task);
+    let mut events = f.state.subscribe();
+
+    assert!(!f.report(&old, &task, TaskState::Running));
+    assert!(!f.state.report(
+        node,
+        Uuid::new_v4(),
+        vec![status(&task, TaskState::Running)]
+    ));
+    assert!(!f.state.report(
+        Uuid::new_v4(),
+        second,
+        vec![status(&task, TaskState::Running)]
+    ));
+    assert!(!f.state.heartbeat(node, first, NodeMetrics::default()));
+    assert_eq!(f.task(&task), before);
+    current.expect_quiet();
+    assert_eq!(events.try_recv().unwrap_err(), broadcast_empty());
+}
+
+#[tokio::test]
+async fn a_report_about_a_task_placed_on_another_node_is_ignored() {
+    let mut f = Fixture::new();
+    let mut a = f.join("a", 1000);
+    let mut b = f.join("b", 1000);
+    a.full_set();
+    b.full_set();
+    let task = f.submit_one(cpu_spec("web", 500));
+    let (mut holder, mut stranger) = if task.node_id == a.node.to_string() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    holder.expect_run(&task);
+    let before = f.task(&task);
+
+    // A container the stranger says is alive is not the task's: stop it.
+    assert!(f.report(&stranger, &task, TaskState::Running));
+    assert_eq!(f.task(&task), before);
+    let stop = stranger.expect_stop();
+    assert_eq!((stop.task_id.as_str(), stop.attempt), (task.id.as_str(), 1));
+    // An exit it reports does not end the task, nor free its node.
+    assert!(f.report(&stranger, &task, TaskState::Completed));
+    assert_eq!(f.task(&task), before);
+    stranger.expect_quiet();
+    holder.expect_quiet();
+    assert_eq!(f.node(holder.node).task_count, 1);
+}
+
+#[tokio::test]
+async fn a_backwards_report_is_ignored() {
+    let mut f = Fixture::new();
+    let mut worker = f.join("n1", 0);
+    worker.full_set();
+    let task = f.submit_one(spec("web"));
+    worker.expect_run(&task);
+    assert!(f.report(&worker, &task, TaskState::Running));
+    let before = f.task(&task);
+    let mut events = f.state.subscribe();
+
+    // A late `starting` that arrives after `running` (and a duplicate).
+    for late in [
+        TaskState::Starting,
+        TaskState::Scheduled,
+        TaskState::Running,
+    ] {
+        assert!(f.report(&worker, &task, late), "{late:?}");
+        assert_eq!(f.task(&task), before, "{late:?} moved the task");
+    }
+    worker.expect_quiet();
+    assert_eq!(events.try_recv().unwrap_err(), broadcast_empty());
+}
+
+// ---- stop --------------------------------------------------------------------
+
+#[tokio::test]
+async fn stopping_a_pending_task_ends_it_at_once_without_telling_any_worker() {
+    let mut f = Fixture::new();
+    let mut worker = f.join("n1", 1000);
+    worker.full_set();
+    let [placed, waiting] =
+        <[Task; 2]>::try_from(f.submit(vec![cpu_spec("placed", 1000), cpu_spec("waiting", 1000)]))
+            .expect("two tasks");
+    worker.expect_run(&placed);
+    assert_eq!(waiting.state(), TaskState::Pending);
+
+    let (stopped, durable) = f.state.stop(id(&waiting)).expect("stop");
+    durable.wait().await.expect("durable");
+    assert_eq!(stopped.state(), TaskState::Stopped);
+    assert_eq!(stopped.desired_state(), DesiredState::Stopped);
+    assert!(stopped.finished_at.is_some());
+    assert!(!stopped.message.is_empty(), "says why it never ran");
+    assert_eq!(f.task(&waiting), stopped);
+    worker.expect_quiet();
+    assert!(f.store.load().expect("load").tasks.contains(&stopped));
+
+    // It waits no more: room on the node does not bring it back.
+    assert!(f.report(&worker, &placed, TaskState::Completed));
+    worker.expect_quiet();
+    assert_eq!(f.task(&waiting), stopped);
+}
+
+/// Stops a running task whose spec sets `grace` and checks the stop its
+/// node receives carries `want`.
+async fn check_stop_grace(grace: Option<Duration>, want: Duration) {
+    let mut f = Fixture::new();
+    let mut worker = f.join("n1", 1000);
+    worker.full_set();
+    let task = f.submit_one(TaskSpec {
+        stop_grace_period: grace.map(duration),
+        ..cpu_spec("web", 1000)
+    });
+    worker.expect_run(&task);
+    assert!(f.report(&worker, &task, TaskState::Running));
+
+    let (stopping, durable) = f.state.stop(id(&task)).expect("stop");
+    durable.wait().await.expect("durable");
+    // Only the worker says when the container is gone.
+    assert_eq!(stopping.desired_state(), DesiredState::Stopped);
+    assert_eq!(stopping.state(), TaskState::Running);
+    let stop = worker.expect_stop();
+    assert_eq!(
+        stop,
+        TaskStop {
+            task_id: task.id.clone(),
+            attempt: task.attempt,
+            grace_period: Some(duration(want)),
+        },
+        "grace {grace:?}"
+    );
+    worker.expect_quiet();
+
+    assert!(f.report(&worker, &task, TaskState::Stopped));
+    assert_eq!(f.task(&task).state(), TaskState::Stopped);
+    assert_eq!(f.node(worker.node).task_count, 0);
+}
+
+#[tokio::test]
+async fn stopping_a_placed_task_tells_its_node_with_the_tasks_grace_period() {
+    check_stop_grace(None, Duration::from_secs(10)).await;
+    check_stop_grace(Some(Duration::from_secs(3)), Duration::from_secs(3)).await;
+    check_stop_grace(
+        Some(Duration::from_millis(1500)),
+        Duration::from_millis(1500),
+    )
+    .await;
+    check_stop_grace(Some(Duration::ZERO), Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn stopping_twice_or_after_the_end_changes_nothing() {
+    let mut f = Fixture::new();
+    let mut worker = f.join("n1", 0);
+    worker.full_set();
+    let [done, stopping] =
+        <[Task; 2]>::try_from(f.submit(vec![spec("done"), spec("stopping")])).expect("two");
+    worker.expect_run(&done);
+    worker.expect_run(&stopping);
+    assert!(f.report(&worker, &done, TaskState::Completed));
+    f.state.stop(id(&stopping)).expect("first stop");
+    worker.expect_stop();
+    let mut events = f.state.subscribe();
+
+    for task in [&done, &stopping] {
+        let before = f.task(task);
+        let (after, durable) = f.state.stop(id(task)).expect("stop again");
+        durable.wait().await.expect("nothing to wait for");
+        assert_eq!(after, before);
+        assert_eq!(f.task(task), before);
+    }
+    worker.expect_quiet();
+    assert_eq!(events.try_recv().unwrap_err(), broadcast_empty());
+}
+
+#[tokio::test]
+async fn stopping_an_unknown_task_is_not_found() {
+    let mut f = Fixture::new();
+    let result = f.state.stop(Uuid::now_v7());
+    assert!(matches!(result, Err(Error::NotFound(_))));
+}
+
+// ---- registration and sessions ---------------------------------------------
+
+#[tokio::test]
+async fn register_keeps_a_valid_node_id_it_has_never_seen() {
+    let mut f = Fixture::new();
+    let asked = Uuid::new_v4();
+    let (reply, durable) = f.state.register(RegisterRequest {
+        node_id: asked.to_string(),
+        name: "n1".to_owned(),
+        ..Default::default()
+    });
+    durable.wait().await.expect("durable");
+    assert_eq!(reply.node_id, asked.to_string());
+    assert_eq!(reply.cluster_id, f.state.cluster_id());
+    assert_eq!(
+        reply.heartbeat_period,
+        Some(duration(Duration::from_secs(1)))
+    );
+    let nodes = f.state.list_nodes();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].id, asked.to_string());
+    // Not connected yet.
+    assert_eq!(nodes[0].state(), NodeState::Down);
+    let stored = f.store.load().expect("load");
+    assert_eq!(stored.nodes.len(), 1);
+    assert_eq!(stored.nodes[0].id, asked.to_string());
+}
+
+#[tokio::test]
+async fn registering_twice_under_one_id_gives_one_node() {
+    let mut f = Fixture::new();
+    let (node, _) = f.register("", "old-name", 1000);
+    let (again, _) = f.register(&node.to_string(), "new-name", 2000);
+    assert_eq!(again, node);
+    let nodes = f.state.list_nodes();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].name, "new-name");
+    assert_eq!(nodes[0].capacity.expect("capacity").milli_cpus, 2000);
+    // The store holds the node as registered; `allocated` is only filled in
+    // when listed.
+    let stored = f.durable().await.nodes;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        (stored[0].name.as_str(), stored[0].capacity),
+        ("new-name", nodes[0].capacity)
+    );
+}
+
+#[tokio::test]
+async fn open_session_refuses_a_superseded_used_or_unknown_session() {
+    let mut f = Fixture::new();
+    let (node, first) = f.register("", "n1", 0);
+    let (_, second) = f.register(&node.to_string(), "n1", 0);
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let refused = f.state.open_session(node, first, tx);
+    assert!(
+        matches!(refused, Err(Error::FailedPrecondition(_))),
+        "superseded"
+    );
+    // Nothing was sent, and the sender was not kept.
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
+    assert_eq!(f.node(node).state(), NodeState::Down);
+
+    let mut worker = f.open(node, second);
+    worker.full_set();
+    assert_eq!(f.node(node).state(), NodeState::Ready);
+
+    for (node, session, case) in [
+        (node, second, "already opened"),
+        (Uuid::new_v4(), second, "unknown node"),
+        (node, Uuid::new_v4(), "unknown session"),
+    ] {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let refused = f.state.open_session(node, session, tx);
+        assert!(
+            matches!(refused, Err(Error::FailedPrecondition(_))),
+            "{case}"
+        );
+    }
+    // The refusals left the open session alone.
+    assert!(f.state.heartbeat(node, second, NodeMetrics::default()));
+    worker.expect_quiet();
+}
+
+#[tokio::test]
+async fn closing_the_current_session_takes_the_node_down() {
+    let mut f = Fixture::new();
+    let mut worker = f.join("n1", 0);
+    worker.full_set();
+    f.state.close_session(worker.node, worker.session);
+    assert_eq!(f.node(worker.node).state(), NodeState::Down);
+    assert!(
+        !f.state
+            .heartbeat(worker.node, worker.session, NodeMetrics::default())
+    );
+    assert_eq!(f.durable().await.nodes[0].state(), NodeState::Down);
+    // A task submitted now has nowhere to go.
+    let task = f.submit_one(spec("web"));
+    assert_eq!(task.state(), TaskState::Pending);
+    assert!(
+        task.message.starts_with("no node is ready"),
+        "{}",
+        task.message
+    );
+}
+
+#[tokio::test]
+async fn closing_a_superseded_session_changes_nothing() {
+    let mut f = Fixture::new();
+    let old = f.join("n1", 0);
+    let (_, session) = f.register(&old.node.to_string(), "n1", 0);
+    let mut current = f.open(old.node, session);
+    current.full_set();
+    let mut events = f.state.subscribe();
+
+    f.state.close_session(old.node, old.session);
+    assert_eq!(f.node(old.node).state(), NodeState::Ready);
+    assert!(
+        f.state
+            .heartbeat(current.node, current.session, NodeMetrics::default())
+    );
+    current.expect_quiet();
+    assert_eq!(events.try_recv().unwrap_err(), broadcast_empty());
+}
+
+// ---- liveness ------------------------------------------------------------------
+
+/// Two nodes connect; 2s later `alive` shows a sign of life through `signal`.
+/// At 3s `quiet` has been silent for exactly the deadline and stays ready;
+/// 1ms later it is declared down, and `alive` (silent for only 1s) is not.
+async fn check_liveness(signal: fn(&mut State, &Worker) -> bool) {
+    tokio::time::pause();
+    let mut f = Fixture::new();
+    let mut quiet = f.join("quiet", 0);
+    let mut alive = f.join("alive", 0);
+    quiet.full_set();
+    alive.full_set();
+
+    advance(Duration::from_secs(2)).await;
+    assert!(signal(&mut f.state, &alive));
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(f.state.check_liveness(Instant::now()), 0, "at the deadline");
+    advance(Duration::from_millis(1)).await;
+    assert_eq!(
+        f.state.check_liveness(Instant::now()),
+        1,
+        "past the deadline"
+    );
+
+    assert_eq!(f.node(quiet.node).state(), NodeState::Down);
+    assert_eq!(f.node(alive.node).state(), NodeState::Ready);
+    // The worker learns why its stream ended, then the stream ends.
+    match quiet.rx.try_recv() {
+        Ok(Err(status)) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+    assert_eq!(quiet.rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
+    assert!(
+        !f.state
+            .heartbeat(quiet.node, quiet.session, NodeMetrics::default())
+    );
+    alive.expect_quiet();
+    // Checking again finds nothing new.
+    assert_eq!(f.state.check_liveness(Instant::now()), 0);
+    let stored = f.durable().await;
+    let down = stored.nodes.iter().find(|n| n.id == quiet.node.to_string());
+    assert_eq!(down.expect("stored").state(), NodeState::Down);
+}
+
+#[tokio::test]
+async fn a_silent_node_is_declared_down_and_a_node_that_heartbeats_stays_ready() {
+    check_liveness(|state, w| state.heartbeat(w.node, w.session, NodeMetrics::default())).await;
+}
+
+#[tokio::test]
+async fn a_report_counts_as_a_sign_of_life() {
+    check_liveness(|state, w| state.report(w.node, w.session, vec![])).await;
+}
+
+// ---- restore -------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_restarted_manager_brings_nodes_back_down_and_keeps_tasks_and_allocations() {
+    let store = Arc::new(MemoryStore::new());
+    let mut before = Fixture::over(store.clone());
+    let mut worker = before.join("n1", 1000);
+    worker.full_set();
+    let [running, waiting] = <[Task; 2]>::try_from(
+        before.submit(vec![cpu_spec("running", 1000), cpu_spec("waiting", 1000)]),
+    )
+    .expect("two tasks");
+    worker.expect_run(&running);
+    assert!(before.report(&worker, &running, TaskState::Running));
+    assert_eq!(before.task(&waiting).state(), TaskState::Pending);
+    let cluster_id = before.state.cluster_id().to_owned();
+    before.durable().await;
+    drop(before);
+
+    let mut after = Fixture::over(store);
+    assert_eq!(after.state.cluster_id(), cluster_id);
+    let node = after.node(worker.node);
+    assert_eq!(node.state(), NodeState::Down, "until its worker reconnects");
+    assert_eq!((node.task_count, allocated_cpu(&node)), (1, 1000));
+    assert_eq!(after.task(&running).state(), TaskState::Running);
+    assert_eq!(after.task(&waiting).state(), TaskState::Pending);
+    assert_eq!(after.durable().await.nodes[0].state(), NodeState::Down);
+
+    // A new node connects: the pending task is placed there.
+    let mut fresh = after.join("n2", 1000);
+    assert!(fresh.full_set().is_empty());
+    fresh.expect_run(&waiting);
+    // The old worker reconnects and is told to keep running its task; its
+    // node is still full, so nothing else comes its way.
+    let (node, session) = after.register(&worker.node.to_string(), "n1", 1000);
+    let mut back = after.open(node, session);
+    assert_eq!(back.full_set(), vec![running.id.clone()]);
+    back.expect_quiet();
+    fresh.expect_quiet();
+}
+
+// ---- events --------------------------------------------------------------------
+
+#[tokio::test]
+async fn events_are_numbered_in_order_and_durable() {
+    let mut f = Fixture::new();
+    let mut events = f.state.subscribe();
+    let mut worker = f.join("n1", 0);
+    worker.full_set();
+    let task = f.submit_one(spec("web"));
+    assert!(f.report(&worker, &task, TaskState::Running));
+    assert!(f.report(&worker, &task, TaskState::Completed));
+
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e);
+    }
+    let sequences: Vec<u64> = seen.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=4).collect::<Vec<_>>());
+    let task_states: Vec<TaskState> = seen
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(event::Kind::Task(t)) if t.task_id == task.id => Some(t.state()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        task_states,
+        [
+            TaskState::Scheduled,
+            TaskState::Running,
+            TaskState::Completed
+        ]
+    );
+    assert!(matches!(&seen[0].kind, Some(event::Kind::Node(n)) if n.state() == NodeState::Ready));
+
+    let stored = f.durable().await;
+    assert_eq!(stored.last_event_sequence, 4);
+    assert_eq!(f.store.events_after(0, 100).expect("events"), seen);
+}
+
+#[tokio::test]
+async fn event_numbers_continue_after_a_restart() {
+    let store = Arc::new(MemoryStore::new());
+    let mut before = Fixture::over(store.clone());
+    before.submit_one(spec("web"));
+    before.submit_one(spec("api"));
+    assert_eq!(before.durable().await.last_event_sequence, 2);
+    drop(before);
+
+    let mut after = Fixture::over(store);
+    let mut events = after.state.subscribe();
+    after.submit_one(spec("db"));
+    assert_eq!(events.try_recv().expect("an event").sequence, 3);
+}
