@@ -726,7 +726,8 @@ impl State {
             let reported = status.state();
             let Some(task) = self.tasks.get_mut(&id).filter(|t| t.node_id == node) else {
                 if !task_state::is_terminal(reported) {
-                    fence.push(stale_stop(&status));
+                    let spec = self.tasks.get(&id).and_then(|t| t.spec.as_ref());
+                    fence.push(stop_order(&status, spec));
                 }
                 continue;
             };
@@ -734,7 +735,7 @@ impl State {
                 Ok(()) => {}
                 Err(TransitionError::StaleAttempt { .. }) => {
                     if !task_state::is_terminal(reported) {
-                        fence.push(stale_stop(&status));
+                        fence.push(stop_order(&status, task.spec.as_ref()));
                     }
                     continue;
                 }
@@ -758,6 +759,11 @@ impl State {
                 self.finish(id, reported, &mut writes);
             } else {
                 task.state = reported as i32;
+                if task.desired_state() == DesiredState::Stopped {
+                    // Level-triggered: a task that should stop and is still
+                    // reported alive is told again (the worker ignores repeats).
+                    fence.push(stop_order(&status_of(task), task.spec.as_ref()));
+                }
                 self.task_changed(id, &mut writes);
             }
         }
@@ -847,11 +853,23 @@ impl State {
     }
 }
 
-fn stale_stop(status: &TaskStatus) -> TaskStop {
+/// A status naming a task's current attempt.
+fn status_of(task: &Task) -> TaskStatus {
+    TaskStatus {
+        task_id: task.id.clone(),
+        attempt: task.attempt,
+        ..Default::default()
+    }
+}
+
+/// The stop for a container of an attempt that should not run, with
+/// the task's own grace period when the task is known.
+fn stop_order(status: &TaskStatus, spec: Option<&TaskSpec>) -> TaskStop {
+    let grace = spec.map_or(validate::DEFAULT_STOP_GRACE, validate::stop_grace);
     TaskStop {
         task_id: status.task_id.clone(),
         attempt: status.attempt,
-        grace_period: Some(duration(validate::DEFAULT_STOP_GRACE)),
+        grace_period: Some(duration(grace)),
     }
 }
 

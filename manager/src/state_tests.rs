@@ -727,25 +727,43 @@ async fn open_session_refuses_a_superseded_used_or_unknown_session() {
 }
 
 #[tokio::test]
-async fn closing_the_current_session_takes_the_node_down() {
+async fn a_closed_session_takes_the_node_down_at_the_deadline_and_its_tasks_move() {
+    tokio::time::pause();
     let mut f = Fixture::new();
-    let mut worker = f.join("n1", 0);
-    worker.full_set();
-    f.state.close_session(worker.node, worker.session);
-    assert_eq!(f.node(worker.node).state(), NodeState::Down);
+    let mut gone = f.join("n1", 0);
+    gone.full_set();
+    let task = f.submit_one(spec("web"));
+    gone.expect_run(&task);
+    assert!(f.report(&gone, &task, TaskState::Running));
+    let mut other = f.join("n2", 0);
+    other.full_set();
+
+    f.state.close_session(gone.node, gone.session);
     assert!(
         !f.state
-            .heartbeat(worker.node, worker.session, NodeMetrics::default())
+            .heartbeat(gone.node, gone.session, NodeMetrics::default()),
+        "a closed session is not current"
     );
-    assert_eq!(f.durable().await.nodes[0].state(), NodeState::Down);
-    // A task submitted now has nowhere to go.
-    let task = f.submit_one(spec("web"));
-    assert_eq!(task.state(), TaskState::Pending);
+    // A broken stream gets the liveness deadline to come back.
+    assert_eq!(f.node(gone.node).state(), NodeState::Ready);
+    tokio::time::advance(Duration::from_secs(3) + Duration::from_millis(1)).await;
     assert!(
-        task.message.starts_with("no node is ready"),
-        "{}",
-        task.message
+        f.state
+            .heartbeat(other.node, other.session, NodeMetrics::default())
     );
+    assert_eq!(f.state.tick(Instant::now()), 1);
+    assert_eq!(f.node(gone.node).state(), NodeState::Down);
+    assert_eq!(f.durable().await.nodes[0].state(), NodeState::Down);
+
+    // Its task was lost and placed again, as a new attempt, on the other node.
+    let moved = f.task(&task);
+    assert_eq!((moved.state(), moved.attempt), (TaskState::Scheduled, 2));
+    assert_eq!(moved.node_id, other.node.to_string());
+    assert_eq!(moved.restart_count, 0);
+    let mut again = task.clone();
+    again.attempt = 2;
+    other.expect_run(&again);
+    assert_eq!(f.node(gone.node).task_count, 0);
 }
 
 #[tokio::test]
@@ -783,13 +801,9 @@ async fn check_liveness(signal: fn(&mut State, &Worker) -> bool) {
     advance(Duration::from_secs(2)).await;
     assert!(signal(&mut f.state, &alive));
     advance(Duration::from_secs(1)).await;
-    assert_eq!(f.state.check_liveness(Instant::now()), 0, "at the deadline");
+    assert_eq!(f.state.tick(Instant::now()), 0, "at the deadline");
     advance(Duration::from_millis(1)).await;
-    assert_eq!(
-        f.state.check_liveness(Instant::now()),
-        1,
-        "past the deadline"
-    );
+    assert_eq!(f.state.tick(Instant::now()), 1, "past the deadline");
 
     assert_eq!(f.node(quiet.node).state(), NodeState::Down);
     assert_eq!(f.node(alive.node).state(), NodeState::Ready);
@@ -805,7 +819,7 @@ async fn check_liveness(signal: fn(&mut State, &Worker) -> bool) {
     );
     alive.expect_quiet();
     // Checking again finds nothing new.
-    assert_eq!(f.state.check_liveness(Instant::now()), 0);
+    assert_eq!(f.state.tick(Instant::now()), 0);
     let stored = f.durable().await;
     let down = stored.nodes.iter().find(|n| n.id == quiet.node.to_string());
     assert_eq!(down.expect("stored").state(), NodeState::Down);
@@ -915,4 +929,31 @@ async fn event_numbers_continue_after_a_restart() {
     let mut events = after.state.subscribe();
     after.submit_one(spec("db"));
     assert_eq!(events.try_recv().expect("an event").sequence, 3);
+}
+
+#[tokio::test]
+async fn a_stale_attempt_is_stopped_with_the_tasks_grace_period() {
+    let store = Arc::new(MemoryStore::new());
+    let mut task = State::new_tasks(vec![TaskSpec {
+        stop_grace_period: Some(duration(Duration::from_secs(60))),
+        ..spec("db")
+    }])
+    .remove(0);
+    task.attempt = 2;
+    store
+        .commit(&[Write::TaskCreated(task.clone())])
+        .expect("seed");
+    let mut f = Fixture::over(store);
+    let mut worker = f.join("n1", 0);
+    worker.full_set();
+    worker.expect_run(&task);
+    assert!(f.report_status(
+        &worker,
+        TaskStatus {
+            attempt: 1,
+            ..status(&task, TaskState::Running)
+        }
+    ));
+    let stop = worker.expect_stop();
+    assert_eq!(stop.grace_period, Some(duration(Duration::from_secs(60))));
 }
