@@ -100,7 +100,7 @@ async fn resolve(client: &mut ClusterClient<Channel>, key: &str) -> Result<Task,
     }
 }
 
-pub async fn run(manager: &str, a: RunArgs) -> Result<(), CliError> {
+pub async fn run(manager: &str, a: RunArgs, out: Output) -> Result<(), CliError> {
     let spec = TaskSpec {
         name: a.name.unwrap_or_default(),
         image: a.image,
@@ -138,6 +138,10 @@ pub async fn run(manager: &str, a: RunArgs) -> Result<(), CliError> {
         .into_inner()
         .task
         .ok_or_else(|| CliError("the manager answered without a task".into()))?;
+    if out == Output::Json {
+        output::print_json(&output::task_json(&task));
+        return Ok(());
+    }
     println!("{}", task.id);
     if task.state() == orch::v1::TaskState::Pending && !task.message.is_empty() {
         eprintln!("pending: {}", task.message);

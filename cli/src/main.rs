@@ -107,7 +107,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Dev(a) => daemon::dev(a).await,
         Command::Manager(a) => daemon::manager(a).await,
         Command::Worker(a) => daemon::worker(a, &cli.manager).await,
-        Command::Run(a) => client::run(&cli.manager, a).await,
+        Command::Run(a) => client::run(&cli.manager, a, out).await,
         Command::Stop(a) => client::stop(&cli.manager, a, out).await,
         Command::Status(a) => client::status(&cli.manager, a, out).await,
         Command::Nodes => client::nodes(&cli.manager, out).await,

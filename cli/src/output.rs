@@ -139,10 +139,15 @@ pub fn event_line(e: &Event) -> String {
     let time = time.as_str().unwrap_or("-");
     match &e.kind {
         Some(event::Kind::Task(t)) => format!(
-            "{time} task {} attempt {} {}{}",
+            "{time} task {} attempt {} {}{}{}",
             t.task_id,
             t.attempt,
             task_state::name(t.state()),
+            if t.desired_state() == DesiredState::Stopped && !task_state::is_terminal(t.state()) {
+                " (stopping)"
+            } else {
+                ""
+            },
             if t.message.is_empty() {
                 String::new()
             } else {

@@ -152,7 +152,7 @@ pub async fn run(
         state: Mutex::new(state),
     });
 
-    let liveness_task = tokio::spawn(watch_liveness(shared.clone(), liveness));
+    let liveness_task = tokio::spawn(housekeeping(shared.clone(), liveness));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -205,7 +205,7 @@ pub async fn run(
 
 /// Runs the state's housekeeping (liveness, due restarts) several times per
 /// heartbeat period.
-async fn watch_liveness(shared: Arc<Shared>, liveness: Liveness) {
+async fn housekeeping(shared: Arc<Shared>, liveness: Liveness) {
     let period = (liveness.heartbeat_period / 4)
         .clamp(Duration::from_millis(10), Duration::from_millis(250));
     let mut tick = tokio::time::interval(period);

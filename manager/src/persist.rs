@@ -114,6 +114,7 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut batch = Vec::new();
     let mut waiters = Vec::new();
     let mut closing = None;
+    let mut last = Ok(());
     while let Some(job) = rx.blocking_recv() {
         closing = take(job, &mut batch, &mut waiters);
         while closing.is_none() && batch.len() < MAX_BATCH {
@@ -130,6 +131,7 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>) {
             let _ = w.send(result.clone());
         }
         batch.clear();
+        last = result;
         if closing.is_some() {
             break;
         }
@@ -137,7 +139,8 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>) {
     // Close the database before saying so.
     drop(store);
     if let Some(done) = closing {
-        let _ = done.send(Ok(()));
+        // The close succeeded only if the final commit did.
+        let _ = done.send(last);
     }
 }
 

@@ -350,11 +350,13 @@ impl State {
                 true
             }
             Err(unplaceable) => {
-                let was_pending = self.pending.insert(id);
+                let newly_pending = self.pending.insert(id);
                 let Some(task) = self.tasks.get_mut(&id) else {
                     return false;
                 };
-                if !was_pending || task.message != unplaceable.reason {
+                // A retry that finds the same reason changes nothing: no
+                // write, no event.
+                if newly_pending || task.message != unplaceable.reason {
                     task.message = unplaceable.reason;
                     self.task_changed(id, writes);
                 }

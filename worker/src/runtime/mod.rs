@@ -3,7 +3,7 @@
 //! production and in end-to-end tests.
 //!
 //! A runtime knows containers and images, not the manager: it never sees the
-//! session stream and never decides what should run. The agent above it calls
+//! session stream and never decides what should run. The executor above it calls
 //! `start`/`stop` and reads `exits`; everything it reports comes from there.
 
 pub mod docker;
