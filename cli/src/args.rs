@@ -62,6 +62,9 @@ pub enum Command {
     Status(StatusArgs),
     /// List nodes with capacity, allocation and usage.
     Nodes,
+    /// Drain or activate a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Follow task and node state changes as they happen.
     Events,
 }
@@ -231,6 +234,20 @@ pub struct RunArgs {
     /// The command and its arguments (default: the image's).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Take no new tasks on the node and move its tasks elsewhere.
+    Drain(NodeArgs),
+    /// Let a drained node take new tasks again.
+    Activate(NodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node: its id, a unique prefix of it, or its name.
+    pub node: String,
 }
 
 #[derive(Debug, Args)]

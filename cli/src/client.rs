@@ -3,14 +3,15 @@
 use orch::task_state;
 use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{
-    GetTaskRequest, ListNodesRequest, ListTasksRequest, PortMapping, Protocol, RestartCondition,
-    RestartPolicy, StopTaskRequest, SubmitTaskRequest, Task, TaskSpec, WatchEventsRequest,
+    ActivateNodeRequest, DrainNodeRequest, GetTaskRequest, ListNodesRequest, ListTasksRequest,
+    PortMapping, Protocol, RestartCondition, RestartPolicy, StopTaskRequest, SubmitTaskRequest,
+    Task, TaskSpec, WatchEventsRequest,
 };
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::CliError;
-use crate::args::{Output, Restart, RunArgs, StatusArgs, StopArgs};
+use crate::args::{NodeCommand, Output, Restart, RunArgs, StatusArgs, StopArgs};
 use crate::output;
 
 /// Connects to the manager, or explains why not.
@@ -278,6 +279,62 @@ pub async fn nodes(manager: &str, out: Output) -> Result<(), CliError> {
             nodes.iter().map(output::node_json).collect(),
         )),
         Output::Table => output::print_nodes(&nodes),
+    }
+    Ok(())
+}
+
+/// Finds a node by full id, unique id prefix, or exact name.
+async fn resolve_node(
+    client: &mut ClusterClient<Channel>,
+    key: &str,
+) -> Result<orch::v1::Node, CliError> {
+    let nodes = client
+        .list_nodes(ListNodesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .nodes;
+    let mut found: Vec<_> = nodes
+        .into_iter()
+        .filter(|n| n.id.starts_with(key) || n.name == key)
+        .collect();
+    match found.len() {
+        0 => Err(CliError(format!(
+            "no node has the id, id prefix or name {key:?}"
+        ))),
+        1 => Ok(found.remove(0)),
+        n => Err(CliError(format!(
+            "{key:?} matches {n} nodes; use more of the id"
+        ))),
+    }
+}
+
+pub async fn node(manager: &str, command: NodeCommand, out: Output) -> Result<(), CliError> {
+    let mut client = connect(manager).await?;
+    let node = match command {
+        NodeCommand::Drain(a) => {
+            let id = resolve_node(&mut client, &a.node).await?.id;
+            client
+                .drain_node(DrainNodeRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .node
+        }
+        NodeCommand::Activate(a) => {
+            let id = resolve_node(&mut client, &a.node).await?.id;
+            client
+                .activate_node(ActivateNodeRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .node
+        }
+    }
+    .ok_or_else(|| CliError("the manager answered without a node".into()))?;
+    match out {
+        Output::Json => output::print_json(&output::node_json(&node)),
+        Output::Table => output::print_nodes(&[node]),
     }
     Ok(())
 }

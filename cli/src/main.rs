@@ -111,6 +111,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stop(a) => client::stop(&cli.manager, a, out).await,
         Command::Status(a) => client::status(&cli.manager, a, out).await,
         Command::Nodes => client::nodes(&cli.manager, out).await,
+        Command::Node(c) => client::node(&cli.manager, c, out).await,
         Command::Events => client::events(&cli.manager, out).await,
     }
 }

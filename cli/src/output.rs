@@ -104,6 +104,7 @@ pub fn node_json(n: &Node) -> Value {
         "usage": usage_json(n.usage.as_ref()),
         "last_heartbeat": rfc3339(n.last_heartbeat.as_ref()),
         "task_count": n.task_count,
+        "draining": n.draining,
         "labels": n.labels,
     })
 }

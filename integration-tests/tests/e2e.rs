@@ -572,3 +572,68 @@ async fn a_dead_workers_tasks_move_and_its_stale_containers_stop_when_it_returns
     assert_eq!((t0.state(), t0.attempt), (TaskState::Running, 2));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_node_moves_its_tasks_and_it_takes_no_new_work() {
+    let cluster = Cluster::builder().workers(2).start().await;
+    let image = busybox(&cluster).await;
+    let sleeper = || {
+        let mut s = spec(&image, &["sleep", "300"]);
+        s.stop_grace_period = Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        });
+        s
+    };
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(submit(&cluster, sleeper()).await.id);
+    }
+    let first = cluster.wait_state(&ids[0], TaskState::Running).await;
+    let second = cluster.wait_state(&ids[1], TaskState::Running).await;
+    assert_ne!(first.node_id, second.node_id);
+
+    let mut client = cluster.client().await;
+    let drained = client
+        .drain_node(orch::v1::DrainNodeRequest {
+            id: first.node_id.clone(),
+        })
+        .await
+        .expect("drain")
+        .into_inner()
+        .node
+        .expect("node");
+    assert_eq!(drained.state(), NodeState::Draining);
+    let moved = cluster
+        .wait_task(&ids[0], |t| {
+            t.attempt == 2 && t.state() == TaskState::Running
+        })
+        .await;
+    assert_eq!(moved.node_id, second.node_id);
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(cluster.wait_running_tasks(&ids).await, want);
+
+    // New work avoids the drained node until it is activated.
+    let third = submit(&cluster, sleeper()).await;
+    assert_eq!(third.node_id, second.node_id);
+    client
+        .activate_node(orch::v1::ActivateNodeRequest {
+            id: first.node_id.clone(),
+        })
+        .await
+        .expect("activate");
+    let fourth = submit(&cluster, sleeper()).await;
+    assert_eq!(
+        fourth.node_id, first.node_id,
+        "spread picks the empty node again"
+    );
+    let err = client
+        .drain_node(orch::v1::DrainNodeRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .expect_err("unknown node");
+    assert_eq!(err.code(), Code::NotFound);
+    cluster.shutdown().await;
+}

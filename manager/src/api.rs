@@ -10,7 +10,8 @@ use std::sync::Arc;
 use futures::Stream;
 use orch::v1::cluster_server::Cluster;
 use orch::v1::{
-    Event, GetTaskRequest, GetTaskResponse, ListNodesRequest, ListNodesResponse, ListTasksRequest,
+    ActivateNodeRequest, ActivateNodeResponse, DrainNodeRequest, DrainNodeResponse, Event,
+    GetTaskRequest, GetTaskResponse, ListNodesRequest, ListNodesResponse, ListTasksRequest,
     ListTasksResponse, StopTaskRequest, StopTaskResponse, SubmitTaskRequest, SubmitTaskResponse,
     SubmitTasksRequest, SubmitTasksResponse, TaskSpec, TaskState, WatchEventsRequest,
 };
@@ -181,6 +182,26 @@ impl Cluster for ClusterApi {
     ) -> Result<Response<ListNodesResponse>, Status> {
         let nodes = self.shared.lock().list_nodes();
         Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<DrainNodeRequest>,
+    ) -> Result<Response<DrainNodeResponse>, Status> {
+        let id = validate::id("id", &request.into_inner().id).map_err(Error::from)?;
+        let (node, durable) = self.shared.lock().drain(id)?;
+        durable.wait().await.map_err(Error::from)?;
+        Ok(Response::new(DrainNodeResponse { node: Some(node) }))
+    }
+
+    async fn activate_node(
+        &self,
+        request: Request<ActivateNodeRequest>,
+    ) -> Result<Response<ActivateNodeResponse>, Status> {
+        let id = validate::id("id", &request.into_inner().id).map_err(Error::from)?;
+        let (node, durable) = self.shared.lock().activate(id)?;
+        durable.wait().await.map_err(Error::from)?;
+        Ok(Response::new(ActivateNodeResponse { node: Some(node) }))
     }
 
     type WatchEventsStream = EventStream;

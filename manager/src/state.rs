@@ -79,6 +79,10 @@ pub struct State {
     pending: BTreeSet<Uuid>,
     /// Restarts waiting out their backoff, by when they are due.
     delayed: BTreeSet<(Instant, Uuid)>,
+    /// Tasks moving off a draining node: the old attempt keeps running on
+    /// its node (index), until the new attempt runs or ends, then it is
+    /// told to stop (with this grace).
+    handoffs: HashMap<Uuid, (usize, u64, Duration)>,
     /// Each restarting task's backoff streak (see `reconciler`). Kept in
     /// memory only: after a manager restart backoffs start over.
     streaks: HashMap<Uuid, u32>,
@@ -132,6 +136,7 @@ impl State {
             pending: BTreeSet::new(),
             delayed: BTreeSet::new(),
             streaks: HashMap::new(),
+            handoffs: HashMap::new(),
             nodes: Vec::new(),
             entries: Vec::new(),
             node_index: HashMap::new(),
@@ -523,6 +528,8 @@ impl State {
                         },
                     );
                 }
+                // A task moving off a drained node stops there too.
+                self.end_handoff(id);
                 self.task_changed(id, &mut writes);
             }
         }
@@ -561,16 +568,131 @@ impl State {
 
     /// Every node, as `ListNodes` shows it.
     pub fn list_nodes(&self) -> Vec<Node> {
-        self.entries
-            .iter()
-            .zip(&self.nodes)
-            .map(|(e, snap)| {
-                let mut node = e.node.clone();
-                node.allocated = Some(snap.allocated.into());
-                node.task_count = snap.task_count;
-                node
-            })
-            .collect()
+        (0..self.entries.len()).map(|i| self.node_view(i)).collect()
+    }
+
+    /// Node `i` as `ListNodes` shows it.
+    fn node_view(&self, i: usize) -> Node {
+        let snap = &self.nodes[i];
+        let mut node = self.entries[i].node.clone();
+        node.allocated = Some(snap.allocated.into());
+        node.task_count = snap.task_count;
+        node
+    }
+
+    fn node_by_id(&self, id: Uuid) -> Result<usize, Error> {
+        self.node_index
+            .get(&id)
+            .copied()
+            .ok_or_else(|| Error::NotFound(format!("node {id} not found")))
+    }
+
+    /// The state a live node shows: draining if drained, else ready.
+    fn live_state(&self, i: usize) -> NodeState {
+        if self.entries[i].node.draining {
+            NodeState::Draining
+        } else {
+            NodeState::Ready
+        }
+    }
+
+    /// Drains a node: no new tasks go there, and each of its tasks moves to
+    /// another node as a new attempt. Where the new attempt can be placed,
+    /// the old container keeps running until the new one runs (see
+    /// `handoffs`); where it cannot, the old one is stopped now and the task
+    /// waits, pending. Returns the node and a [`Durable`] for the change.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown node.
+    pub fn drain(&mut self, node_id: Uuid) -> Result<(Node, Durable), Error> {
+        let i = self.node_by_id(node_id)?;
+        let mut writes = Vec::new();
+        if !self.entries[i].node.draining {
+            self.entries[i].node.draining = true;
+            let state = match self.entries[i].node.state() {
+                NodeState::Down => NodeState::Down,
+                _ => NodeState::Draining,
+            };
+            // The flag is persisted even when the visible state does not change.
+            writes.push(Write::Node(self.entries[i].node.clone()));
+            self.set_node_state(i, state, "drained", &mut writes);
+            let mut moving: Vec<Uuid> = self.entries[i].tasks.iter().copied().collect();
+            moving.sort();
+            let name = self.nodes[i].name.clone();
+            for id in moving {
+                self.move_off(i, id, &name, &mut writes);
+            }
+        }
+        Ok((self.node_view(i), self.committer.queue_durable(writes)))
+    }
+
+    /// Moves one task off draining node `i` (see [`State::drain`]).
+    fn move_off(&mut self, i: usize, id: Uuid, node_name: &str, writes: &mut Vec<Write>) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if task.desired_state() != DesiredState::Running {
+            return;
+        }
+        let old = task.attempt;
+        let grace = validate::stop_grace(task.spec.as_ref().unwrap_or(&TaskSpec::default()));
+        let demand = demand_of(task);
+        task.attempt += 1;
+        task.state = TaskState::Pending as i32;
+        task.node_id.clear();
+        task.container_id.clear();
+        task.exit_code = None;
+        task.started_at = None;
+        task.finished_at = None;
+        task.message = format!("moving off drained node {node_name}");
+        self.release_resources(i, id, &demand);
+        self.task_changed(id, writes);
+        if self.place(id, writes) {
+            self.handoffs.insert(id, (i, old, grace));
+        } else {
+            self.send_stop(i, id, old, grace);
+        }
+    }
+
+    fn send_stop(&self, i: usize, task: Uuid, attempt: u64, grace: Duration) {
+        self.send(
+            i,
+            Assignments {
+                full: false,
+                run: vec![],
+                stop: vec![TaskStop {
+                    task_id: task.to_string(),
+                    attempt,
+                    grace_period: Some(duration(grace)),
+                }],
+            },
+        );
+    }
+
+    /// Ends a drain handoff: the old attempt is told to stop.
+    fn end_handoff(&mut self, id: Uuid) {
+        if let Some((i, attempt, grace)) = self.handoffs.remove(&id) {
+            self.send_stop(i, id, attempt, grace);
+        }
+    }
+
+    /// Undoes [`State::drain`]: the node takes new tasks again, and pending
+    /// tasks are tried on it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown node.
+    pub fn activate(&mut self, node_id: Uuid) -> Result<(Node, Durable), Error> {
+        let i = self.node_by_id(node_id)?;
+        let mut writes = Vec::new();
+        if self.entries[i].node.draining {
+            self.entries[i].node.draining = false;
+            writes.push(Write::Node(self.entries[i].node.clone()));
+            if self.entries[i].node.state() == NodeState::Draining {
+                self.set_node_state(i, NodeState::Ready, "activated", &mut writes);
+            }
+            self.retry_pending(&mut writes);
+        }
+        Ok((self.node_view(i), self.committer.queue_durable(writes)))
     }
 
     /// Registers a worker, new or returning, and hands out a new session.
@@ -657,7 +779,8 @@ impl State {
             },
         );
         let mut writes = Vec::new();
-        self.set_node_state(i, NodeState::Ready, "worker connected", &mut writes);
+        let live = self.live_state(i);
+        self.set_node_state(i, live, "worker connected", &mut writes);
         self.retry_pending(&mut writes);
         self.committer.queue(writes);
         Ok(())
@@ -756,6 +879,14 @@ impl State {
             if reported == TaskState::Running {
                 task.started_at = status.time.or_else(|| Some(now()));
             }
+            if reported == TaskState::Running || task_state::is_terminal(reported) {
+                // A task moving off a drained node: the new attempt runs (or
+                // ended), so the old one can go.
+                self.end_handoff(id);
+            }
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             if task_state::is_terminal(reported) {
                 freed = true;
                 self.finish(id, reported, &mut writes);

@@ -957,3 +957,64 @@ async fn a_stale_attempt_is_stopped_with_the_tasks_grace_period() {
     let stop = worker.expect_stop();
     assert_eq!(stop.grace_period, Some(duration(Duration::from_secs(60))));
 }
+
+// ---- drain ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn draining_starts_the_new_attempt_elsewhere_before_stopping_the_old_one() {
+    let mut f = Fixture::new();
+    let mut a = f.join("a", 0);
+    a.full_set();
+    let task = f.submit_one(spec("web"));
+    a.expect_run(&task);
+    assert!(f.report(&a, &task, TaskState::Running));
+    let mut b = f.join("b", 0);
+    b.full_set();
+
+    let (node, _) = f.state.drain(a.node).expect("drain");
+    assert_eq!(node.state(), NodeState::Draining);
+    assert!(node.draining);
+    assert_eq!(node.task_count, 0);
+    let moved = f.task(&task);
+    assert_eq!((moved.state(), moved.attempt), (TaskState::Scheduled, 2));
+    assert_eq!(moved.node_id, b.node.to_string());
+    b.expect_run(&moved);
+    // The old container runs on until the new one does.
+    a.expect_quiet();
+    assert!(f.report(&b, &moved, TaskState::Running));
+    let stop = a.expect_stop();
+    assert_eq!((stop.task_id.as_str(), stop.attempt), (task.id.as_str(), 1));
+
+    // A drained node takes no new work, and keeps its flag through a restart.
+    let other = f.submit_one(spec("other"));
+    b.expect_run(&f.task(&other));
+    assert!(f.durable().await.nodes[0].draining);
+    let (node, _) = f.state.activate(a.node).expect("activate");
+    assert_eq!(node.state(), NodeState::Ready);
+    assert!(!node.draining);
+}
+
+#[tokio::test]
+async fn draining_with_no_room_elsewhere_stops_the_task_and_leaves_it_pending() {
+    let mut f = Fixture::new();
+    let mut a = f.join("a", 1000);
+    a.full_set();
+    let task = f.submit_one(cpu_spec("big", 1000));
+    a.expect_run(&task);
+    assert!(f.report(&a, &task, TaskState::Running));
+
+    f.state.drain(a.node).expect("drain");
+    let stop = a.expect_stop();
+    assert_eq!(stop.attempt, 1);
+    let waiting = f.task(&task);
+    assert_eq!((waiting.state(), waiting.attempt), (TaskState::Pending, 2));
+    assert!(waiting.message.contains("draining"), "{}", waiting.message);
+
+    // Activating the node lets the task come back.
+    f.state.activate(a.node).expect("activate");
+    a.expect_run(&f.task(&task));
+    assert!(matches!(
+        f.state.drain(Uuid::now_v7()),
+        Err(crate::Error::NotFound(_))
+    ));
+}

@@ -332,6 +332,7 @@ mod checks {
             last_heartbeat: at(30),
             registered_at: at(0),
             task_count: 1,
+            draining: n % 2 == 1,
         }
     }
 
