@@ -22,7 +22,13 @@ use orch::{task_state, validate};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::runtime::{Exit, Runtime, StartRequest};
+use crate::runtime::{ContainerInfo, Exit, Runtime, StartRequest};
+
+/// How often the executor compares its running attempts with the engine's
+/// containers: the safety net for an exit the event stream never delivered
+/// (an engine restart, a gap longer than the engine replays). Exits normally
+/// arrive through events within milliseconds; this is not how they are found.
+const AUDIT_PERIOD: Duration = Duration::from_secs(30);
 
 /// Most ended attempts remembered for resyncs.
 const MAX_FINISHED: usize = 100_000;
@@ -102,6 +108,12 @@ struct Slot {
 
 /// Results of calls the actor spawned.
 enum Done {
+    /// The engine's list of this node's containers, and the running attempts
+    /// whose containers existed before it was asked for.
+    Audited {
+        checked: Vec<(Uuid, u64, String)>,
+        result: Result<Vec<ContainerInfo>, String>,
+    },
     Started {
         task: Uuid,
         attempt: u64,
@@ -163,8 +175,12 @@ impl<R: Runtime> Actor<R> {
         // Subscribe before listing, so no exit falls between the two.
         let mut exits = self.runtime.exits(&self.cluster_id, self.node_id);
         self.adopt().await;
+        let mut audit = tokio::time::interval(AUDIT_PERIOD);
+        audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        audit.tick().await;
         loop {
             tokio::select! {
+                _ = audit.tick() => self.audit(),
                 command = commands.recv() => match command {
                     Some(Command::Assign(a)) => self.assign(a),
                     Some(Command::Resync) => self.resync(),
@@ -376,8 +392,70 @@ impl<R: Runtime> Actor<R> {
         });
     }
 
+    /// Lists the node's containers in the background; `finished` compares.
+    fn audit(&self) {
+        let checked: Vec<(Uuid, u64, String)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::Running && !s.stopping)
+            .filter_map(|(id, s)| Some((*id, s.attempt, s.container_id.clone()?)))
+            .collect();
+        if checked.is_empty() {
+            return;
+        }
+        let runtime = self.runtime.clone();
+        let done = self.done.clone();
+        let (cluster, node) = (self.cluster_id.clone(), self.node_id);
+        tokio::spawn(async move {
+            let result = runtime
+                .list(&cluster, node)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = done.send(Done::Audited { checked, result });
+        });
+    }
+
+    /// Reports the exits an audit found that the event stream missed.
+    fn audited(&mut self, checked: Vec<(Uuid, u64, String)>, found: Vec<ContainerInfo>) {
+        for (task, attempt, container_id) in checked {
+            let live = self
+                .slots
+                .get(&task)
+                .is_some_and(|s| s.attempt == attempt && s.phase == Phase::Running && !s.stopping);
+            if !live {
+                continue;
+            }
+            match found.iter().find(|c| c.container_id == container_id) {
+                Some(c) if c.running => {}
+                Some(c) => {
+                    tracing::warn!(%task, attempt, "exit missed by the event stream; found by audit");
+                    self.exited(Exit {
+                        container_id,
+                        task_id: task,
+                        attempt,
+                        exit_code: c.exit_code.unwrap_or(-1),
+                    });
+                }
+                None => {
+                    tracing::warn!(%task, attempt, "container disappeared");
+                    self.slots.remove(&task);
+                    let failed = TaskStatus {
+                        container_id,
+                        message: "the container disappeared (removed outside orch?)".into(),
+                        ..status(task, attempt, TaskState::Failed)
+                    };
+                    self.report(task, failed);
+                }
+            }
+        }
+    }
+
     fn finished(&mut self, done: Done) {
         match done {
+            Done::Audited { checked, result } => match result {
+                Ok(found) => self.audited(checked, found),
+                Err(e) => tracing::warn!(error = %e, "cannot list containers for the audit"),
+            },
             Done::Started {
                 task,
                 attempt,
@@ -481,3 +559,7 @@ impl<R: Runtime> Actor<R> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "executor_tests.rs"]
+mod tests;

@@ -1,0 +1,290 @@
+//! Executor tests over a fake runtime behind the same `Runtime` trait: the
+//! test decides what the engine says (exits, lists) and sees every report.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures::stream::BoxStream;
+use orch::v1::{TaskSpec, TaskStop};
+use tokio::sync::mpsc::error::TryRecvError;
+
+use super::*;
+use crate::runtime::RuntimeError;
+
+/// A container engine in memory. Exits are delivered only when the test
+/// sends them, so a test can also lose one.
+#[derive(Default)]
+struct Fake {
+    containers: Mutex<HashMap<String, ContainerInfo>>,
+    exits: Mutex<Option<mpsc::UnboundedReceiver<Exit>>>,
+    stopped: Mutex<Vec<String>>,
+    next: Mutex<u32>,
+}
+
+impl Runtime for Fake {
+    async fn start(&self, req: &StartRequest) -> Result<String, RuntimeError> {
+        if req.spec.image == "missing" {
+            return Err(RuntimeError::ImagePull {
+                image: "missing".into(),
+                reason: "not found".into(),
+            });
+        }
+        let mut next = self.next.lock().unwrap();
+        *next += 1;
+        let id = format!("c{next}");
+        self.containers.lock().unwrap().insert(
+            id.clone(),
+            ContainerInfo {
+                container_id: id.clone(),
+                task_id: req.task_id,
+                attempt: req.attempt,
+                running: true,
+                exit_code: None,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn stop(&self, container_id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        self.containers.lock().unwrap().remove(container_id);
+        self.stopped.lock().unwrap().push(container_id.to_string());
+        Ok(())
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
+        self.containers.lock().unwrap().remove(container_id);
+        Ok(())
+    }
+
+    async fn list(&self, _cluster: &str, _node: Uuid) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        Ok(self.containers.lock().unwrap().values().cloned().collect())
+    }
+
+    fn exits(&self, _cluster: &str, _node: Uuid) -> BoxStream<'static, Exit> {
+        let rx = self.exits.lock().unwrap().take().expect("exits taken once");
+        Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+    }
+}
+
+struct Harness {
+    runtime: Arc<Fake>,
+    exits: mpsc::UnboundedSender<Exit>,
+    executor: Executor,
+    reports: mpsc::UnboundedReceiver<TaskStatus>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let runtime = Arc::new(Fake::default());
+        let (exits, rx) = mpsc::unbounded_channel();
+        *runtime.exits.lock().unwrap() = Some(rx);
+        let (tx, reports) = mpsc::unbounded_channel();
+        let executor = Executor::start(runtime.clone(), "cluster".into(), Uuid::now_v7(), tx);
+        Self {
+            runtime,
+            exits,
+            executor,
+            reports,
+        }
+    }
+
+    fn assign(&self, a: Assignments) {
+        assert!(self.executor.send(Command::Assign(a)));
+    }
+
+    fn run(&self, task: Uuid, attempt: u64, image: &str) {
+        self.assign(Assignments {
+            full: false,
+            run: vec![TaskAssignment {
+                task_id: task.to_string(),
+                attempt,
+                spec: Some(TaskSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+            }],
+            stop: vec![],
+        });
+    }
+
+    /// The next report, waiting for it (the actor runs on the same runtime).
+    async fn next(&mut self) -> TaskStatus {
+        tokio::time::timeout(Duration::from_secs(5), self.reports.recv())
+            .await
+            .expect("a report in time")
+            .expect("executor alive")
+    }
+
+    /// The next report must be `state` for `task`/`attempt`.
+    async fn expect(&mut self, task: Uuid, attempt: u64, state: TaskState) -> TaskStatus {
+        let s = self.next().await;
+        assert_eq!(
+            (s.task_id.as_str(), s.attempt, s.state()),
+            (task.to_string().as_str(), attempt, state),
+            "{s:?}"
+        );
+        s
+    }
+
+    async fn running(&mut self, task: Uuid, attempt: u64) -> String {
+        self.expect(task, attempt, TaskState::Starting).await;
+        self.expect(task, attempt, TaskState::Running)
+            .await
+            .container_id
+    }
+}
+
+#[tokio::test]
+async fn a_task_starts_runs_and_its_exit_code_decides_the_end() {
+    let mut h = Harness::new();
+    let (ok, bad) = (Uuid::now_v7(), Uuid::now_v7());
+    h.run(ok, 1, "img");
+    let c_ok = h.running(ok, 1).await;
+    h.run(bad, 1, "img");
+    let c_bad = h.running(bad, 1).await;
+    for (task, cid, code) in [(ok, &c_ok, 0), (bad, &c_bad, 3)] {
+        h.exits
+            .send(Exit {
+                container_id: cid.clone(),
+                task_id: task,
+                attempt: 1,
+                exit_code: code,
+            })
+            .unwrap();
+    }
+    let done = h.expect(ok, 1, TaskState::Completed).await;
+    assert_eq!(done.exit_code, Some(0));
+    let failed = h.expect(bad, 1, TaskState::Failed).await;
+    assert_eq!(failed.exit_code, Some(3));
+    assert!(failed.message.contains("code 3"), "{}", failed.message);
+}
+
+#[tokio::test]
+async fn a_failed_pull_fails_the_task_with_the_reason() {
+    let mut h = Harness::new();
+    let task = Uuid::now_v7();
+    h.run(task, 1, "missing");
+    h.expect(task, 1, TaskState::Starting).await;
+    let failed = h.expect(task, 1, TaskState::Failed).await;
+    assert!(
+        failed.message.starts_with("pulling image missing"),
+        "{}",
+        failed.message
+    );
+}
+
+#[tokio::test]
+async fn a_stop_is_reported_once_the_container_is_gone() {
+    let mut h = Harness::new();
+    let task = Uuid::now_v7();
+    h.run(task, 1, "img");
+    let cid = h.running(task, 1).await;
+    h.assign(Assignments {
+        full: false,
+        run: vec![],
+        stop: vec![TaskStop {
+            task_id: task.to_string(),
+            attempt: 1,
+            grace_period: None,
+        }],
+    });
+    let stopped = h.expect(task, 1, TaskState::Stopped).await;
+    assert_eq!(stopped.container_id, cid);
+    assert_eq!(*h.runtime.stopped.lock().unwrap(), vec![cid.clone()]);
+    assert!(h.runtime.containers.lock().unwrap().is_empty());
+    // The die event the stop causes is not reported a second time.
+    h.exits
+        .send(Exit {
+            container_id: cid,
+            task_id: task,
+            attempt: 1,
+            exit_code: 137,
+        })
+        .unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(h.reports.try_recv().unwrap_err(), TryRecvError::Empty);
+}
+
+#[tokio::test]
+async fn a_newer_attempt_replaces_the_old_container_and_a_full_set_stops_strays() {
+    let mut h = Harness::new();
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    h.run(a, 1, "img");
+    let old = h.running(a, 1).await;
+    h.run(b, 1, "img");
+    let stray = h.running(b, 1).await;
+    // Attempt 2 of `a` fences attempt 1 off; a full set without `b` stops it.
+    h.run(a, 2, "img");
+    // The old attempt is not reported again: the manager moved past it.
+    h.running(a, 2).await;
+    h.assign(Assignments {
+        full: true,
+        run: vec![TaskAssignment {
+            task_id: a.to_string(),
+            attempt: 2,
+            spec: Some(TaskSpec {
+                image: "img".into(),
+                ..Default::default()
+            }),
+        }],
+        stop: vec![],
+    });
+    loop {
+        let s = h.next().await;
+        if s.task_id == b.to_string() && s.state() == TaskState::Stopped {
+            break;
+        }
+    }
+    let stopped = h.runtime.stopped.lock().unwrap().clone();
+    assert!(
+        stopped.contains(&old) && stopped.contains(&stray),
+        "{stopped:?}"
+    );
+    let left: Vec<ContainerInfo> = h
+        .runtime
+        .containers
+        .lock()
+        .unwrap()
+        .values()
+        .cloned()
+        .collect();
+    assert_eq!(left.len(), 1);
+    assert_eq!((left[0].task_id, left[0].attempt), (a, 2));
+}
+
+#[tokio::test]
+async fn an_ended_attempt_is_reported_again_not_rerun() {
+    let mut h = Harness::new();
+    let task = Uuid::now_v7();
+    h.run(task, 1, "img");
+    let cid = h.running(task, 1).await;
+    h.exits
+        .send(Exit {
+            container_id: cid,
+            task_id: task,
+            attempt: 1,
+            exit_code: 0,
+        })
+        .unwrap();
+    h.expect(task, 1, TaskState::Completed).await;
+    // A manager that missed the report assigns the attempt again.
+    h.run(task, 1, "img");
+    h.expect(task, 1, TaskState::Completed).await;
+    assert_eq!(*h.runtime.next.lock().unwrap(), 1, "started only once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exit_the_event_stream_lost_is_found_by_the_audit() {
+    let mut h = Harness::new();
+    let task = Uuid::now_v7();
+    h.run(task, 1, "img");
+    let cid = h.running(task, 1).await;
+    // The container exits, but the engine's event never arrives.
+    if let Some(c) = h.runtime.containers.lock().unwrap().get_mut(&cid) {
+        c.running = false;
+        c.exit_code = Some(7);
+    }
+    tokio::time::advance(AUDIT_PERIOD).await;
+    let failed = h.expect(task, 1, TaskState::Failed).await;
+    assert_eq!(failed.exit_code, Some(7));
+}
