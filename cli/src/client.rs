@@ -90,13 +90,18 @@ async fn resolve(client: &mut ClusterClient<Channel>, key: &str) -> Result<Task,
     if found.len() > 1 && !found.iter().any(|t| t.id.starts_with(key)) {
         found.retain(|t| !task_state::is_terminal(t.state()));
     }
+    the_one(found, key, "task")
+}
+
+/// The single match of `key`, or an error saying there is none or several.
+fn the_one<T>(mut found: Vec<T>, key: &str, what: &str) -> Result<T, CliError> {
     match found.len() {
         0 => Err(CliError(format!(
-            "no task has the id, id prefix or name {key:?}"
+            "no {what} has the id, id prefix or name {key:?}"
         ))),
         1 => Ok(found.remove(0)),
         n => Err(CliError(format!(
-            "{key:?} matches {n} tasks; use more of the id"
+            "{key:?} matches {n} {what}s; use more of the id"
         ))),
     }
 }
@@ -294,19 +299,11 @@ async fn resolve_node(
         .map_err(status_error)?
         .into_inner()
         .nodes;
-    let mut found: Vec<_> = nodes
+    let found = nodes
         .into_iter()
         .filter(|n| n.id.starts_with(key) || n.name == key)
         .collect();
-    match found.len() {
-        0 => Err(CliError(format!(
-            "no node has the id, id prefix or name {key:?}"
-        ))),
-        1 => Ok(found.remove(0)),
-        n => Err(CliError(format!(
-            "{key:?} matches {n} nodes; use more of the id"
-        ))),
-    }
+    the_one(found, key, "node")
 }
 
 pub async fn node(manager: &str, command: NodeCommand, out: Output) -> Result<(), CliError> {

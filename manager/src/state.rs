@@ -448,16 +448,10 @@ impl State {
             (_, Some(code)) => format!("attempt {} exited with code {code}", task.attempt),
             _ => format!("attempt {} failed: {}", task.attempt, task.message),
         };
-        task.attempt += 1;
+        begin_attempt(task);
         if ended != TaskState::Lost {
             task.restart_count += 1;
         }
-        task.state = TaskState::Pending as i32;
-        task.node_id.clear();
-        task.container_id.clear();
-        task.exit_code = None;
-        task.started_at = None;
-        task.finished_at = None;
         if delay.is_zero() {
             task.message = format!("rescheduling: {why}");
             self.task_changed(id, writes);
@@ -637,13 +631,7 @@ impl State {
         let old = task.attempt;
         let grace = validate::stop_grace(task.spec.as_ref().unwrap_or(&TaskSpec::default()));
         let demand = demand_of(task);
-        task.attempt += 1;
-        task.state = TaskState::Pending as i32;
-        task.node_id.clear();
-        task.container_id.clear();
-        task.exit_code = None;
-        task.started_at = None;
-        task.finished_at = None;
+        begin_attempt(task);
         task.message = format!("moving off drained node {node_name}");
         self.release_resources(i, id, &demand);
         self.task_changed(id, writes);
@@ -984,6 +972,18 @@ impl State {
     pub fn liveness(&self) -> Liveness {
         self.liveness
     }
+}
+
+/// Starts a task's next attempt: pending, on no node, with nothing observed
+/// yet. Every message about the old attempt is stale from here on.
+fn begin_attempt(task: &mut Task) {
+    task.attempt += 1;
+    task.state = TaskState::Pending as i32;
+    task.node_id.clear();
+    task.container_id.clear();
+    task.exit_code = None;
+    task.started_at = None;
+    task.finished_at = None;
 }
 
 /// A status naming a task's current attempt.
