@@ -3,8 +3,9 @@
 //! It registers, keeps one `Session` stream open, sends heartbeats at the
 //! period the manager chose, forwards the manager's assignments to the
 //! [`Executor`] and sends the executor's reports back in batches. When the
-//! stream breaks it reconnects with exponential backoff, registering again
-//! under the node id it keeps in its data directory. It decides nothing about
+//! stream breaks it reconnects with exponential backoff (capped at the
+//! heartbeat period, so it is back before the manager gives up on it),
+//! registering again under the node id it keeps in its data directory. It decides nothing about
 //! tasks itself.
 
 use std::collections::HashMap;
@@ -80,21 +81,39 @@ pub enum Error {
 }
 
 /// Exponential backoff with jitter, owned clock (tokio time).
-struct Backoff(Duration);
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
 
 impl Backoff {
     fn new() -> Self {
-        Self(BACKOFF_START)
+        Self {
+            next: BACKOFF_START,
+            max: BACKOFF_MAX,
+        }
     }
 
     fn reset(&mut self) {
-        self.0 = BACKOFF_START;
+        self.next = BACKOFF_START;
+    }
+
+    /// Caps the wait at `max` (at least the first wait, at most [`BACKOFF_MAX`]).
+    fn limit(&mut self, max: Duration) {
+        self.max = max.clamp(BACKOFF_START, BACKOFF_MAX);
+        self.next = self.next.min(self.max);
+    }
+
+    /// The next wait before jitter; doubles the one after, up to the cap.
+    fn step(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
     }
 
     async fn wait(&mut self) {
         let jitter = rand::rng().random_range(0.5..1.0);
-        tokio::time::sleep(self.0.mul_f64(jitter)).await;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(self.step().mul_f64(jitter)).await;
     }
 }
 
@@ -203,6 +222,13 @@ pub async fn run<R: Runtime>(
             save_node_id(&config, id)?;
             node_id = Some(id);
         }
+        // Once the session breaks, the manager declares this node down (and
+        // moves its tasks) after a few heartbeat periods without news; after
+        // its own restart, it counts them from when it came back. So never
+        // wait longer than one period between attempts to come back: a
+        // longer backoff would turn a manager restart into every task of
+        // this node being rescheduled, and its running containers stopped.
+        backoff.limit(heartbeat_period(&reply));
         let exec = match &executor {
             Some((cluster, exec)) if *cluster == reply.cluster_id => exec.clone(),
             _ => {
@@ -227,6 +253,16 @@ pub async fn run<R: Runtime>(
             () = &mut shutdown => return Ok(()),
         }
     }
+}
+
+/// The heartbeat period the manager asked for (1 s if it named none).
+fn heartbeat_period(reply: &RegisterResponse) -> Duration {
+    reply
+        .heartbeat_period
+        .as_ref()
+        .and_then(orch::time::std_duration)
+        .filter(|p| !p.is_zero())
+        .unwrap_or(Duration::from_secs(1))
 }
 
 /// Runs one session until its stream ends; returns why it ended.
@@ -255,13 +291,7 @@ async fn session(
     };
     backoff.reset();
     executor.send(Command::Resync);
-    let period = reply
-        .heartbeat_period
-        .as_ref()
-        .and_then(orch::time::std_duration)
-        .filter(|p| !p.is_zero())
-        .unwrap_or(Duration::from_secs(1));
-    let mut tick = tokio::time::interval(period);
+    let mut tick = tokio::time::interval(heartbeat_period(reply));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -298,5 +328,30 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_heartbeat_period_once_known() {
+        let mut b = Backoff::new();
+        let waits: Vec<u128> = (0..8).map(|_| b.step().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+
+        // Registered with a 500 ms period: never more than that, even mid-streak.
+        b.limit(Duration::from_millis(500));
+        assert_eq!(b.step(), Duration::from_millis(500));
+        b.reset();
+        let waits: Vec<u128> = (0..5).map(|_| b.step().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 500, 500]);
+
+        // A silly period is clamped to sane bounds.
+        b.limit(Duration::from_secs(60));
+        assert_eq!(b.max, BACKOFF_MAX);
+        b.limit(Duration::ZERO);
+        assert_eq!(b.max, BACKOFF_START);
     }
 }

@@ -1,0 +1,857 @@
+//! A process harness: orch's own binary (`orchctl manager`, `orchctl worker`)
+//! run as real child processes, or as containers on a private Docker network,
+//! so tests can really `kill -9` them, restart them on the same data
+//! directory, and cut them off the network.
+//!
+//! ```ignore
+//! let mut cluster = Procs::start(Options::default(), 3).await;
+//! cluster.kill_worker(0).await;   // SIGKILL; its containers keep running
+//! cluster.restart_worker(0);      // same data dir: the same node comes back
+//! ```
+//!
+//! Waiting is event-driven: on the manager's `WatchEvents` stream (re-reading
+//! the tasks and nodes after each event) and on Docker's event stream, each
+//! with a deadline; nothing sleeps and checks.
+//!
+//! Every process writes its stderr to a log file in the cluster's temporary
+//! directory. When a test panics, dropping the cluster prints where the logs
+//! are and their last lines, and keeps the directory. Dropping it always
+//! kills the processes and removes this cluster's containers (task
+//! containers of its nodes, worker containers) and its network.
+//!
+//! Shared by `tests/failures.rs` and `benches/recovery.rs`; each uses a part
+//! of it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    EventsOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use orch::v1::cluster_client::ClusterClient;
+use orch::v1::{
+    Event, ListNodesRequest, ListTasksRequest, Node, NodeState, SubmitTaskRequest, Task, TaskSpec,
+    WatchEventsRequest,
+};
+use tokio::process::{Child, Command};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// How long a test waits for something before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The orchctl binary under test.
+pub const ORCHCTL: &str = env!("CARGO_BIN_EXE_orchctl");
+
+/// The tag of the image that runs orchctl in a container.
+pub const ORCHCTL_IMAGE: &str = "orch-test/orchctl:latest";
+
+/// How the manager and workers are started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--heartbeat-period` of the manager.
+    pub heartbeat_period: String,
+    /// `--missed-heartbeats` of the manager.
+    pub missed_heartbeats: u32,
+    /// Listen on 0.0.0.0 rather than loopback, so workers in containers
+    /// can reach the manager through their network's gateway.
+    pub listen_all: bool,
+    /// `--cpus` of every worker.
+    pub worker_cpus: String,
+    /// `--memory` of every worker.
+    pub worker_memory: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            heartbeat_period: "500ms".into(),
+            missed_heartbeats: 3,
+            listen_all: false,
+            worker_cpus: "2".into(),
+            worker_memory: "2Gi".into(),
+        }
+    }
+}
+
+/// One worker: a child process, or a container running orchctl.
+enum Worker {
+    /// A child process; `None` while it is killed.
+    Process(Option<Child>),
+    /// A container, by name.
+    Container(String),
+}
+
+/// A container of one of this cluster's tasks, as Docker reports it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TaskContainer {
+    pub task_id: String,
+    pub attempt: u64,
+    pub node_id: String,
+    pub container_id: String,
+}
+
+/// What the manager says at one moment.
+#[derive(Debug, Default)]
+pub struct View {
+    pub tasks: Vec<Task>,
+    pub nodes: Vec<Node>,
+}
+
+impl View {
+    /// The task with this id.
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+
+    /// How many nodes are ready.
+    pub fn ready_nodes(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.state() == NodeState::Ready)
+            .count()
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+/// A manager and workers as separate processes (or containers).
+pub struct Procs {
+    /// The temporary directory: data dirs and logs. Taken (kept) on failure.
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    /// A short unique word naming this cluster's Docker objects.
+    pub name: String,
+    /// The manager's port.
+    pub port: u16,
+    options: Options,
+    manager: Option<Child>,
+    workers: Vec<Worker>,
+    /// The private network and its gateway address, once created.
+    network: Option<(String, String)>,
+    /// The Docker engine.
+    pub docker: Docker,
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+async fn docker() -> Docker {
+    Docker::connect_with_local_defaults()
+        .expect("docker")
+        .negotiate_version()
+        .await
+        .expect("docker version")
+}
+
+/// Runs the docker CLI, returning its trimmed stdout; panics on failure.
+pub async fn docker_cli(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Procs {
+    /// Starts a manager and `workers` worker processes, and waits until
+    /// every worker is ready.
+    pub async fn start(options: Options, workers: usize) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("orch-procs-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().to_path_buf();
+        let name = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+        let mut cluster = Self {
+            dir: Some(dir),
+            path,
+            name,
+            port: free_port(),
+            options,
+            manager: None,
+            workers: Vec::new(),
+            network: None,
+            docker: docker().await,
+        };
+        cluster.start_manager();
+        for _ in 0..workers {
+            cluster.add_worker();
+        }
+        cluster.wait_ready(workers).await;
+        cluster
+    }
+
+    /// The manager's URL from the host.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The temporary directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn log(&self, name: &str) -> File {
+        File::options()
+            .create(true)
+            .append(true)
+            .open(self.path.join(format!("{name}.log")))
+            .expect("log file")
+    }
+
+    fn worker_dir(&self, i: usize) -> PathBuf {
+        self.path.join(format!("w{i}"))
+    }
+
+    /// Starts the manager on its port and data directory (again, after a kill).
+    pub fn start_manager(&mut self) {
+        assert!(self.manager.is_none(), "the manager is running");
+        let host = if self.options.listen_all {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
+        let child = Command::new(ORCHCTL)
+            .arg("manager")
+            .arg("--listen")
+            .arg(format!("{host}:{}", self.port))
+            .arg("--data-dir")
+            .arg(self.path.join("manager"))
+            .arg("--heartbeat-period")
+            .arg(&self.options.heartbeat_period)
+            .arg("--missed-heartbeats")
+            .arg(self.options.missed_heartbeats.to_string())
+            .env_remove("ORCH_MANAGER")
+            .env("ORCH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log("manager"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn orchctl manager");
+        self.manager = Some(child);
+    }
+
+    /// `kill -9` the manager and reap it; its data directory stays.
+    pub async fn kill_manager(&mut self) {
+        let mut child = self.manager.take().expect("the manager is running");
+        child.start_kill().expect("SIGKILL the manager");
+        child.wait().await.expect("reap the manager");
+    }
+
+    fn spawn_worker(&self, i: usize) -> Child {
+        Command::new(ORCHCTL)
+            .arg("--manager")
+            .arg(self.url())
+            .arg("worker")
+            .arg("--data-dir")
+            .arg(self.worker_dir(i))
+            .arg("--name")
+            .arg(format!("w{i}"))
+            .arg("--cpus")
+            .arg(&self.options.worker_cpus)
+            .arg("--memory")
+            .arg(&self.options.worker_memory)
+            .env_remove("ORCH_MANAGER")
+            .env("ORCH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("w{i}")))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn orchctl worker")
+    }
+
+    /// Starts one more worker process, named `wN`; returns N.
+    pub fn add_worker(&mut self) -> usize {
+        let i = self.workers.len();
+        let child = self.spawn_worker(i);
+        self.workers.push(Worker::Process(Some(child)));
+        i
+    }
+
+    /// `kill -9` worker `i` and reap it. Its containers keep running.
+    pub async fn kill_worker(&mut self, i: usize) {
+        let Worker::Process(slot) = &mut self.workers[i] else {
+            panic!("worker {i} is a container");
+        };
+        let mut child = slot.take().expect("worker is running");
+        child.start_kill().expect("SIGKILL the worker");
+        child.wait().await.expect("reap the worker");
+    }
+
+    /// Starts worker `i` again on its data directory: the same node.
+    pub fn restart_worker(&mut self, i: usize) {
+        let child = self.spawn_worker(i);
+        let Worker::Process(slot) = &mut self.workers[i] else {
+            panic!("worker {i} is a container");
+        };
+        assert!(slot.is_none(), "worker {i} is running");
+        *slot = Some(child);
+    }
+
+    /// Creates this cluster's private network (for container workers);
+    /// returns the gateway address, through which containers reach the host.
+    pub async fn create_network(&mut self) -> String {
+        let net = format!("orch-test-{}", self.name);
+        docker_cli(&["network", "create", &net]).await;
+        let gateway = docker_cli(&[
+            "network",
+            "inspect",
+            &net,
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+        ])
+        .await;
+        assert!(!gateway.is_empty(), "network {net} has no gateway");
+        self.network = Some((net, gateway.clone()));
+        gateway
+    }
+
+    /// Starts one more worker, as a container on the private network, running
+    /// orchctl from [`orchctl_image`] with the Docker socket mounted; returns
+    /// its index. Needs [`Options::listen_all`] and [`Procs::create_network`].
+    pub async fn add_container_worker(&mut self) -> usize {
+        assert!(
+            self.options.listen_all,
+            "the manager must listen on 0.0.0.0"
+        );
+        let (net, gateway) = self.network.clone().expect("create_network first");
+        let image = orchctl_image().await;
+        let i = self.workers.len();
+        let data = self.worker_dir(i);
+        std::fs::create_dir_all(&data).expect("worker data dir");
+        let container = format!("orch-test-{}-w{i}", self.name);
+        let manager = format!("http://{gateway}:{}", self.port);
+        let volume = format!("{}:/data", data.display());
+        docker_cli(&[
+            "run",
+            "-d",
+            "--name",
+            &container,
+            "--network",
+            &net,
+            "--label",
+            "orch-test.harness=procs",
+            "-e",
+            "ORCH_LOG=info",
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            &volume,
+            &image,
+            "--manager",
+            &manager,
+            "worker",
+            "--data-dir",
+            "/data",
+            "--name",
+            &format!("w{i}"),
+            "--cpus",
+            &self.options.worker_cpus,
+            "--memory",
+            &self.options.worker_memory,
+        ])
+        .await;
+        self.workers.push(Worker::Container(container));
+        i
+    }
+
+    fn container(&self, i: usize) -> (&str, &str) {
+        let Worker::Container(c) = &self.workers[i] else {
+            panic!("worker {i} is not a container");
+        };
+        let (net, _) = self.network.as_ref().expect("network");
+        (c, net)
+    }
+
+    /// `docker network disconnect`s container worker `i`: it keeps running,
+    /// cut off from the manager.
+    pub async fn disconnect(&self, i: usize) {
+        let (c, net) = self.container(i);
+        docker_cli(&["network", "disconnect", net, c]).await;
+    }
+
+    /// `docker network connect`s container worker `i` back.
+    pub async fn connect(&self, i: usize) {
+        let (c, net) = self.container(i);
+        docker_cli(&["network", "connect", net, c]).await;
+    }
+
+    /// The node id worker `i` keeps in its data directory.
+    pub fn node_id(&self, i: usize) -> String {
+        let file = self.worker_dir(i).join(orch_worker::agent::NODE_ID_FILE);
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .to_string()
+    }
+
+    /// The node ids of every worker that has registered.
+    pub fn node_ids(&self) -> Vec<String> {
+        node_ids(&self.path, self.workers.len())
+    }
+
+    /// The index of the worker whose node is `node_id`.
+    pub fn worker_of(&self, node_id: &str) -> usize {
+        (0..self.workers.len())
+            .find(|&i| self.node_id(i) == node_id)
+            .unwrap_or_else(|| panic!("no worker has node {node_id}"))
+    }
+
+    /// A client of the manager, waiting (until the deadline) for it to listen.
+    pub async fn client(&self) -> ClusterClient<Channel> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match ClusterClient::connect(self.url()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("cannot connect to the manager: {e}")
+                }
+                // Nothing to wait on but the port: retry shortly.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Submits one task; returns it as the manager acknowledged it.
+    pub async fn submit(&self, spec: TaskSpec) -> Task {
+        self.client()
+            .await
+            .submit_task(SubmitTaskRequest { spec: Some(spec) })
+            .await
+            .expect("submit")
+            .into_inner()
+            .task
+            .expect("task")
+    }
+
+    /// Every task and node, as the manager lists them now.
+    pub async fn view(client: &mut ClusterClient<Channel>) -> Result<View, tonic::Status> {
+        let mut tasks = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_tasks(ListTasksRequest {
+                    page_size: 10_000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            tasks.extend(page.tasks);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        let nodes = client
+            .list_nodes(ListNodesRequest {})
+            .await?
+            .into_inner()
+            .nodes;
+        Ok(View { tasks, nodes })
+    }
+
+    /// Waits until `check` returns something for the manager's view,
+    /// re-reading the view after every event. Survives a manager restart
+    /// (it reconnects). Panics after `deadline`, with `what` and the last view.
+    pub async fn wait_for_within<T>(
+        &self,
+        what: &str,
+        deadline: Duration,
+        mut check: impl FnMut(&View) -> Option<T>,
+    ) -> T {
+        let until = Instant::now() + deadline;
+        let mut last = None;
+        loop {
+            // Subscribe first, then read: no change falls in between.
+            let attempt = async {
+                let mut client = self.client().await;
+                let mut events = client
+                    .watch_events(WatchEventsRequest {})
+                    .await?
+                    .into_inner();
+                loop {
+                    let view = Self::view(&mut client).await?;
+                    if let Some(found) = check(&view) {
+                        return Ok::<_, tonic::Status>(found);
+                    }
+                    last = Some(view);
+                    if events.message().await?.is_none() {
+                        return Err(tonic::Status::unavailable("event stream ended"));
+                    }
+                }
+            };
+            match tokio::time::timeout_at(until, attempt).await {
+                Ok(Ok(found)) => return found,
+                // The manager went away (a test killed it): connect again.
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => panic!(
+                    "{what}: not within {deadline:?}; the manager last said {last:#?}; logs in {}",
+                    self.path.display()
+                ),
+            }
+            if Instant::now() > until {
+                panic!("{what}: not within {deadline:?}; last view: {last:#?}");
+            }
+        }
+    }
+
+    /// [`Procs::wait_for_within`] with the harness [`DEADLINE`].
+    pub async fn wait_for<T>(&self, what: &str, check: impl FnMut(&View) -> Option<T>) -> T {
+        self.wait_for_within(what, DEADLINE, check).await
+    }
+
+    /// Waits until at least `n` nodes are ready.
+    pub async fn wait_ready(&self, n: usize) {
+        self.wait_for(&format!("{n} ready nodes"), |v| {
+            (v.ready_nodes() >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until worker `i`'s node is ready.
+    pub async fn wait_node_ready(&self, i: usize) {
+        let node = self.node_id(i);
+        self.wait_for(&format!("node {node} ready"), |v| {
+            (v.node(&node)?.state() == NodeState::Ready).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until task `id` satisfies `done`; returns it.
+    pub async fn wait_task(&self, id: &str, done: impl Fn(&Task) -> bool) -> Task {
+        self.wait_for(&format!("task {id}"), |v| {
+            v.task(id).filter(|t| done(t)).cloned()
+        })
+        .await
+    }
+
+    /// The running containers of this cluster's tasks (label `orch.task-id`,
+    /// on this cluster's nodes), sorted.
+    pub async fn running_task_containers(&self) -> Vec<TaskContainer> {
+        running_task_containers(&self.docker, &self.node_ids()).await
+    }
+
+    /// Waits (on Docker's events, with the deadline) until the running task
+    /// containers are exactly one per task in `tasks`, for the task's current
+    /// attempt on its current node; then asserts it, so a failure shows both.
+    pub async fn assert_exactly_running(&self, tasks: &[Task]) {
+        let mut want: Vec<(String, u64, String)> = tasks
+            .iter()
+            .map(|t| (t.id.clone(), t.attempt, t.node_id.clone()))
+            .collect();
+        want.sort();
+        let filters = HashMap::from([("type", vec!["container".to_string()])]);
+        let mut events = self.docker.events(Some(
+            EventsOptionsBuilder::default().filters(&filters).build(),
+        ));
+        let until = Instant::now() + DEADLINE;
+        let have = loop {
+            let have: Vec<(String, u64, String)> = self
+                .running_task_containers()
+                .await
+                .into_iter()
+                .map(|c| (c.task_id, c.attempt, c.node_id))
+                .collect();
+            if have == want || Instant::now() > until {
+                break have;
+            }
+            // The engine's list can lag its events a little: look again
+            // after a short while even if no event comes.
+            let _ = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
+        };
+        assert_eq!(
+            have,
+            want,
+            "running task containers (task, attempt, node) vs the tasks that should run; logs in {}",
+            self.path.display()
+        );
+    }
+}
+
+/// The node ids in the first `workers` worker data directories of `dir`.
+fn node_ids(dir: &Path, workers: usize) -> Vec<String> {
+    (0..workers)
+        .filter_map(|i| {
+            std::fs::read_to_string(
+                dir.join(format!("w{i}"))
+                    .join(orch_worker::agent::NODE_ID_FILE),
+            )
+            .ok()
+        })
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Every container (`all`: stopped ones too) of a task on one of `nodes`.
+async fn task_containers(
+    docker: &Docker,
+    nodes: &[String],
+    all: bool,
+) -> Vec<bollard::models::ContainerSummary> {
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let filters = HashMap::from([("label", vec![orch::labels::TASK_ID.to_string()])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(all)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(options))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(orch::labels::NODE_ID))
+                .is_some_and(|n| nodes.contains(n))
+        })
+        .collect()
+}
+
+/// The running task containers on `nodes`, sorted.
+pub async fn running_task_containers(docker: &Docker, nodes: &[String]) -> Vec<TaskContainer> {
+    let mut found: Vec<TaskContainer> = task_containers(docker, nodes, false)
+        .await
+        .into_iter()
+        .filter_map(|c| {
+            let labels = c.labels?;
+            Some(TaskContainer {
+                task_id: labels.get(orch::labels::TASK_ID)?.clone(),
+                attempt: labels.get(orch::labels::ATTEMPT)?.parse().ok()?,
+                node_id: labels.get(orch::labels::NODE_ID)?.clone(),
+                container_id: c.id?,
+            })
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The last `n` lines of a file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Procs {
+    /// Kills every process and removes this cluster's containers and
+    /// network, whether the test passed or not. After a failure it prints
+    /// where the logs are, and their tails, and keeps the directory.
+    fn drop(&mut self) {
+        let mut children: Vec<Child> = self.manager.take().into_iter().collect();
+        let mut containers = Vec::new();
+        for w in &mut self.workers {
+            match w {
+                Worker::Process(c) => children.extend(c.take()),
+                Worker::Container(name) => containers.push(name.clone()),
+            }
+        }
+        for child in &mut children {
+            let _ = child.start_kill();
+        }
+        let failed = std::thread::panicking();
+        let path = self.path.clone();
+        let nodes = node_ids(&path, self.workers.len());
+        let network = self.network.take().map(|(n, _)| n);
+        // The test's runtime may be going down: clean up from a thread with
+        // its own runtime.
+        let cleanup_path = path.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                for mut child in children {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                }
+                for c in &containers {
+                    if failed {
+                        let logs = Command::new("docker")
+                            .args(["logs", c])
+                            .output()
+                            .await
+                            .map(|o| o.stderr)
+                            .unwrap_or_default();
+                        let name = c.rsplit('-').next().unwrap_or("worker");
+                        let _ = std::fs::write(cleanup_path.join(format!("{name}.log")), logs);
+                    }
+                    let _ = Command::new("docker")
+                        .args(["rm", "-f", c])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .await;
+                }
+                let docker = docker().await;
+                for c in task_containers(&docker, &nodes, true).await {
+                    if let Some(id) = c.id {
+                        let force = RemoveContainerOptionsBuilder::default().force(true).build();
+                        let _ = docker.remove_container(&id, Some(force)).await;
+                    }
+                }
+                if let Some(net) = network {
+                    let _ = Command::new("docker")
+                        .args(["network", "rm", &net])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .await;
+                }
+            });
+        })
+        .join();
+        if failed {
+            eprintln!("--- orch process logs in {} (kept)", path.display());
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(&path)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+            logs.sort();
+            for log in logs {
+                eprintln!("--- {} (last 40 lines)\n{}", log.display(), tail(&log, 40));
+            }
+            if let Some(dir) = self.dir.take() {
+                let _ = dir.keep();
+            }
+        }
+    }
+}
+
+static IMAGE: OnceCell<String> = OnceCell::const_new();
+
+/// An image that runs orchctl: `FROM scratch` with the orchctl binary under
+/// test and the shared libraries `ldd` says it needs, each at its path.
+/// Built at most once per process, and not at all if the engine already has
+/// it for this very binary (same size and modification time). Returns its tag.
+pub async fn orchctl_image() -> String {
+    IMAGE.get_or_init(build_orchctl_image).await.clone()
+}
+
+async fn build_orchctl_image() -> String {
+    let meta = std::fs::metadata(ORCHCTL).expect("orchctl binary");
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    let stamp = format!("{}-{}", meta.len(), modified.as_nanos());
+    let label = "orch-test.orchctl";
+    let old = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "-f",
+            &format!("{{{{.Id}}}} {{{{index .Config.Labels \"{label}\"}}}}"),
+            ORCHCTL_IMAGE,
+        ])
+        .output()
+        .await
+        .expect("docker image inspect");
+    let old = String::from_utf8_lossy(&old.stdout).trim().to_string();
+    let old_id = old.split(' ').next().unwrap_or_default().to_string();
+    if old.ends_with(&format!(" {stamp}")) {
+        return ORCHCTL_IMAGE.to_string();
+    }
+
+    let ldd = Command::new("ldd")
+        .arg(ORCHCTL)
+        .output()
+        .await
+        .expect("ldd orchctl");
+    let ldd = String::from_utf8_lossy(&ldd.stdout).to_string();
+    // Lines look like `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`
+    // or `/lib64/ld-linux-x86-64.so.2 (0x...)`; vdso has no file.
+    let libs: Vec<PathBuf> = ldd
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l.split_once("=> ").map_or(l, |(_, p)| p);
+            let path = path.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect();
+    assert!(
+        libs.iter().any(|l| l.to_string_lossy().contains("libc.so")),
+        "ldd found no libc: {ldd}"
+    );
+
+    let context = tempfile::tempdir().expect("build context");
+    let rootfs = context.path().join("rootfs");
+    let mut lib_dirs = Vec::new();
+    for lib in &libs {
+        let target = rootfs.join(lib.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("lib dir");
+        // Follows symlinks: the file lands at the path the loader asks for.
+        std::fs::copy(lib, &target).unwrap_or_else(|e| panic!("copy {}: {e}", lib.display()));
+        let dir = lib.parent().expect("parent").display().to_string();
+        if !lib_dirs.contains(&dir) {
+            lib_dirs.push(dir);
+        }
+    }
+    std::fs::copy(ORCHCTL, rootfs.join("orchctl")).expect("copy orchctl");
+    let dockerfile = format!(
+        "FROM scratch\n\
+         COPY rootfs/ /\n\
+         ENV LD_LIBRARY_PATH={}\n\
+         LABEL {label}=\"{stamp}\"\n\
+         ENTRYPOINT [\"/orchctl\"]\n",
+        lib_dirs.join(":")
+    );
+    std::fs::write(context.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+    let context_path = context.path().display().to_string();
+    docker_cli(&["build", "-q", "-t", ORCHCTL_IMAGE, &context_path]).await;
+    // The image this one replaced is now untagged: remove it (unless a
+    // container still uses it).
+    if !old_id.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rmi", &old_id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+    ORCHCTL_IMAGE.to_string()
+}
+
+/// When `event` happened, by the manager's clock.
+pub fn event_time(event: &Event) -> std::time::SystemTime {
+    event
+        .time
+        .as_ref()
+        .map(orch::time::system_time)
+        .unwrap_or(std::time::UNIX_EPOCH)
+}
