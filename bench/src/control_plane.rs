@@ -21,13 +21,19 @@ use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{
     ListTasksRequest, SubmitTasksRequest, TaskSpec, TaskState, WatchEventsRequest, event,
 };
+use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use crate::Error;
 use crate::cluster::{ManagerKind, SimCluster};
+use crate::measure::{Pid, proc_stats};
 
 /// Most specs in one `SubmitTasks` call (the manager's limit).
 pub const MAX_BATCH: usize = 10_000;
+/// The watcher's HTTP/2 flow-control window, in bytes.
+const WATCH_WINDOW: u32 = 64 << 20;
+/// How often the fallback completion check asks the manager.
+const POLL: Duration = Duration::from_millis(20);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -75,8 +81,12 @@ pub struct Report {
     pub submitted: Duration,
     /// From the first submit until every task was running.
     pub all_running: Duration,
-    /// From the first submit until the last task was scheduled (manager's clock).
-    pub all_scheduled: Duration,
+    /// From the first submit until the last task was scheduled (manager's
+    /// clock, from the events); unknown if the watch stream fell behind.
+    pub all_scheduled: Option<Duration>,
+    /// How many tasks the `SubmitTasks` replies showed already scheduled
+    /// (placed in the call that submitted them).
+    pub placed_at_submit: usize,
     /// Submit→running latency percentiles: (p50, p99, max).
     pub latency: (Duration, Duration, Duration),
     /// The manager's cpu time during the run (submit until all running).
@@ -86,17 +96,29 @@ pub struct Report {
     /// Whether the manager ran in this process, so that cpu and memory
     /// include the simulated workers'.
     pub manager_in_process: bool,
+    /// This process's cpu time during the run (simulated workers, clients,
+    /// watcher) when the manager runs apart.
+    pub harness_cpu: Option<Duration>,
     /// The store file's size after the run.
     pub store_bytes: u64,
-    /// Whether the watch stream fell behind and completion was counted with
-    /// `ListTasks` instead.
-    pub watch_lagged: bool,
+    /// Why the watch stream was cut off, if it fell behind and completion
+    /// was learnt with `ListTasks` instead.
+    pub watch_lagged: Option<String>,
 }
 
 impl Report {
-    /// Tasks per second from the first submit until the last placement.
-    pub fn placements_per_sec(&self) -> f64 {
-        self.tasks as f64 / self.all_scheduled.as_secs_f64().max(1e-9)
+    /// Tasks per second from the first submit until the last placement,
+    /// from the events.
+    pub fn placements_per_sec(&self) -> Option<f64> {
+        self.all_scheduled
+            .map(|d| self.tasks as f64 / d.as_secs_f64().max(1e-9))
+    }
+
+    /// Tasks placed per second from the first submit until the last
+    /// `SubmitTasks` reply: a lower bound of the placement rate (it includes
+    /// the durable commit and the replies), known even without events.
+    pub fn placed_acked_per_sec(&self) -> f64 {
+        self.placed_at_submit as f64 / self.submitted.as_secs_f64().max(1e-9)
     }
 
     /// Tasks per second from the first submit until all run.
@@ -120,9 +142,25 @@ impl fmt::Display for Report {
         writeln!(f, "workers               {}", self.workers)?;
         writeln!(f, "workers ready after   {}", ms(self.startup))?;
         writeln!(f, "all submitted after   {}", ms(self.submitted))?;
-        writeln!(f, "all scheduled after   {}", ms(self.all_scheduled))?;
+        let unknown = || "unknown (the watch stream fell behind)".to_string();
+        writeln!(
+            f,
+            "all scheduled after   {}",
+            self.all_scheduled.map_or_else(unknown, ms)
+        )?;
         writeln!(f, "all running after     {}", ms(self.all_running))?;
-        writeln!(f, "placements/s          {:.0}", self.placements_per_sec())?;
+        writeln!(
+            f,
+            "placements/s          {}",
+            self.placements_per_sec()
+                .map_or_else(unknown, |p| format!("{p:.0}"))
+        )?;
+        writeln!(
+            f,
+            "placed+acked/s        {:.0} ({} placed by their SubmitTasks call)",
+            self.placed_acked_per_sec(),
+            self.placed_at_submit
+        )?;
         writeln!(f, "running/s             {:.0}", self.running_per_sec())?;
         writeln!(
             f,
@@ -141,15 +179,22 @@ impl fmt::Display for Report {
             "manager peak RSS      {:.0} MiB{whose}",
             self.manager_peak_rss as f64 / (1 << 20) as f64
         )?;
+        if let Some(cpu) = self.harness_cpu {
+            writeln!(
+                f,
+                "harness cpu           {:.2} s during the run (simulated workers, clients, watcher)",
+                cpu.as_secs_f64()
+            )?;
+        }
         writeln!(
             f,
             "store file            {:.1} MiB",
             self.store_bytes as f64 / (1 << 20) as f64
         )?;
-        if self.watch_lagged {
+        if let Some(why) = &self.watch_lagged {
             writeln!(
                 f,
-                "note                  the watch stream fell behind; completion was counted with ListTasks"
+                "note                  the manager cut the watch stream off {why}; completion was learnt with ListTasks"
             )?;
         }
         Ok(())
@@ -171,8 +216,9 @@ fn spec() -> TaskSpec {
 enum Watched {
     /// Every task ran; the manager's time of the last `scheduled` event.
     AllRunning(Option<SystemTime>),
-    /// The manager cut the stream off; the time of the last `scheduled` seen.
-    Lagged(Option<SystemTime>),
+    /// The manager cut the stream off, with this message, after this many
+    /// events had arrived.
+    Lagged(String, u64),
 }
 
 /// Follows the event stream until `tasks` distinct tasks have been running.
@@ -182,15 +228,17 @@ async fn watch(
 ) -> Result<Watched, Error> {
     let mut running = HashSet::with_capacity(tasks);
     let mut last_scheduled = None;
+    let mut seen = 0u64;
     while running.len() < tasks {
         let e = match events.message().await {
             Ok(Some(e)) => e,
             Ok(None) => return Err(Error::Manager("the event stream ended".into())),
             Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                return Ok(Watched::Lagged(last_scheduled));
+                return Ok(Watched::Lagged(s.message().to_string(), seen));
             }
             Err(s) => return Err(s.into()),
         };
+        seen += 1;
         let Some(event::Kind::Task(t)) = e.kind else {
             continue;
         };
@@ -205,6 +253,92 @@ async fn watch(
         }
     }
     Ok(Watched::AllRunning(last_scheduled))
+}
+
+/// Starts [`watch`] on a thread of its own with its own tokio runtime, and
+/// returns once it is subscribed. On the shared runtime the watcher is one
+/// task among thousands of simulated workers' and falls behind the stream;
+/// on its own thread the OS gives it a fair share of the cpu.
+async fn watch_apart(
+    url: String,
+    tasks: usize,
+) -> Result<oneshot::Receiver<Result<Watched, Error>>, Error> {
+    let (subscribed_tx, subscribed) = oneshot::channel();
+    let (done_tx, done) = oneshot::channel();
+    let run = move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Io(format!("watcher runtime: {e}")))?;
+        rt.block_on(async move {
+            // Large HTTP/2 windows: with the default 64 KiB the manager may
+            // have only ~600 events in flight before it waits for a window
+            // update from this busy process.
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .map_err(|e| Error::Manager(format!("bad URL: {e}")))?
+                .initial_stream_window_size(Some(WATCH_WINDOW))
+                .initial_connection_window_size(Some(WATCH_WINDOW))
+                .connect()
+                .await
+                .map_err(|e| Error::Manager(format!("watcher cannot connect: {e}")))?;
+            let mut client = ClusterClient::new(channel);
+            let events = client
+                .watch_events(WatchEventsRequest {})
+                .await?
+                .into_inner();
+            let _ = subscribed_tx.send(());
+            watch(events, tasks).await
+        })
+    };
+    std::thread::Builder::new()
+        .name("bench-watch".into())
+        .spawn(move || {
+            let _ = done_tx.send(run());
+        })
+        .map_err(|e| Error::Io(format!("watcher thread: {e}")))?;
+    if subscribed.await.is_err() {
+        // The thread ended before subscribing; its result says why.
+        return match done.await {
+            Ok(Err(e)) => Err(e),
+            _ => Err(Error::Manager("the watcher could not subscribe".into())),
+        };
+    }
+    Ok(done)
+}
+
+/// The oldest task at or after `from` that is not running yet, if any.
+///
+/// Tasks are listed in submission order and never leave `running` here (the
+/// simulated containers run until stopped), so everything before the one
+/// found stays running, and the next call can start from it: the whole wait
+/// scans each task about once, instead of listing all of them every time.
+async fn oldest_not_running(
+    client: &mut ClusterClient<Channel>,
+    from: Option<uuid::Uuid>,
+) -> Result<Option<uuid::Uuid>, Error> {
+    // The page token is exclusive: start just before `from`.
+    let page_token = from
+        .map(|id| uuid::Uuid::from_u128(id.as_u128().saturating_sub(1)).to_string())
+        .unwrap_or_default();
+    let page = client
+        .list_tasks(ListTasksRequest {
+            states: [
+                TaskState::Pending,
+                TaskState::Scheduled,
+                TaskState::Starting,
+            ]
+            .map(|s| s as i32)
+            .to_vec(),
+            page_size: 1,
+            page_token,
+            ..ListTasksRequest::default()
+        })
+        .await?
+        .into_inner();
+    Ok(page
+        .tasks
+        .first()
+        .and_then(|t| uuid::Uuid::parse_str(&t.id).ok()))
 }
 
 /// Every running task's id and `updated_at`, page by page.
@@ -244,7 +378,7 @@ async fn submitter(
     next: Arc<AtomicUsize>,
     tasks: usize,
     batch: usize,
-) -> Result<Vec<(Vec<String>, SystemTime)>, Error> {
+) -> Result<Vec<(Vec<(String, bool)>, SystemTime)>, Error> {
     let mut sent = Vec::new();
     loop {
         let start = next.fetch_add(batch, Ordering::Relaxed);
@@ -258,7 +392,15 @@ async fn submitter(
             .submit_tasks(SubmitTasksRequest { specs })
             .await?
             .into_inner();
-        sent.push((reply.tasks.into_iter().map(|t| t.id).collect(), at));
+        let ids = reply
+            .tasks
+            .into_iter()
+            .map(|t| {
+                let placed = t.state() == TaskState::Scheduled;
+                (t.id, placed)
+            })
+            .collect();
+        sent.push((ids, at));
     }
 }
 
@@ -296,18 +438,15 @@ async fn measure(
     startup: Duration,
 ) -> Result<Report, Error> {
     let batch = params.batch.clamp(1, MAX_BATCH);
+    let watch = watch_apart(cluster.url(), params.tasks).await?;
     let mut watcher = cluster.client().await?;
-    let events = watcher
-        .watch_events(WatchEventsRequest {})
-        .await?
-        .into_inner();
-    let watch = tokio::spawn(watch(events, params.tasks));
     let mut clients = Vec::with_capacity(params.clients.max(1));
     for _ in 0..params.clients.max(1) {
         clients.push(cluster.client().await?);
     }
 
     let cpu_before = cluster.manager_stats().map(|s| s.cpu).unwrap_or_default();
+    let harness_before = proc_stats(Pid::This).map(|s| s.cpu).unwrap_or_default();
     let t0 = Instant::now();
     let wall0 = SystemTime::now();
     let next = Arc::new(AtomicUsize::new(0));
@@ -316,12 +455,14 @@ async fn measure(
         .map(|c| tokio::spawn(submitter(c, next.clone(), params.tasks, batch)))
         .collect();
     let mut submitted_at: HashMap<String, SystemTime> = HashMap::with_capacity(params.tasks);
+    let mut placed_at_submit = 0;
     for s in submitters {
         let sent = s
             .await
             .map_err(|e| Error::Manager(format!("submitter: {e}")))??;
         for (ids, at) in sent {
-            submitted_at.extend(ids.into_iter().map(|id| (id, at)));
+            placed_at_submit += ids.iter().filter(|(_, placed)| *placed).count();
+            submitted_at.extend(ids.into_iter().map(|(id, _)| (id, at)));
         }
     }
     let submitted = t0.elapsed();
@@ -335,28 +476,34 @@ async fn measure(
                 params.tasks, params.timeout
             ))
         })?
-        .map_err(|e| Error::Manager(format!("watcher: {e}")))??;
+        .map_err(|_| Error::Manager("the watcher thread died".into()))??;
     let (last_scheduled, watch_lagged) = match watched {
-        Watched::AllRunning(t) => (t, false),
-        Watched::Lagged(t) => {
-            // Fallback: count running tasks until all are.
-            loop {
-                if running_tasks(&mut watcher).await?.len() >= params.tasks {
-                    break;
-                }
+        Watched::AllRunning(t) => (t, None),
+        Watched::Lagged(why, seen) => {
+            // Fallback: ask for the oldest task not yet running, until
+            // there is none (see `oldest_not_running`).
+            let mut from = None;
+            while let Some(id) = oldest_not_running(&mut watcher, from).await? {
                 if tokio::time::Instant::now() > deadline {
                     return Err(Error::Timeout(format!(
                         "not all of {} tasks running after {:?}",
                         params.tasks, params.timeout
                     )));
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                from = Some(id);
+                tokio::time::sleep(POLL).await;
             }
-            (t, true)
+            (None, Some(format!("after {seen} events: {why}")))
         }
     };
     let all_running = t0.elapsed();
     let stats = cluster.manager_stats().unwrap_or_default();
+    let harness_cpu = (!cluster.manager_in_process()).then(|| {
+        proc_stats(Pid::This)
+            .map(|s| s.cpu)
+            .unwrap_or_default()
+            .saturating_sub(harness_before)
+    });
 
     // The clock has stopped: now read every task's running time.
     let running = running_tasks(&mut watcher).await?;
@@ -375,9 +522,7 @@ async fn measure(
         )));
     }
     latencies.sort_unstable();
-    let all_scheduled = last_scheduled
-        .and_then(|t| t.duration_since(wall0).ok())
-        .unwrap_or(all_running);
+    let all_scheduled = last_scheduled.and_then(|t| t.duration_since(wall0).ok());
     Ok(Report {
         tasks: params.tasks,
         workers: cluster.worker_count(),
@@ -385,6 +530,7 @@ async fn measure(
         submitted,
         all_running,
         all_scheduled,
+        placed_at_submit,
         latency: (
             quantile(&latencies, 0.5),
             quantile(&latencies, 0.99),
@@ -393,6 +539,7 @@ async fn measure(
         manager_cpu: stats.cpu.saturating_sub(cpu_before),
         manager_peak_rss: stats.peak_rss_bytes,
         manager_in_process: cluster.manager_in_process(),
+        harness_cpu,
         store_bytes: cluster.store_bytes(),
         watch_lagged,
     })
