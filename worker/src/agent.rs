@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use orch::v1::dispatcher_client::DispatcherClient;
 use orch::v1::{
-    Heartbeat, RegisterRequest, RegisterResponse, Resources, SessionOpen, StatusBatch, TaskStatus,
-    WorkerMessage, manager_message, worker_message,
+    Heartbeat, NodeMetrics, RegisterRequest, RegisterResponse, Resources, SessionOpen, StatusBatch,
+    TaskStatus, WorkerMessage, manager_message, worker_message,
 };
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -78,6 +78,34 @@ pub enum Error {
     /// The manager refused the registration for good.
     #[error("the manager refused the registration: {0}")]
     Refused(String),
+}
+
+/// Where heartbeat metrics come from.
+enum Metrics {
+    /// This host, measured.
+    Host(Box<Meter>),
+    /// A simulated machine of this capacity: idle, and never measured.
+    Simulated(Resources),
+}
+
+impl Metrics {
+    fn capacity(&self) -> Resources {
+        match self {
+            Metrics::Host(m) => m.capacity(),
+            Metrics::Simulated(c) => *c,
+        }
+    }
+
+    fn sample(&mut self) -> NodeMetrics {
+        match self {
+            Metrics::Host(m) => m.sample(),
+            Metrics::Simulated(c) => NodeMetrics {
+                memory_total_bytes: c.memory_bytes,
+                disk_free_bytes: c.disk_bytes,
+                ..NodeMetrics::default()
+            },
+        }
+    }
 }
 
 /// Exponential backoff with jitter, owned clock (tokio time).
@@ -165,7 +193,14 @@ pub async fn run<R: Runtime>(
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(3))
         .keep_alive_while_idle(true);
-    let mut meter = Meter::new();
+    // A simulated machine is not measured: with thousands of simulated
+    // workers in one process, each refreshing sysinfo on every heartbeat
+    // would cost more than the control plane being measured.
+    let simulated = runtime.simulated_capacity();
+    let mut meter = match simulated {
+        Some(capacity) => Metrics::Simulated(capacity),
+        None => Metrics::Host(Box::default()),
+    };
     let machine = meter.capacity();
     let capacity = Resources {
         milli_cpus: config.milli_cpus.unwrap_or(machine.milli_cpus),
@@ -272,7 +307,7 @@ async fn session(
     node_id: Uuid,
     executor: &Executor,
     reports: &mut mpsc::UnboundedReceiver<TaskStatus>,
-    meter: &mut Meter,
+    meter: &mut Metrics,
     backoff: &mut Backoff,
 ) -> String {
     let (out_tx, out_rx) = mpsc::channel::<WorkerMessage>(64);

@@ -1,12 +1,14 @@
 //! How a worker runs containers: the [`Runtime`] trait, with the Docker
 //! implementation ([`docker::DockerRuntime`], through bollard) used in
-//! production and in end-to-end tests.
+//! production and in end-to-end tests, and a simulated one
+//! ([`sim::SimRuntime`]) for control-plane tests and benchmarks.
 //!
 //! A runtime knows containers and images, not the manager: it never sees the
 //! session stream and never decides what should run. The executor above it calls
 //! `start`/`stop` and reads `exits`; everything it reports comes from there.
 
 pub mod docker;
+pub mod sim;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -115,6 +117,15 @@ pub trait Runtime: Send + Sync + 'static {
     /// runtime reconnects by itself; exits that happened in between are found by
     /// the caller through `list`.
     fn exits(&self, cluster_id: &str, node_id: Uuid) -> BoxStream<'static, Exit>;
+
+    /// The capacity of the machine this runtime simulates, or `None` (the
+    /// default, and Docker's answer) when containers run on this host. A
+    /// simulated node declares this capacity and sends no host metrics, so
+    /// thousands of simulated workers in one process neither claim the host's
+    /// capacity each nor each measure the host on every heartbeat.
+    fn simulated_capacity(&self) -> Option<orch::v1::Resources> {
+        None
+    }
 }
 
 /// The labels of the container of a task attempt: the spec's own labels plus

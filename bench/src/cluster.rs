@@ -1,0 +1,365 @@
+//! A simulated cluster: a real manager on loopback and any number of real
+//! workers over [`SimRuntime`], all speaking real gRPC.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), orch_bench::Error> {
+//! use orch_bench::cluster::SimCluster;
+//! let cluster = SimCluster::builder().workers(100).start().await?;
+//! let mut client = cluster.client().await?;
+//! cluster.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Each worker runs the production worker code (`orch_worker::run`) with its
+//! own registration, its own connection and its own `Session` stream; only the
+//! container engine below it is simulated, and one [`SimRuntime`] serves them
+//! all. The manager runs either in this process or, so that its cpu time and
+//! memory can be measured apart from the workers', as a child process
+//! (`orchctl manager`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch::v1::cluster_client::ClusterClient;
+use orch::v1::{NodeState, WatchEventsRequest, event};
+use orch_worker::runtime::sim::{SimConfig, SimRuntime};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::Error;
+use crate::measure::{Pid, ProcStats, proc_stats};
+
+/// How long the cluster may take to come up, and a client to connect.
+const START_DEADLINE: Duration = Duration::from_secs(120);
+/// How many workers register at once before the next wave starts. Opening
+/// thousands of connections at the same instant overflows the listen backlog
+/// and turns into connect retries with backoff; waves keep start-up smooth.
+const WAVE: usize = 500;
+/// Messages larger than tonic's 4 MiB default: a page of 10,000 tasks.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Where the manager runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManagerKind {
+    /// In this process, on the same tokio runtime as the workers. Its cpu
+    /// time and memory cannot be told apart from theirs.
+    InProcess,
+    /// As a child process running this `orchctl` binary (`orchctl manager`),
+    /// measured on its own.
+    Child(PathBuf),
+}
+
+/// Builds a [`SimCluster`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    workers: usize,
+    manager: ManagerKind,
+    heartbeat_period: Duration,
+    missed_heartbeats: u32,
+    sim: SimConfig,
+}
+
+struct Worker {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), orch_worker::Error>>,
+}
+
+enum Manager {
+    InProcess {
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<Result<(), orch_manager::ServeError>>,
+    },
+    Child(tokio::process::Child),
+}
+
+/// A manager and its simulated workers. See the module documentation.
+pub struct SimCluster {
+    /// The manager's address.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    manager: Manager,
+    workers: Vec<Worker>,
+    /// The engine every worker runs its "containers" on.
+    pub runtime: Arc<SimRuntime>,
+}
+
+impl Builder {
+    /// How many simulated workers to start (default 1).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Where the manager runs (default: in this process).
+    pub fn manager(mut self, kind: ManagerKind) -> Self {
+        self.manager = kind;
+        self
+    }
+
+    /// How often workers send heartbeats (default 1 s). Large clusters want
+    /// longer: every heartbeat takes the manager's state lock.
+    pub fn heartbeat_period(mut self, period: Duration) -> Self {
+        self.heartbeat_period = period;
+        self
+    }
+
+    /// How many heartbeat periods a node may miss before it is down (default 3).
+    pub fn missed_heartbeats(mut self, n: u32) -> Self {
+        self.missed_heartbeats = n.max(1);
+        self
+    }
+
+    /// How the simulated containers behave (default: start at once, run forever).
+    pub fn sim(mut self, config: SimConfig) -> Self {
+        self.sim = config;
+        self
+    }
+
+    /// Starts the manager, then the workers in waves, and waits until every
+    /// worker's node is ready.
+    ///
+    /// # Errors
+    /// If the manager cannot start, or the workers are not ready in time.
+    pub async fn start(self) -> Result<SimCluster, Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io(format!("temp dir: {e}")))?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Error::Io(format!("bind: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Io(format!("local address: {e}")))?;
+        let data_dir = dir.path().join("manager");
+        let manager = match &self.manager {
+            ManagerKind::InProcess => {
+                let (stop, stopped) = oneshot::channel();
+                let config = orch_manager::Config {
+                    data_dir: Some(data_dir),
+                    heartbeat_period: self.heartbeat_period,
+                    missed_heartbeats: self.missed_heartbeats,
+                    ..orch_manager::Config::default()
+                };
+                let task = tokio::spawn(orch_manager::run(config, listener, async {
+                    let _ = stopped.await;
+                }));
+                Manager::InProcess { stop, task }
+            }
+            ManagerKind::Child(orchctl) => {
+                // The child binds the port this process just found free.
+                drop(listener);
+                Manager::Child(spawn_child(
+                    orchctl,
+                    addr,
+                    &data_dir,
+                    dir.path(),
+                    self.heartbeat_period,
+                    self.missed_heartbeats,
+                )?)
+            }
+        };
+        let mut cluster = SimCluster {
+            addr,
+            dir,
+            manager,
+            workers: Vec::with_capacity(self.workers),
+            runtime: Arc::new(SimRuntime::new(self.sim.clone())),
+        };
+        let mut client = cluster.client().await?;
+        // Subscribe before any worker starts, so no node's ready event is missed.
+        let mut events = client
+            .watch_events(WatchEventsRequest {})
+            .await?
+            .into_inner();
+        let mut ready = std::collections::HashSet::new();
+        let waited = tokio::time::timeout(START_DEADLINE, async {
+            while cluster.workers.len() < self.workers {
+                let wave_end = (cluster.workers.len() + WAVE).min(self.workers);
+                while cluster.workers.len() < wave_end {
+                    cluster.add_worker();
+                }
+                while ready.len() < wave_end {
+                    let Some(e) = events.message().await? else {
+                        return Err(Error::Manager("the event stream ended".into()));
+                    };
+                    if let Some(event::Kind::Node(n)) = e.kind {
+                        if n.state() == NodeState::Ready {
+                            ready.insert(n.node_id);
+                        } else {
+                            ready.remove(&n.node_id);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match waited {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Error::Timeout(format!(
+                    "{} of {} workers ready after {START_DEADLINE:?}",
+                    ready.len(),
+                    self.workers
+                )));
+            }
+        }
+        Ok(cluster)
+    }
+}
+
+fn spawn_child(
+    orchctl: &Path,
+    addr: SocketAddr,
+    data_dir: &Path,
+    log_dir: &Path,
+    heartbeat_period: Duration,
+    missed_heartbeats: u32,
+) -> Result<tokio::process::Child, Error> {
+    let log = std::fs::File::create(log_dir.join("manager.log"))
+        .map_err(|e| Error::Io(format!("manager log: {e}")))?;
+    tokio::process::Command::new(orchctl)
+        .arg("manager")
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--heartbeat-period")
+        .arg(humantime::format_duration(heartbeat_period).to_string())
+        .arg("--missed-heartbeats")
+        .arg(missed_heartbeats.to_string())
+        // Info logs one line per worker registration and session.
+        .env("ORCH_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::Io(format!("starting {}: {e}", orchctl.display())))
+}
+
+impl SimCluster {
+    /// A builder: one worker, manager in process, 1 s heartbeats.
+    pub fn builder() -> Builder {
+        Builder {
+            workers: 1,
+            manager: ManagerKind::InProcess,
+            heartbeat_period: Duration::from_secs(1),
+            missed_heartbeats: 3,
+            sim: SimConfig::default(),
+        }
+    }
+
+    /// The manager's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client of the manager on a connection of its own, retrying until the
+    /// manager answers.
+    ///
+    /// # Errors
+    /// If the manager does not answer within two minutes.
+    pub async fn client(&self) -> Result<ClusterClient<Channel>, Error> {
+        let deadline = tokio::time::Instant::now() + START_DEADLINE;
+        loop {
+            match ClusterClient::connect(self.url()).await {
+                Ok(c) => {
+                    return Ok(c
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .max_encoding_message_size(MAX_MESSAGE));
+                }
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    return Err(Error::Manager(format!("cannot connect: {e}")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    fn add_worker(&mut self) {
+        let n = self.workers.len();
+        let (stop, stopped) = oneshot::channel();
+        let config = orch_worker::Config {
+            manager: self.url(),
+            name: format!("sim-{n}"),
+            address: String::new(),
+            labels: [("index".to_string(), n.to_string())].into(),
+            milli_cpus: None,
+            memory_bytes: None,
+            disk_bytes: None,
+            data_dir: None,
+        };
+        let task = tokio::spawn(orch_worker::run(config, self.runtime.clone(), async {
+            let _ = stopped.await;
+        }));
+        self.workers.push(Worker { stop, task });
+    }
+
+    /// How many workers were started.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The manager's own cpu time and peak memory, if it runs as a child;
+    /// this whole process's (manager and workers together) if it does not.
+    pub fn manager_stats(&self) -> Option<ProcStats> {
+        match &self.manager {
+            Manager::InProcess { .. } => proc_stats(Pid::This),
+            Manager::Child(child) => proc_stats(Pid::Other(child.id()?)),
+        }
+    }
+
+    /// Whether the manager runs in this process (so its figures include the workers').
+    pub fn manager_in_process(&self) -> bool {
+        matches!(self.manager, Manager::InProcess { .. })
+    }
+
+    /// The size of the manager's store file, in bytes.
+    pub fn store_bytes(&self) -> u64 {
+        let path = self
+            .dir
+            .path()
+            .join("manager")
+            .join(orch_manager::STORE_FILE);
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Stops the workers, then the manager (gracefully, so its store closes).
+    pub async fn shutdown(self) {
+        let mut tasks = Vec::with_capacity(self.workers.len());
+        for w in self.workers {
+            let _ = w.stop.send(());
+            tasks.push(w.task);
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        match self.manager {
+            Manager::InProcess { stop, task } => {
+                let _ = stop.send(());
+                let _ = task.await;
+            }
+            Manager::Child(mut child) => {
+                // SIGTERM through kill(1): orch forbids the unsafe call, and
+                // tokio's own kill is SIGKILL, which would skip the final commit.
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("kill")
+                        .arg("-TERM")
+                        .arg(pid.to_string())
+                        .status()
+                        .await;
+                }
+                if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
