@@ -129,6 +129,7 @@ pub async fn run(manager: &str, a: RunArgs) -> Result<(), CliError> {
         labels: a.labels.into_iter().collect(),
         node_selector: a.constraints.into_iter().collect(),
         stop_grace_period: a.stop_timeout.map(orch::time::duration),
+        health_check: None,
     };
     let mut client = connect(manager).await?;
     let task = client

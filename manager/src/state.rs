@@ -256,6 +256,7 @@ impl State {
             desired_state: task.desired_state,
             node_id: task.node_id.clone(),
             message: task.message.clone(),
+            health: task.health,
         });
         writes.push(Write::TaskUpdated(task.clone()));
         self.emit(kind, writes);
