@@ -6,6 +6,7 @@
 //! converting times handed to it. The manager, the worker and `orchctl` all
 //! depend on it, so the rules written here are the same everywhere.
 
+pub mod health;
 pub mod labels;
 pub mod quantity;
 pub mod task_state;

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::health;
 use crate::labels::RESERVED_PREFIX;
-use crate::v1::{Protocol, RegisterRequest, RestartCondition, TaskSpec};
+use crate::v1::{HealthCheck, Protocol, RegisterRequest, RestartCondition, TaskSpec, health_check};
 
 /// Docker refuses memory limits below 6 MiB.
 pub const MIN_MEMORY_BYTES: i64 = 6 << 20;
@@ -214,7 +215,124 @@ pub fn task_spec(spec: &TaskSpec) -> Result<(), FieldError> {
             }
         }
     }
+    if let Some(check) = &spec.health_check {
+        health_check(check).map_err(|e| e.within("health_check"))?;
+    }
     Ok(())
+}
+
+/// Checks a health check; field paths are relative to it (`http.port`, `interval`).
+///
+/// # Errors
+/// The first rule the check breaks.
+pub fn health_check(check: &HealthCheck) -> Result<(), FieldError> {
+    let port = |field: &str, port: u32| {
+        if (1..=65535).contains(&port) {
+            Ok(())
+        } else {
+            Err(FieldError::new(
+                field,
+                format!("{port} is not a port (1-65535)"),
+            ))
+        }
+    };
+    match &check.probe {
+        None => {
+            return Err(FieldError::new(
+                "probe",
+                "is required: one of http, tcp or exec",
+            ));
+        }
+        Some(health_check::Probe::Http(http)) => {
+            port("http.port", http.port)?;
+            if !http.path.is_empty()
+                && (!http.path.starts_with('/')
+                    || http
+                        .path
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err(FieldError::new(
+                    "http.path",
+                    format!(
+                        "{:?} must start with '/' and contain no spaces or control characters",
+                        http.path
+                    ),
+                ));
+            }
+        }
+        Some(health_check::Probe::Tcp(tcp)) => port("tcp.port", tcp.port)?,
+        Some(health_check::Probe::Exec(exec)) => {
+            if exec.command.first().is_none_or(|p| p.is_empty()) {
+                return Err(FieldError::new(
+                    "exec.command",
+                    "is required: at least the program to run",
+                ));
+            }
+            if let Some(i) = exec.command.iter().position(|a| a.contains('\0')) {
+                return Err(FieldError::new(
+                    format!("exec.command[{i}]"),
+                    "must not contain NUL",
+                ));
+            }
+        }
+    }
+    // A duration that does not convert (negative, bad nanoseconds) is as
+    // wrong as one out of range, and gets the same message.
+    let within = |field: &str,
+                  d: &Option<prost_types::Duration>,
+                  min: Duration,
+                  max: Duration,
+                  rule: &str| {
+        match d.as_ref().map(crate::time::std_duration) {
+            None => Ok(()),
+            Some(Some(d)) if (min..=max).contains(&d) => Ok(()),
+            Some(_) => Err(FieldError::new(field, rule)),
+        }
+    };
+    within(
+        "interval",
+        &check.interval,
+        health::MIN_INTERVAL,
+        health::MAX_INTERVAL,
+        "must be between 100ms and 1 hour",
+    )?;
+    let interval = health::settings(check).interval;
+    within(
+        "timeout",
+        &check.timeout,
+        Duration::from_nanos(1),
+        interval,
+        &format!(
+            "must be more than 0 and at most the interval ({})",
+            humanize(interval)
+        ),
+    )?;
+    if check.retries == Some(0) {
+        return Err(FieldError::new(
+            "retries",
+            "must be at least 1 (leave it unset for 3)",
+        ));
+    }
+    within(
+        "start_period",
+        &check.start_period,
+        Duration::ZERO,
+        health::MAX_INTERVAL,
+        "must be between 0 and 1 hour",
+    )?;
+    Ok(())
+}
+
+/// A duration for an error message: "10s", "1.5s", "250ms".
+fn humanize(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
 }
 
 /// The protocol a port mapping means: unset is TCP.
@@ -262,7 +380,7 @@ pub fn register(req: &RegisterRequest) -> Result<(), FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1::{PortMapping, Resources, RestartPolicy};
+    use crate::v1::{ExecProbe, HttpProbe, PortMapping, Resources, RestartPolicy, TcpProbe};
 
     fn valid() -> TaskSpec {
         TaskSpec {
@@ -394,6 +512,114 @@ mod tests {
             },
             "stop_grace_period",
         );
+    }
+
+    fn http(port: u32, path: &str) -> Option<health_check::Probe> {
+        Some(health_check::Probe::Http(HttpProbe {
+            port,
+            path: path.into(),
+        }))
+    }
+
+    fn exec(command: &[&str]) -> Option<health_check::Probe> {
+        Some(health_check::Probe::Exec(ExecProbe {
+            command: command.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    /// A valid spec with a valid HTTP check, edited by `edit`.
+    fn check_health(edit: impl FnOnce(&mut HealthCheck), field: &str) {
+        check(
+            |s| {
+                let mut h = HealthCheck {
+                    probe: http(8080, "/health"),
+                    ..Default::default()
+                };
+                edit(&mut h);
+                s.health_check = Some(h);
+            },
+            field,
+        );
+    }
+
+    fn ms(n: u64) -> Option<prost_types::Duration> {
+        Some(crate::time::duration(Duration::from_millis(n)))
+    }
+
+    #[test]
+    fn each_health_check_rule_names_its_field() {
+        check_health(|h| h.probe = None, "health_check.probe");
+        check_health(|h| h.probe = http(0, "/"), "health_check.http.port");
+        check_health(|h| h.probe = http(65536, "/"), "health_check.http.port");
+        check_health(|h| h.probe = http(80, "health"), "health_check.http.path");
+        check_health(|h| h.probe = http(80, "/a b"), "health_check.http.path");
+        check_health(
+            |h| h.probe = Some(health_check::Probe::Tcp(TcpProbe { port: 0 })),
+            "health_check.tcp.port",
+        );
+        check_health(|h| h.probe = exec(&[]), "health_check.exec.command");
+        check_health(|h| h.probe = exec(&["", "x"]), "health_check.exec.command");
+        check_health(
+            |h| h.probe = exec(&["test", "a\0"]),
+            "health_check.exec.command[1]",
+        );
+        check_health(|h| h.interval = ms(99), "health_check.interval");
+        check_health(|h| h.interval = ms(3_600_001), "health_check.interval");
+        check_health(
+            |h| {
+                h.interval = Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                })
+            },
+            "health_check.interval",
+        );
+        check_health(|h| h.timeout = ms(0), "health_check.timeout");
+        // Longer than the default interval (10s), and than a set one.
+        check_health(|h| h.timeout = ms(10_001), "health_check.timeout");
+        check_health(
+            |h| {
+                h.interval = ms(1000);
+                h.timeout = ms(1001);
+            },
+            "health_check.timeout",
+        );
+        check_health(|h| h.retries = Some(0), "health_check.retries");
+        check_health(
+            |h| h.start_period = ms(3_600_001),
+            "health_check.start_period",
+        );
+        check_health(
+            |h| {
+                h.start_period = Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: -5,
+                })
+            },
+            "health_check.start_period",
+        );
+    }
+
+    #[test]
+    fn valid_health_checks_pass() {
+        for probe in [
+            http(8080, "/health"),
+            http(1, ""),
+            Some(health_check::Probe::Tcp(TcpProbe { port: 65535 })),
+            exec(&["true"]),
+        ] {
+            let spec = TaskSpec {
+                health_check: Some(HealthCheck {
+                    probe,
+                    interval: ms(100),
+                    timeout: ms(100),
+                    retries: Some(1),
+                    start_period: ms(0),
+                }),
+                ..valid()
+            };
+            assert_eq!(task_spec(&spec), Ok(()), "{spec:?}");
+        }
     }
 
     #[test]

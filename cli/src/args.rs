@@ -229,6 +229,10 @@ pub struct RunArgs {
     /// How long a stop waits after SIGTERM before SIGKILL (default 10s).
     #[arg(long, value_parser = parse_duration)]
     pub stop_timeout: Option<Duration>,
+    // Boxed: the health flags would make `Run` many times the size of the
+    // other commands.
+    #[command(flatten)]
+    pub health: Box<HealthArgs>,
     /// The image to run.
     pub image: String,
     /// The command and its arguments (default: the image's).
@@ -248,6 +252,60 @@ pub enum NodeCommand {
 pub struct NodeArgs {
     /// The node: its id, a unique prefix of it, or its name.
     pub node: String,
+}
+
+/// A health check for `orchctl run`: one probe, and its timings.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub probe: HealthProbeArgs,
+    /// Time between health probes, like 10s (default 10s).
+    #[arg(long, value_parser = parse_duration, requires = "health_probe")]
+    pub health_interval: Option<Duration>,
+    /// How long one probe may take (default 5s, or the interval if shorter).
+    #[arg(long, value_parser = parse_duration, requires = "health_probe")]
+    pub health_timeout: Option<Duration>,
+    /// Failed probes in a row that make the task unhealthy (default 3).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), requires = "health_probe")]
+    pub health_retries: Option<u32>,
+    /// Failed probes this soon after the start do not count (default 0s).
+    #[arg(long, value_parser = parse_duration, requires = "health_probe")]
+    pub health_start_period: Option<Duration>,
+}
+
+/// The probe of a health check: at most one kind.
+#[derive(Debug, Args)]
+#[group(id = "health_probe", multiple = false)]
+pub struct HealthProbeArgs {
+    /// Check health by HTTP GET to the container: PORT/PATH, like 8080/health;
+    /// healthy on status 200-399. An unhealthy task restarts per --restart.
+    #[arg(long, value_name = "PORT/PATH", value_parser = parse_health_http)]
+    pub health_http: Option<(u32, String)>,
+    /// Check health by TCP connection to this container port.
+    #[arg(long, value_name = "PORT", value_parser = parse_container_port)]
+    pub health_tcp: Option<u32>,
+    /// Check health by running this command in the container with `/bin/sh -c`
+    /// (as docker run --health-cmd); healthy if it exits 0.
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+}
+
+fn parse_container_port(s: &str) -> Result<u32, String> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or_else(|| format!("{s:?} is not a port (1-65535)"))
+}
+
+/// `PORT/PATH` (or `PORT`, meaning path `/`).
+fn parse_health_http(s: &str) -> Result<(u32, String), String> {
+    let (port, path) = match s.split_once('/') {
+        Some((port, path)) => (port, format!("/{path}")),
+        None => (s, "/".to_owned()),
+    };
+    let port = parse_container_port(port)
+        .map_err(|e| format!("{e}; expected PORT/PATH, for example 8080/health"))?;
+    Ok((port, path))
 }
 
 #[derive(Debug, Args)]
@@ -336,6 +394,59 @@ mod tests {
         assert_eq!(run.restart, Restart::OnFailure);
         assert_eq!(run.image, "busybox");
         assert_eq!(run.command, vec!["sh", "-c", "echo hi"]);
+    }
+
+    #[test]
+    fn health_checks() {
+        let run = |args: &[&str]| {
+            let mut all = vec!["orchctl", "run"];
+            all.extend_from_slice(args);
+            all.push("busybox");
+            match Cli::try_parse_from(all).map(|c| c.command) {
+                Ok(Command::Run(run)) => Ok(*run.health),
+                Ok(other) => panic!("not run: {other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        let h = run(&[
+            "--health-http",
+            "8080/health/live",
+            "--health-interval",
+            "2s",
+            "--health-timeout",
+            "500ms",
+            "--health-retries",
+            "5",
+            "--health-start-period",
+            "30s",
+        ])
+        .expect("parses");
+        assert_eq!(h.probe.health_http, Some((8080, "/health/live".into())));
+        assert_eq!(h.health_interval, Some(Duration::from_secs(2)));
+        assert_eq!(h.health_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(h.health_retries, Some(5));
+        assert_eq!(h.health_start_period, Some(Duration::from_secs(30)));
+        let h = run(&["--health-http", "80"]).expect("parses");
+        assert_eq!(h.probe.health_http, Some((80, "/".into())));
+        let h = run(&["--health-tcp", "6379"]).expect("parses");
+        assert_eq!(h.probe.health_tcp, Some(6379));
+        let h = run(&["--health-cmd", "test -f /tmp/ok"]).expect("parses");
+        assert_eq!(h.probe.health_cmd.as_deref(), Some("test -f /tmp/ok"));
+        let h = run(&[]).expect("parses");
+        assert_eq!(h.probe.health_http, None);
+
+        for bad in [
+            // Two probes, or timings without one.
+            &["--health-tcp", "80", "--health-cmd", "true"][..],
+            &["--health-interval", "2s"],
+            &["--health-http", "0/health"],
+            &["--health-http", "web/health"],
+            &["--health-tcp", "70000"],
+            &["--health-tcp", "80", "--health-retries", "0"],
+            &["--health-tcp", "80", "--health-interval", "soon"],
+        ] {
+            assert!(run(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

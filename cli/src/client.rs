@@ -3,15 +3,15 @@
 use orch::task_state;
 use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{
-    ActivateNodeRequest, DrainNodeRequest, GetTaskRequest, ListNodesRequest, ListTasksRequest,
-    PortMapping, Protocol, RestartCondition, RestartPolicy, StopTaskRequest, SubmitTaskRequest,
-    Task, TaskSpec, WatchEventsRequest,
+    ActivateNodeRequest, DrainNodeRequest, ExecProbe, GetTaskRequest, HealthCheck, HttpProbe,
+    ListNodesRequest, ListTasksRequest, PortMapping, Protocol, RestartCondition, RestartPolicy,
+    StopTaskRequest, SubmitTaskRequest, Task, TaskSpec, TcpProbe, WatchEventsRequest, health_check,
 };
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::CliError;
-use crate::args::{NodeCommand, Output, Restart, RunArgs, StatusArgs, StopArgs};
+use crate::args::{HealthArgs, NodeCommand, Output, Restart, RunArgs, StatusArgs, StopArgs};
 use crate::output;
 
 /// Connects to the manager, or explains why not.
@@ -135,6 +135,7 @@ pub async fn run(manager: &str, a: RunArgs, out: Output) -> Result<(), CliError>
         labels: a.labels.into_iter().collect(),
         node_selector: a.constraints.into_iter().collect(),
         stop_grace_period: a.stop_timeout.map(orch::time::duration),
+        health_check: health_check(&a.health),
     };
     let mut client = connect(manager).await?;
     let task = client
@@ -153,6 +154,34 @@ pub async fn run(manager: &str, a: RunArgs, out: Output) -> Result<(), CliError>
         eprintln!("pending: {}", task.message);
     }
     Ok(())
+}
+
+/// The health check `run`'s flags ask for, if any. Unset timings stay unset,
+/// so the manager's defaults apply.
+fn health_check(a: &HealthArgs) -> Option<HealthCheck> {
+    let p = &a.probe;
+    let probe = if let Some((port, path)) = &p.health_http {
+        health_check::Probe::Http(HttpProbe {
+            port: *port,
+            path: path.clone(),
+        })
+    } else if let Some(port) = p.health_tcp {
+        health_check::Probe::Tcp(TcpProbe { port })
+    } else if let Some(cmd) = &p.health_cmd {
+        // As `docker run --health-cmd`: a shell command line.
+        health_check::Probe::Exec(ExecProbe {
+            command: vec!["/bin/sh".into(), "-c".into(), cmd.clone()],
+        })
+    } else {
+        return None;
+    };
+    Some(HealthCheck {
+        probe: Some(probe),
+        interval: a.health_interval.map(orch::time::duration),
+        timeout: a.health_timeout.map(orch::time::duration),
+        retries: a.health_retries,
+        start_period: a.health_start_period.map(orch::time::duration),
+    })
 }
 
 pub async fn stop(manager: &str, a: StopArgs, out: Output) -> Result<(), CliError> {

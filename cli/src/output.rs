@@ -69,6 +69,7 @@ pub fn task_json(t: &Task) -> Value {
         "message": t.message,
         "created_at": rfc3339(t.created_at.as_ref()),
         "restart_at": rfc3339(t.restart_at.as_ref()),
+        "health": orch::health::name(t.health()),
     })
 }
 
@@ -121,6 +122,7 @@ pub fn event_json(e: &Event) -> Value {
             v["desired_state"] = desired_name(t.desired_state()).into();
             v["node_id"] = t.node_id.clone().into();
             v["message"] = t.message.clone().into();
+            v["health"] = orch::health::name(t.health()).into();
         }
         Some(event::Kind::Node(n)) => {
             v["type"] = "node".into();
@@ -140,7 +142,7 @@ pub fn event_line(e: &Event) -> String {
     let time = time.as_str().unwrap_or("-");
     match &e.kind {
         Some(event::Kind::Task(t)) => format!(
-            "{time} task {} attempt {} {}{}{}",
+            "{time} task {} attempt {} {}{}{}{}",
             t.task_id,
             t.attempt,
             task_state::name(t.state()),
@@ -149,6 +151,9 @@ pub fn event_line(e: &Event) -> String {
             } else {
                 ""
             },
+            orch::health::name(t.health())
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default(),
             if t.message.is_empty() {
                 String::new()
             } else {
@@ -210,8 +215,11 @@ fn or_dash(s: &str) -> String {
 
 fn state_cell(t: &Task) -> String {
     let state = task_state::name(t.state());
-    match (t.state(), t.exit_code) {
-        (TaskState::Completed | TaskState::Failed, Some(code)) => format!("{state} ({code})"),
+    let health = orch::health::name(t.health());
+    match (t.state(), t.exit_code, health) {
+        (TaskState::Completed | TaskState::Failed, Some(code), _) => format!("{state} ({code})"),
+        // "running (healthy)": the health of a task with a health check.
+        (TaskState::Running, _, Some(health)) => format!("{state} ({health})"),
         _ => state.to_string(),
     }
 }

@@ -62,6 +62,15 @@ pub fn after_exit(
     })
 }
 
+/// Whether an attempt whose health check found it unhealthy is replaced: it
+/// counts as failed, so it is under `on-failure` and `always` while restarts
+/// are left. Otherwise (`never`, or no restarts left) it keeps running,
+/// unhealthy, as Docker leaves such a container: stopping it with nothing to
+/// replace it would turn a degraded task into none.
+pub fn replace_unhealthy(policy: Option<&RestartPolicy>, restarts: u32) -> bool {
+    after_exit(policy, TaskState::Failed, restarts, 0, None).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +164,17 @@ mod tests {
         // Huge streaks do not overflow.
         let r = after_exit(p.as_ref(), TaskState::Failed, 0, u32::MAX, None).expect("restart");
         assert_eq!(r.delay, BACKOFF_MAX);
+    }
+
+    #[test]
+    fn an_unhealthy_attempt_is_replaced_when_a_failure_would_be() {
+        use RestartCondition::*;
+        assert!(!replace_unhealthy(None, 0));
+        assert!(!replace_unhealthy(Some(&policy(Never, 0)), 0));
+        assert!(replace_unhealthy(Some(&policy(OnFailure, 0)), 0));
+        assert!(replace_unhealthy(Some(&policy(Always, 0)), 7));
+        assert!(replace_unhealthy(Some(&policy(OnFailure, 2)), 1));
+        assert!(!replace_unhealthy(Some(&policy(OnFailure, 2)), 2));
     }
 
     #[test]

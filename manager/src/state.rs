@@ -18,9 +18,9 @@ use std::time::{Duration, SystemTime};
 use orch::task_state::{self, TransitionError};
 use orch::time::{duration, timestamp};
 use orch::v1::{
-    Assignments, DesiredState, Event, ManagerMessage, Node, NodeEvent, NodeMetrics, NodeState,
-    RegisterRequest, RegisterResponse, Task, TaskAssignment, TaskEvent, TaskSpec, TaskState,
-    TaskStatus, TaskStop, event, manager_message,
+    Assignments, DesiredState, Event, HealthState, ManagerMessage, Node, NodeEvent, NodeMetrics,
+    NodeState, RegisterRequest, RegisterResponse, Task, TaskAssignment, TaskEvent, TaskSpec,
+    TaskState, TaskStatus, TaskStop, event, manager_message,
 };
 use orch::validate;
 use tokio::sync::{broadcast, mpsc};
@@ -261,6 +261,7 @@ impl State {
             desired_state: task.desired_state,
             node_id: task.node_id.clone(),
             message: task.message.clone(),
+            health: task.health,
         });
         writes.push(Write::TaskUpdated(task.clone()));
         self.emit(kind, writes);
@@ -445,6 +446,11 @@ impl State {
         };
         let why = match (ended, task.exit_code) {
             (TaskState::Lost, _) => format!("attempt {} was lost with its node", task.attempt),
+            // Stopped by the manager for failing its health check (see
+            // `report`); the message holds the probe's reason.
+            (TaskState::Failed, _) if task.health() == HealthState::Unhealthy => {
+                format!("attempt {} {}", task.attempt, task.message)
+            }
             (_, Some(code)) => format!("attempt {} exited with code {code}", task.attempt),
             _ => format!("attempt {} failed: {}", task.attempt, task.message),
         };
@@ -844,6 +850,18 @@ impl State {
                 }
                 continue;
             };
+            if reported == TaskState::Running
+                && task.state() == TaskState::Running
+                && status.attempt == task.attempt
+            {
+                // Not a move of the state: the table refuses running →
+                // running, rightly, since a repeat says nothing new. But it
+                // may be news of the running attempt's health.
+                if let Some(stop) = self.health_report(id, &status, &mut writes) {
+                    fence.push(stop);
+                }
+                continue;
+            }
             match task_state::accept_report(task.attempt, task.state(), status.attempt, reported) {
                 Ok(()) => {}
                 Err(TransitionError::StaleAttempt { .. }) => {
@@ -857,15 +875,25 @@ impl State {
                     continue;
                 }
             }
+            // The stop the manager sent an unhealthy attempt to replace it
+            // (see `health_report`) has taken effect: the attempt failed.
+            let unhealthy_end = reported == TaskState::Stopped && unhealthy_stop(task).is_some();
             if !status.container_id.is_empty() {
                 task.container_id = status.container_id;
             }
             if status.exit_code.is_some() {
                 task.exit_code = status.exit_code;
             }
-            task.message = status.message;
+            if !unhealthy_end {
+                // Keeps the probe's reason for an unhealthy end.
+                task.message = status.message;
+            }
             if reported == TaskState::Running {
                 task.started_at = status.time.or_else(|| Some(now()));
+                task.health = status.health;
+                if task.health() == HealthState::Unhealthy {
+                    task.message = format!("unhealthy: {}", task.message);
+                }
             }
             if reported == TaskState::Running || task_state::is_terminal(reported) {
                 // A task moving off a drained node: the new attempt runs (or
@@ -877,7 +905,14 @@ impl State {
             };
             if task_state::is_terminal(reported) {
                 freed = true;
-                self.finish(id, reported, &mut writes);
+                let ended = if unhealthy_end {
+                    TaskState::Failed
+                } else {
+                    // Health is about a running container; this one ended.
+                    task.health = HealthState::Unspecified as i32;
+                    reported
+                };
+                self.finish(id, ended, &mut writes);
             } else {
                 task.state = reported as i32;
                 if task.desired_state() == DesiredState::Stopped {
@@ -885,6 +920,9 @@ impl State {
                     // reported alive is told again (the worker ignores repeats).
                     fence.push(stop_order(&status_of(task), task.spec.as_ref()));
                 }
+                // A first `running` report may already say unhealthy (a
+                // resync after the manager missed the change).
+                fence.extend(unhealthy_stop(task));
                 self.task_changed(id, &mut writes);
             }
         }
@@ -903,6 +941,36 @@ impl State {
         }
         self.committer.queue(writes);
         true
+    }
+
+    /// A `running` report about a task whose current attempt is already
+    /// running: records a new health (with an event), and returns the stop
+    /// to send if the attempt is unhealthy and is to be replaced. The stop is
+    /// returned again for every such report while the container lives
+    /// (level-triggered; the worker ignores repeats). Once the worker reports
+    /// the attempt stopped, `report` ends it as failed and the restart
+    /// policy starts the next one after its backoff, so two attempts of one
+    /// task never run at once. An unhealthy attempt that is not replaced (see
+    /// [`reconciler::replace_unhealthy`]) keeps running.
+    fn health_report(
+        &mut self,
+        id: Uuid,
+        status: &TaskStatus,
+        writes: &mut Vec<Write>,
+    ) -> Option<TaskStop> {
+        let task = self.tasks.get_mut(&id)?;
+        let health = status.health();
+        // A report without a health says nothing about it.
+        if health != HealthState::Unspecified && health != task.health() {
+            task.set_health(health);
+            task.message = match health {
+                HealthState::Unhealthy => format!("unhealthy: {}", status.message),
+                _ => String::new(),
+            };
+            tracing::info!(task = %id, attempt = task.attempt, health = ?health, message = %task.message, "task health");
+            self.task_changed(id, writes);
+        }
+        unhealthy_stop(self.tasks.get(&id)?)
     }
 
     /// Housekeeping, called a few times per heartbeat period: declares down
@@ -984,6 +1052,20 @@ fn begin_attempt(task: &mut Task) {
     task.exit_code = None;
     task.started_at = None;
     task.finished_at = None;
+    task.health = HealthState::Unspecified as i32;
+}
+
+/// The stop that replaces a task's running, unhealthy attempt, if its
+/// restart policy replaces it (see [`reconciler::replace_unhealthy`]).
+fn unhealthy_stop(task: &Task) -> Option<TaskStop> {
+    let replace = task.state() == TaskState::Running
+        && task.desired_state() == DesiredState::Running
+        && task.health() == HealthState::Unhealthy
+        && reconciler::replace_unhealthy(
+            task.spec.as_ref().and_then(|s| s.restart.as_ref()),
+            task.restart_count,
+        );
+    replace.then(|| stop_order(&status_of(task), task.spec.as_ref()))
 }
 
 /// A status naming a task's current attempt.

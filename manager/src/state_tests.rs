@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use orch::time::duration;
 use orch::v1::{
-    Assignments, DesiredState, ManagerMessage, Node, NodeMetrics, NodeState, RegisterRequest,
-    Resources, Task, TaskSpec, TaskState, TaskStatus, TaskStop, event, manager_message,
+    Assignments, DesiredState, HealthState, ManagerMessage, Node, NodeMetrics, NodeState,
+    RegisterRequest, Resources, Task, TaskSpec, TaskState, TaskStatus, TaskStop, event,
+    manager_message,
 };
 use prost_types::Timestamp;
 use tokio::sync::mpsc;
@@ -1017,4 +1018,249 @@ async fn draining_with_no_room_elsewhere_stops_the_task_and_leaves_it_pending() 
         f.state.drain(Uuid::now_v7()),
         Err(crate::Error::NotFound(_))
     ));
+}
+
+// ---- health --------------------------------------------------------------------
+
+/// A task with an HTTP health check and `condition` as its restart policy.
+fn checked_spec(name: &str, condition: orch::v1::RestartCondition) -> TaskSpec {
+    TaskSpec {
+        restart: Some(orch::v1::RestartPolicy {
+            condition: condition as i32,
+            max_restarts: 0,
+        }),
+        health_check: Some(orch::v1::HealthCheck {
+            probe: Some(orch::v1::health_check::Probe::Http(orch::v1::HttpProbe {
+                port: 8080,
+                path: "/health".to_owned(),
+            })),
+            ..Default::default()
+        }),
+        stop_grace_period: Some(duration(Duration::from_secs(2))),
+        ..spec(name)
+    }
+}
+
+/// A `running` report of the task's current attempt with `health`.
+fn health(task: &Task, health: HealthState, message: &str) -> TaskStatus {
+    TaskStatus {
+        health: health as i32,
+        message: message.to_owned(),
+        ..status(task, TaskState::Running)
+    }
+}
+
+/// A node runs `spec`: submitted, placed, reported running with health
+/// `starting`. Returns the fixture, the worker and the task.
+fn running_checked(spec: TaskSpec) -> (Fixture, Worker, Task) {
+    let mut f = Fixture::new();
+    let mut worker = f.join("n1", 0);
+    worker.full_set();
+    let task = f.submit_one(spec);
+    worker.expect_run(&task);
+    assert!(f.report_status(&worker, health(&task, HealthState::Starting, "")));
+    let now = f.task(&task);
+    assert_eq!(
+        (now.state(), now.health()),
+        (TaskState::Running, HealthState::Starting)
+    );
+    (f, worker, task)
+}
+
+#[tokio::test]
+async fn health_changes_of_a_running_attempt_are_recorded_with_an_event_and_repeats_are_not() {
+    let (mut f, mut worker, task) =
+        running_checked(checked_spec("web", orch::v1::RestartCondition::Never));
+    let mut events = f.state.subscribe();
+
+    assert!(f.report_status(&worker, health(&task, HealthState::Healthy, "")));
+    let now = f.task(&task);
+    assert_eq!(
+        (now.state(), now.health(), now.attempt),
+        (TaskState::Running, HealthState::Healthy, 1)
+    );
+    match events.try_recv().expect("an event").kind {
+        Some(event::Kind::Task(e)) => {
+            assert_eq!(
+                (e.state(), e.health()),
+                (TaskState::Running, HealthState::Healthy)
+            );
+        }
+        other => panic!("expected a task event, got {other:?}"),
+    }
+    // The same health again, or a report without one, is no news.
+    assert!(f.report_status(&worker, health(&task, HealthState::Healthy, "")));
+    assert!(f.report(&worker, &task, TaskState::Running));
+    assert_eq!(f.task(&task), now);
+    assert_eq!(events.try_recv().unwrap_err(), broadcast_empty());
+    worker.expect_quiet();
+    assert_eq!(f.durable().await.tasks, vec![now]);
+}
+
+#[tokio::test]
+async fn an_unhealthy_task_on_failure_is_stopped_then_restarted_as_a_failed_attempt() {
+    tokio::time::pause();
+    let (mut f, mut worker, task) =
+        running_checked(checked_spec("web", orch::v1::RestartCondition::OnFailure));
+
+    assert!(f.report_status(
+        &worker,
+        health(&task, HealthState::Unhealthy, "HTTP 500 from /health")
+    ));
+    // The attempt keeps running (and holding its node) until it is gone.
+    let unhealthy = f.task(&task);
+    assert_eq!(
+        (unhealthy.state(), unhealthy.health(), unhealthy.attempt),
+        (TaskState::Running, HealthState::Unhealthy, 1)
+    );
+    assert_eq!(unhealthy.message, "unhealthy: HTTP 500 from /health");
+    assert_eq!(f.node(worker.node).task_count, 1);
+    let stop = worker.expect_stop();
+    assert_eq!(
+        stop,
+        TaskStop {
+            task_id: task.id.clone(),
+            attempt: 1,
+            grace_period: Some(duration(Duration::from_secs(2))),
+        }
+    );
+    worker.expect_quiet();
+    // Level-triggered: while it is still reported running, it is told again.
+    assert!(f.report_status(
+        &worker,
+        health(&task, HealthState::Unhealthy, "HTTP 500 from /health")
+    ));
+    assert_eq!(worker.expect_stop().attempt, 1);
+
+    let mut events = f.state.subscribe();
+    assert!(f.report_status(
+        &worker,
+        TaskStatus {
+            exit_code: Some(137),
+            ..status(&task, TaskState::Stopped)
+        }
+    ));
+    // The attempt failed; the next one waits out the backoff.
+    let failed = match events.try_recv().expect("an event").kind {
+        Some(event::Kind::Task(e)) => e,
+        other => panic!("expected a task event, got {other:?}"),
+    };
+    assert_eq!((failed.state(), failed.attempt), (TaskState::Failed, 1));
+    assert_eq!(failed.message, "unhealthy: HTTP 500 from /health");
+    let waiting = f.task(&task);
+    assert_eq!(
+        (waiting.state(), waiting.attempt, waiting.restart_count),
+        (TaskState::Pending, 2, 1)
+    );
+    assert_eq!(waiting.health(), HealthState::Unspecified);
+    assert_eq!(
+        waiting.message,
+        "restarting in 1s: attempt 1 unhealthy: HTTP 500 from /health"
+    );
+    assert!(waiting.restart_at.is_some());
+    assert_eq!(f.node(worker.node).task_count, 0);
+    worker.expect_quiet();
+
+    advance(Duration::from_secs(1)).await;
+    assert!(
+        f.state
+            .heartbeat(worker.node, worker.session, NodeMetrics::default())
+    );
+    f.state.tick(Instant::now());
+    let again = f.task(&task);
+    assert_eq!((again.state(), again.attempt), (TaskState::Scheduled, 2));
+    worker.expect_run(&again);
+}
+
+#[tokio::test]
+async fn an_unhealthy_task_that_never_restarts_keeps_running_unhealthy() {
+    let (mut f, mut worker, task) =
+        running_checked(checked_spec("web", orch::v1::RestartCondition::Never));
+
+    assert!(f.report_status(
+        &worker,
+        health(
+            &task,
+            HealthState::Unhealthy,
+            "connecting to 172.17.0.2:8080: refused"
+        )
+    ));
+    let now = f.task(&task);
+    assert_eq!(
+        (now.state(), now.health(), now.desired_state()),
+        (
+            TaskState::Running,
+            HealthState::Unhealthy,
+            DesiredState::Running
+        )
+    );
+    assert_eq!(
+        now.message,
+        "unhealthy: connecting to 172.17.0.2:8080: refused"
+    );
+    worker.expect_quiet();
+    // It recovers: healthy again, and the reason is gone.
+    assert!(f.report_status(&worker, health(&task, HealthState::Healthy, "")));
+    let now = f.task(&task);
+    assert_eq!(
+        (now.health(), now.message.as_str()),
+        (HealthState::Healthy, "")
+    );
+    worker.expect_quiet();
+}
+
+#[tokio::test]
+async fn an_unhealthy_task_with_no_restarts_left_keeps_running() {
+    // A task on its last allowed attempt can only come from the store: seed it.
+    let store = Arc::new(MemoryStore::new());
+    let mut spec = checked_spec("web", orch::v1::RestartCondition::OnFailure);
+    if let Some(r) = spec.restart.as_mut() {
+        r.max_restarts = 1;
+    }
+    let mut task = State::new_tasks(vec![spec]).remove(0);
+    task.attempt = 2;
+    task.restart_count = 1;
+    store
+        .commit(&[Write::TaskCreated(task.clone())])
+        .expect("seed");
+    let mut f = Fixture::over(store);
+    let mut worker = f.join("n1", 0);
+    worker.full_set();
+    worker.expect_run(&task);
+    assert!(f.report_status(&worker, health(&task, HealthState::Starting, "")));
+    assert!(f.report_status(
+        &worker,
+        health(&task, HealthState::Unhealthy, "HTTP 500 from /health")
+    ));
+    let now = f.task(&task);
+    assert_eq!(
+        (now.state(), now.health()),
+        (TaskState::Running, HealthState::Unhealthy)
+    );
+    worker.expect_quiet();
+}
+
+#[tokio::test]
+async fn a_task_that_exits_while_unhealthy_ends_as_its_exit_says_and_without_health() {
+    let (mut f, mut worker, task) =
+        running_checked(checked_spec("web", orch::v1::RestartCondition::Never));
+    assert!(f.report_status(
+        &worker,
+        health(&task, HealthState::Unhealthy, "HTTP 500 from /health")
+    ));
+    assert!(f.report_status(
+        &worker,
+        TaskStatus {
+            exit_code: Some(3),
+            message: "container exited with code 3".to_owned(),
+            ..status(&task, TaskState::Failed)
+        }
+    ));
+    let now = f.task(&task);
+    assert_eq!(
+        (now.state(), now.health(), now.exit_code),
+        (TaskState::Failed, HealthState::Unspecified, Some(3))
+    );
+    assert_eq!(now.message, "container exited with code 3");
+    worker.expect_quiet();
 }

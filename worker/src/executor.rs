@@ -11,17 +11,23 @@
 //! Per task it holds at most one attempt. An assignment of a newer attempt
 //! replaces an older one (the old container is stopped first): a worker never
 //! runs two attempts of one task.
+//!
+//! A running attempt whose task has a health check gets a [`health::Monitor`];
+//! each change of health it finds comes back to the actor, which reports it
+//! as a `running` status with `health` set. Whether an unhealthy task is
+//! restarted is for the manager to say.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use orch::v1::{Assignments, TaskAssignment, TaskState, TaskStatus};
+use orch::v1::{Assignments, HealthCheck, HealthState, TaskAssignment, TaskState, TaskStatus};
 use orch::{task_state, validate};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::health;
 use crate::runtime::{ContainerInfo, Exit, Runtime, StartRequest};
 
 /// How often the executor compares its running attempts with the engine's
@@ -104,6 +110,12 @@ struct Slot {
     early_exit: Option<i32>,
     /// The last state reported, for resyncs.
     last: TaskStatus,
+    /// The task's health check, if it has one (unknown for an adopted
+    /// container until the manager's assignment names its spec).
+    check: Option<HealthCheck>,
+    /// Probes the running container; dropped (which stops it) with the slot
+    /// or when a stop begins.
+    monitor: Option<health::Monitor>,
 }
 
 /// Results of calls the actor spawned.
@@ -123,6 +135,13 @@ enum Done {
         task: Uuid,
         attempt: u64,
         result: Result<(), String>,
+    },
+    /// A health monitor found a new health.
+    Health {
+        task: Uuid,
+        attempt: u64,
+        health: HealthState,
+        reason: String,
     },
 }
 
@@ -232,6 +251,8 @@ impl<R: Runtime> Actor<R> {
                         grace: validate::DEFAULT_STOP_GRACE,
                         early_exit: None,
                         last: running.clone(),
+                        check: None,
+                        monitor: None,
                     },
                 );
                 self.report(c.task_id, running);
@@ -302,9 +323,19 @@ impl<R: Runtime> Actor<R> {
             let _ = self.reports.send(ended.clone());
             return;
         }
-        if let Some(slot) = self.slots.get(&task) {
+        if let Some(slot) = self.slots.get_mut(&task) {
             if slot.attempt >= run.attempt {
                 // Already running this attempt (or a newer one): idempotent.
+                // But an adopted container learns its spec only now: its
+                // grace period, and its health check, which starts here.
+                if slot.attempt == run.attempt
+                    && slot.check.is_none()
+                    && spec.health_check.is_some()
+                {
+                    slot.grace = validate::stop_grace(&spec);
+                    slot.check = spec.health_check;
+                    self.watch_health(task);
+                }
                 return;
             }
             // An older attempt still runs here: fence it off first.
@@ -324,6 +355,8 @@ impl<R: Runtime> Actor<R> {
                 grace,
                 early_exit: None,
                 last: starting.clone(),
+                check: spec.health_check.clone(),
+                monitor: None,
             },
         );
         self.report(task, starting);
@@ -357,6 +390,9 @@ impl<R: Runtime> Actor<R> {
             return;
         }
         slot.stopping = true;
+        // A container on its way out is not probed: its failing probes
+        // would only say it is stopping.
+        slot.monitor = None;
         if let Some(g) = grace {
             slot.grace = g;
         }
@@ -488,11 +524,18 @@ impl<R: Runtime> Actor<R> {
                             self.report(task, exit_status(task, attempt, &cid, code));
                             self.remove(cid);
                         } else {
+                            let health = if slot.check.is_some() {
+                                HealthState::Starting
+                            } else {
+                                HealthState::Unspecified
+                            };
                             let running = TaskStatus {
                                 container_id: cid,
+                                health: health as i32,
                                 ..status(task, attempt, TaskState::Running)
                             };
                             self.report(task, running);
+                            self.watch_health(task);
                         }
                     }
                 }
@@ -517,7 +560,71 @@ impl<R: Runtime> Actor<R> {
                     self.report(task, stopped);
                 }
             }
+            Done::Health {
+                task,
+                attempt,
+                health,
+                reason,
+            } => self.health_changed(task, attempt, health, reason),
         }
+    }
+
+    /// Starts probing a running attempt, if its task has a health check and
+    /// nothing probes it yet. The first report says `starting`.
+    fn watch_health(&mut self, task: Uuid) {
+        let Some(slot) = self.slots.get_mut(&task) else {
+            return;
+        };
+        let (Some(check), Some(cid)) = (&slot.check, &slot.container_id) else {
+            return;
+        };
+        if slot.monitor.is_some() || slot.stopping || slot.phase != Phase::Running {
+            return;
+        }
+        let attempt = slot.attempt;
+        let done = self.done.clone();
+        slot.monitor = health::spawn(
+            self.runtime.clone(),
+            cid.clone(),
+            check,
+            move |health, reason| {
+                let _ = done.send(Done::Health {
+                    task,
+                    attempt,
+                    health,
+                    reason,
+                });
+            },
+        );
+        if slot.last.health() != HealthState::Starting {
+            // An adopted container was reported without a health; its
+            // probes start over, as after a start.
+            let starting = TaskStatus {
+                health: HealthState::Starting as i32,
+                ..slot.last.clone()
+            };
+            self.report(task, starting);
+        }
+    }
+
+    /// Reports a change of health of a running attempt, unless the attempt
+    /// was replaced or is stopping meanwhile.
+    fn health_changed(&mut self, task: Uuid, attempt: u64, health: HealthState, reason: String) {
+        let Some(slot) = self
+            .slots
+            .get(&task)
+            .filter(|s| s.attempt == attempt && !s.stopping && s.monitor.is_some())
+        else {
+            return;
+        };
+        tracing::info!(%task, attempt, health = ?health, %reason, "task health changed");
+        let report = TaskStatus {
+            container_id: slot.container_id.clone().unwrap_or_default(),
+            health: health as i32,
+            message: reason,
+            ..status(task, attempt, TaskState::Running)
+        };
+        self.report(task, report);
     }
 
     fn exited(&mut self, exit: Exit) {

@@ -270,6 +270,18 @@ mod checks {
                     seconds: 30,
                     nanos: 0,
                 }),
+                health_check: Some(orch::v1::HealthCheck {
+                    probe: Some(orch::v1::health_check::Probe::Http(orch::v1::HttpProbe {
+                        port: 80,
+                        path: "/health".to_owned(),
+                    })),
+                    interval: Some(Duration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                    retries: Some(2),
+                    ..Default::default()
+                }),
             }),
             desired_state: DesiredState::Running.into(),
             state: TaskState::Pending.into(),
@@ -346,6 +358,7 @@ mod checks {
                 desired_state: DesiredState::Running.into(),
                 node_id: id(1_001),
                 message: "container started".to_owned(),
+                health: orch::v1::HealthState::Healthy.into(),
             })
         } else {
             event::Kind::Node(NodeEvent {

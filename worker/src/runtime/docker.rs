@@ -13,10 +13,12 @@
 //! the version before anything else.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, EventMessage, HostConfig};
 use bollard::models::{PortBinding, PortMap};
 use bollard::query_parameters::{
@@ -31,7 +33,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use super::{ContainerInfo, Exit, Runtime, RuntimeError, StartRequest, container_labels};
+use super::{
+    ContainerInfo, EXEC_OUTPUT_LIMIT, ExecOutput, Exit, Runtime, RuntimeError, StartRequest,
+    container_labels,
+};
 
 /// How many exits may wait in the channel before the event reader waits for
 /// the agent; exits are rare and small, this only smooths bursts.
@@ -264,6 +269,82 @@ impl Runtime for DockerRuntime {
             .unwrap_or(0);
         tokio::spawn(read_exits(self.docker.clone(), filters, since, tx));
         ReceiverStream::new(rx).boxed()
+    }
+
+    async fn address(&self, container_id: &str) -> Result<Option<IpAddr>, RuntimeError> {
+        let inspect = self
+            .docker
+            .inspect_container(container_id, None)
+            .await
+            .map_err(|e| runtime_error(Call::Container(container_id), e))?;
+        // The engine's top-level `IPAddress` is the default bridge's only
+        // and is gone from newer APIs; the per-network addresses are always
+        // there. Prefer the default bridge, then networks by name, so the
+        // answer does not change from one call to the next.
+        let mut networks: Vec<(String, String)> = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, endpoint)| Some((name, endpoint.ip_address?)))
+            .collect();
+        networks.sort_by_key(|(name, _)| (name != "bridge", name.clone()));
+        Ok(networks
+            .into_iter()
+            .find_map(|(_, ip)| ip.parse::<IpAddr>().ok()))
+    }
+
+    async fn exec(
+        &self,
+        container_id: &str,
+        command: &[String],
+    ) -> Result<ExecOutput, RuntimeError> {
+        let created = self
+            .docker
+            .create_exec(
+                container_id,
+                CreateExecOptions {
+                    cmd: Some(command.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| runtime_error(Call::Container(container_id), e))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, Some(StartExecOptions::default()))
+            .await
+            .map_err(|e| runtime_error(Call::Container(container_id), e))?;
+        let mut output = Vec::new();
+        if let StartExecResults::Attached {
+            output: mut stream, ..
+        } = started
+        {
+            // The stream ends when the command does; read it all (so the
+            // exit code is there to inspect) but keep only the start.
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| runtime_error(Call::Container(container_id), e))?;
+                let bytes = chunk.into_bytes();
+                let room = EXEC_OUTPUT_LIMIT.saturating_sub(output.len());
+                output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| runtime_error(Call::Container(container_id), e))?;
+        let exit_code = inspect.exit_code.ok_or_else(|| {
+            RuntimeError::Engine(format!(
+                "the command in container {container_id} ended without an exit code"
+            ))
+        })?;
+        Ok(ExecOutput {
+            exit_code,
+            output: String::from_utf8_lossy(&output).trim().to_owned(),
+        })
     }
 }
 

@@ -11,6 +11,7 @@ pub mod docker;
 pub mod sim;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
@@ -58,6 +59,19 @@ pub struct Exit {
     /// The exit code.
     pub exit_code: i32,
 }
+
+/// What a command run inside a container did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The command's exit code.
+    pub exit_code: i64,
+    /// The start of what it wrote to stdout and stderr (at most
+    /// [`EXEC_OUTPUT_LIMIT`] bytes), for people: it ends up in a task's message.
+    pub output: String,
+}
+
+/// Most bytes of a command's output an [`ExecOutput`] keeps.
+pub const EXEC_OUTPUT_LIMIT: usize = 512;
 
 /// Why a runtime call failed. The message is shown to people as the task's
 /// message, so it says what went wrong in their terms.
@@ -125,6 +139,41 @@ pub trait Runtime: Send + Sync + 'static {
     /// capacity each nor each measure the host on every heartbeat.
     fn simulated_capacity(&self) -> Option<orch::v1::Resources> {
         None
+    }
+
+    /// The IP address at which this machine reaches a running container
+    /// (its address on its network), for HTTP and TCP health probes; `None`
+    /// if it has none.
+    ///
+    /// The default answers `None`: a runtime without real networking (a
+    /// simulated one) has no address to probe, and such probes then fail
+    /// with a message that says so.
+    fn address(
+        &self,
+        container_id: &str,
+    ) -> impl Future<Output = Result<Option<IpAddr>, RuntimeError>> + Send {
+        let _ = container_id;
+        async { Ok(None) }
+    }
+
+    /// Runs `command` (program and arguments, no shell) inside a running
+    /// container, as `docker exec` does, waits until it ends, and returns its
+    /// exit code and the start of its output. For exec health probes; the
+    /// caller bounds how long it waits.
+    ///
+    /// The default refuses: a runtime that cannot run commands in its
+    /// containers fails exec probes with that reason.
+    fn exec(
+        &self,
+        container_id: &str,
+        command: &[String],
+    ) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send {
+        let _ = (container_id, command);
+        async {
+            Err(RuntimeError::Engine(
+                "this runtime cannot run commands in containers".to_owned(),
+            ))
+        }
     }
 }
 
