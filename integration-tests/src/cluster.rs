@@ -309,6 +309,31 @@ impl Cluster {
         }
     }
 
+    /// Submits one task and returns it as the manager acknowledged it.
+    ///
+    /// # Panics
+    /// If the manager refuses it: this is test set-up.
+    pub async fn submit(&self, spec: orch::v1::TaskSpec) -> Task {
+        self.client()
+            .await
+            .submit_task(orch::v1::SubmitTaskRequest { spec: Some(spec) })
+            .await
+            .expect("submit")
+            .into_inner()
+            .task
+            .expect("task")
+    }
+
+    /// The local test image (see [`crate::images::busybox`]), built if needed.
+    ///
+    /// # Panics
+    /// If it cannot be built.
+    pub async fn busybox(&self) -> String {
+        crate::images::busybox(&self.docker)
+            .await
+            .expect("build test image")
+    }
+
     /// Waits until task `id` is in `state`.
     pub async fn wait_state(&self, id: &str, state: orch::v1::TaskState) -> Task {
         self.wait_task(id, |t| t.state() == state).await

@@ -9,7 +9,6 @@ use orch::v1::{
     SubmitTaskRequest, SubmitTasksRequest, Task, TaskSpec, TaskState,
 };
 use orch_integration_tests::cluster::Cluster;
-use orch_integration_tests::images;
 use tonic::Code;
 
 fn spec(image: &str, command: &[&str]) -> TaskSpec {
@@ -20,28 +19,10 @@ fn spec(image: &str, command: &[&str]) -> TaskSpec {
     }
 }
 
-async fn submit(cluster: &Cluster, spec: TaskSpec) -> Task {
-    cluster
-        .client()
-        .await
-        .submit_task(SubmitTaskRequest { spec: Some(spec) })
-        .await
-        .expect("submit")
-        .into_inner()
-        .task
-        .expect("task")
-}
-
-async fn busybox(cluster: &Cluster) -> String {
-    images::busybox(&cluster.docker)
-        .await
-        .expect("build test image")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_runs_as_a_container_with_its_limits_and_stops() {
     let cluster = Cluster::builder().start().await;
-    let image = busybox(&cluster).await;
+    let image = cluster.busybox().await;
     let mut s = spec(&image, &["sleep", "300"]);
     s.name = "sleeper".into();
     s.milli_cpus = Some(500);
@@ -57,7 +38,7 @@ async fn a_task_runs_as_a_container_with_its_limits_and_stops() {
         seconds: 1,
         nanos: 0,
     });
-    let task = submit(&cluster, s).await;
+    let task = cluster.submit(s).await;
     assert_eq!(task.attempt, 1);
 
     let running = cluster.wait_state(&task.id, TaskState::Running).await;
@@ -126,9 +107,9 @@ async fn a_task_runs_as_a_container_with_its_limits_and_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_decide_completed_or_failed() {
     let cluster = Cluster::builder().start().await;
-    let image = busybox(&cluster).await;
-    let ok = submit(&cluster, spec(&image, &["true"])).await;
-    let bad = submit(&cluster, spec(&image, &["sh", "-c", "exit 3"])).await;
+    let image = cluster.busybox().await;
+    let ok = cluster.submit(spec(&image, &["true"])).await;
+    let bad = cluster.submit(spec(&image, &["sh", "-c", "exit 3"])).await;
 
     let ok = cluster.wait_state(&ok.id, TaskState::Completed).await;
     assert_eq!(ok.exit_code, Some(0));
@@ -152,7 +133,7 @@ async fn exit_codes_decide_completed_or_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_fails_the_task_with_the_pull_reason() {
     let cluster = Cluster::builder().start().await;
-    let task = submit(&cluster, spec("orch-test/no-such-image:1", &[])).await;
+    let task = cluster.submit(spec("orch-test/no-such-image:1", &[])).await;
     let failed = cluster.wait_state(&task.id, TaskState::Failed).await;
     assert!(
         failed.message.contains("pulling image"),
@@ -176,7 +157,7 @@ async fn placement_respects_capacity_and_a_waiting_task_starts_when_room_frees()
         .worker_memory(256 << 20)
         .start()
         .await;
-    let image = busybox(&cluster).await;
+    let image = cluster.busybox().await;
     let big = |name: &str| {
         let mut s = spec(&image, &["sleep", "300"]);
         s.name = name.into();
@@ -188,13 +169,13 @@ async fn placement_respects_capacity_and_a_waiting_task_starts_when_room_frees()
         });
         s
     };
-    let a = submit(&cluster, big("a")).await;
-    let b = submit(&cluster, big("b")).await;
+    let a = cluster.submit(big("a")).await;
+    let b = cluster.submit(big("b")).await;
     let a = cluster.wait_state(&a.id, TaskState::Running).await;
     let b = cluster.wait_state(&b.id, TaskState::Running).await;
     assert_ne!(a.node_id, b.node_id, "each node has room for one such task");
 
-    let c = submit(&cluster, big("c")).await;
+    let c = cluster.submit(big("c")).await;
     assert_eq!(c.state(), TaskState::Pending);
     assert_eq!(c.message, "no node fits: insufficient cpu on 2 nodes");
     assert!(c.node_id.is_empty());
@@ -329,7 +310,7 @@ async fn bad_requests_get_a_clear_status_and_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_survive_a_manager_restart() {
     let mut cluster = Cluster::builder().start().await;
-    let image = busybox(&cluster).await;
+    let image = cluster.busybox().await;
     let long = {
         // `sleep` as PID 1 ignores SIGTERM: keep the grace short.
         let mut s = spec(&image, &["sleep", "300"]);
@@ -337,13 +318,13 @@ async fn tasks_survive_a_manager_restart() {
             seconds: 1,
             nanos: 0,
         });
-        submit(&cluster, s).await
+        cluster.submit(s).await
     };
-    let done = submit(&cluster, spec(&image, &["sh", "-c", "exit 3"])).await;
+    let done = cluster.submit(spec(&image, &["sh", "-c", "exit 3"])).await;
     let waiting = {
         let mut s = spec(&image, &["sleep", "300"]);
         s.node_selector = HashMap::from([("zone".into(), "nowhere".into())]);
-        submit(&cluster, s).await
+        cluster.submit(s).await
     };
     let long = cluster.wait_state(&long.id, TaskState::Running).await;
     cluster.wait_state(&done.id, TaskState::Failed).await;
@@ -457,7 +438,7 @@ async fn health_and_reflection_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_task_restarts_with_growing_delays_then_fails() {
     let cluster = Cluster::builder().start().await;
-    let image = busybox(&cluster).await;
+    let image = cluster.busybox().await;
     let mut s = spec(&image, &["sh", "-c", "exit 3"]);
     s.restart = Some(orch::v1::RestartPolicy {
         condition: orch::v1::RestartCondition::OnFailure as i32,
@@ -470,7 +451,7 @@ async fn a_crashing_task_restarts_with_growing_delays_then_fails() {
         .await
         .expect("watch")
         .into_inner();
-    let task = submit(&cluster, s).await;
+    let task = cluster.submit(s).await;
     let failed = cluster
         .wait_task(&task.id, |t| {
             t.state() == TaskState::Failed && t.attempt == 3
@@ -519,7 +500,7 @@ async fn a_crashing_task_restarts_with_growing_delays_then_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_workers_tasks_move_and_its_stale_containers_stop_when_it_returns() {
     let mut cluster = Cluster::builder().workers(2).start().await;
-    let image = busybox(&cluster).await;
+    let image = cluster.busybox().await;
     let mut ids = Vec::new();
     for _ in 0..2 {
         let mut s = spec(&image, &["sleep", "300"]);
@@ -527,7 +508,7 @@ async fn a_dead_workers_tasks_move_and_its_stale_containers_stop_when_it_returns
             seconds: 0,
             nanos: 0,
         });
-        ids.push(submit(&cluster, s).await.id);
+        ids.push(cluster.submit(s).await.id);
     }
     let mut placed = Vec::new();
     for id in &ids {
@@ -576,7 +557,7 @@ async fn a_dead_workers_tasks_move_and_its_stale_containers_stop_when_it_returns
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_a_node_moves_its_tasks_and_it_takes_no_new_work() {
     let cluster = Cluster::builder().workers(2).start().await;
-    let image = busybox(&cluster).await;
+    let image = cluster.busybox().await;
     let sleeper = || {
         let mut s = spec(&image, &["sleep", "300"]);
         s.stop_grace_period = Some(prost_types::Duration {
@@ -587,7 +568,7 @@ async fn draining_a_node_moves_its_tasks_and_it_takes_no_new_work() {
     };
     let mut ids = Vec::new();
     for _ in 0..2 {
-        ids.push(submit(&cluster, sleeper()).await.id);
+        ids.push(cluster.submit(sleeper()).await.id);
     }
     let first = cluster.wait_state(&ids[0], TaskState::Running).await;
     let second = cluster.wait_state(&ids[1], TaskState::Running).await;
@@ -615,7 +596,7 @@ async fn draining_a_node_moves_its_tasks_and_it_takes_no_new_work() {
     assert_eq!(cluster.wait_running_tasks(&ids).await, want);
 
     // New work avoids the drained node until it is activated.
-    let third = submit(&cluster, sleeper()).await;
+    let third = cluster.submit(sleeper()).await;
     assert_eq!(third.node_id, second.node_id);
     client
         .activate_node(orch::v1::ActivateNodeRequest {
@@ -623,7 +604,7 @@ async fn draining_a_node_moves_its_tasks_and_it_takes_no_new_work() {
         })
         .await
         .expect("activate");
-    let fourth = submit(&cluster, sleeper()).await;
+    let fourth = cluster.submit(sleeper()).await;
     assert_eq!(
         fourth.node_id, first.node_id,
         "spread picks the empty node again"

@@ -10,12 +10,10 @@ use std::time::Duration;
 use bollard::query_parameters::InspectContainerOptions;
 use orch::time::duration;
 use orch::v1::{
-    ExecProbe, HealthCheck, HealthState, HttpProbe, RestartCondition, RestartPolicy,
-    SubmitTaskRequest, Task, TaskSpec, TaskState, TcpProbe, WatchEventsRequest, event,
-    health_check::Probe,
+    ExecProbe, HealthCheck, HealthState, HttpProbe, RestartCondition, RestartPolicy, TaskSpec,
+    TaskState, TcpProbe, WatchEventsRequest, event, health_check::Probe,
 };
 use orch_integration_tests::cluster::Cluster;
-use orch_integration_tests::images;
 
 /// A shell line that makes `/www` with a static `index.html` and a CGI
 /// script `/cgi-bin/health` answering with `status`, then runs busybox httpd
@@ -61,24 +59,6 @@ fn spec(
     }
 }
 
-async fn submit(cluster: &Cluster, spec: TaskSpec) -> Task {
-    cluster
-        .client()
-        .await
-        .submit_task(SubmitTaskRequest { spec: Some(spec) })
-        .await
-        .expect("submit")
-        .into_inner()
-        .task
-        .expect("task")
-}
-
-async fn busybox(cluster: &Cluster) -> String {
-    images::busybox(&cluster.docker)
-        .await
-        .expect("build test image")
-}
-
 /// The attempt label of a container.
 async fn running_attempt(cluster: &Cluster, container_id: &str) -> String {
     cluster
@@ -95,7 +75,7 @@ async fn running_attempt(cluster: &Cluster, container_id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_task_is_restarted_on_failure() {
     let cluster = Cluster::builder().start().await;
-    let image = busybox(&cluster).await;
+    let image = cluster.busybox().await;
     let mut events = cluster
         .client()
         .await
@@ -118,7 +98,7 @@ async fn an_unhealthy_task_is_restarted_on_failure() {
     if let Some(r) = s.restart.as_mut() {
         r.max_restarts = 1;
     }
-    let task = submit(&cluster, s).await;
+    let task = cluster.submit(s).await;
 
     let second = cluster
         .wait_task(&task.id, |t| {
@@ -176,21 +156,19 @@ async fn an_unhealthy_task_is_restarted_on_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_whose_check_answers_200_becomes_healthy() {
     let cluster = Cluster::builder().start().await;
-    let image = busybox(&cluster).await;
+    let image = cluster.busybox().await;
     let probe = Probe::Http(HttpProbe {
         port: 8080,
         path: "/index.html".into(),
     });
-    let task = submit(
-        &cluster,
-        spec(
+    let task = cluster
+        .submit(spec(
             &image,
             httpd(8080, "200 OK"),
             check(probe),
             RestartCondition::OnFailure,
-        ),
-    )
-    .await;
+        ))
+        .await;
     let healthy = cluster
         .wait_task(&task.id, |t| t.health() == HealthState::Healthy)
         .await;
@@ -208,17 +186,15 @@ async fn a_task_whose_check_answers_200_becomes_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_check_against_a_listening_port_is_healthy() {
     let cluster = Cluster::builder().start().await;
-    let image = busybox(&cluster).await;
-    let task = submit(
-        &cluster,
-        spec(
+    let image = cluster.busybox().await;
+    let task = cluster
+        .submit(spec(
             &image,
             httpd(9000, "200 OK"),
             check(Probe::Tcp(TcpProbe { port: 9000 })),
             RestartCondition::OnFailure,
-        ),
-    )
-    .await;
+        ))
+        .await;
     let healthy = cluster
         .wait_task(&task.id, |t| t.health() == HealthState::Healthy)
         .await;
@@ -235,20 +211,18 @@ async fn a_tcp_check_against_a_listening_port_is_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exec_check_that_fails_leaves_a_never_restart_task_running_unhealthy() {
     let cluster = Cluster::builder().start().await;
-    let image = busybox(&cluster).await;
+    let image = cluster.busybox().await;
     let probe = Probe::Exec(ExecProbe {
         command: vec!["test".into(), "-f".into(), "/ready".into()],
     });
-    let task = submit(
-        &cluster,
-        spec(
+    let task = cluster
+        .submit(spec(
             &image,
             vec!["sleep".into(), "300".into()],
             check(probe),
             RestartCondition::Never,
-        ),
-    )
-    .await;
+        ))
+        .await;
     let unhealthy = cluster
         .wait_task(&task.id, |t| t.health() == HealthState::Unhealthy)
         .await;
