@@ -609,6 +609,9 @@ async fn draining_a_node_moves_its_tasks_and_it_takes_no_new_work() {
         fourth.node_id, first.node_id,
         "spread picks the empty node again"
     );
+    // Let both starts finish, so shutdown finds every container to remove.
+    cluster.wait_state(&third.id, TaskState::Running).await;
+    cluster.wait_state(&fourth.id, TaskState::Running).await;
     let err = client
         .drain_node(orch::v1::DrainNodeRequest {
             id: uuid::Uuid::now_v7().to_string(),
