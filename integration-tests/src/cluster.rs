@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{GetTaskRequest, ListNodesRequest, NodeState, Task, WatchEventsRequest};
 use orch_manager::scheduler::Strategy;
@@ -29,6 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+
+use crate::containers;
 
 /// How long a test waits for something before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -341,26 +342,7 @@ impl Cluster {
 
     /// This cluster's containers (`all`: exited ones too), as the engine lists them.
     pub async fn containers(&self, all: bool) -> Vec<bollard::models::ContainerSummary> {
-        let filters = [("label", vec![format!("{}=true", orch::labels::MANAGED)])]
-            .into_iter()
-            .collect::<std::collections::HashMap<_, _>>();
-        let opts = ListContainersOptionsBuilder::default()
-            .all(all)
-            .filters(&filters)
-            .build();
-        let nodes = self.node_ids();
-        self.docker
-            .list_containers(Some(opts))
-            .await
-            .expect("list containers")
-            .into_iter()
-            .filter(|c| {
-                c.labels
-                    .as_ref()
-                    .and_then(|l| l.get(orch::labels::NODE_ID))
-                    .is_some_and(|n| nodes.contains(n))
-            })
-            .collect()
+        containers::on_nodes(&self.docker, &self.node_ids(), all).await
     }
 
     /// The task ids of this cluster's running containers, sorted.
@@ -419,21 +401,7 @@ impl Cluster {
             let _ = m.stop.send(());
             let _ = m.task.await;
         }
-        self.remove_containers().await;
-    }
-
-    async fn remove_containers(&self) {
-        for c in self.containers(true).await {
-            if let Some(id) = c.id {
-                let _ = self
-                    .docker
-                    .remove_container(
-                        &id,
-                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                    )
-                    .await;
-            }
-        }
+        containers::remove_on_nodes(&self.docker, &self.node_ids()).await;
     }
 
     /// The node ids the workers kept in their data directories.
@@ -476,22 +444,7 @@ impl Drop for Cluster {
                 let Ok(docker) = docker.negotiate_version().await else {
                     return;
                 };
-                for node in nodes {
-                    let filters = [("label", vec![format!("{}={node}", orch::labels::NODE_ID)])]
-                        .into_iter()
-                        .collect::<std::collections::HashMap<_, _>>();
-                    let opts = ListContainersOptionsBuilder::default()
-                        .all(true)
-                        .filters(&filters)
-                        .build();
-                    for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
-                        if let Some(id) = c.id {
-                            let force =
-                                RemoveContainerOptionsBuilder::default().force(true).build();
-                            let _ = docker.remove_container(&id, Some(force)).await;
-                        }
-                    }
-                }
+                containers::remove_on_nodes(&docker, &nodes).await;
             });
         })
         .join();

@@ -5,4 +5,5 @@
 //! no orch crate may depend on it.
 
 pub mod cluster;
+pub mod containers;
 pub mod images;

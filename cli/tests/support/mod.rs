@@ -30,15 +30,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::query_parameters::{
-    EventsOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-};
+use bollard::query_parameters::EventsOptionsBuilder;
 use futures::StreamExt;
 use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{
     Event, ListNodesRequest, ListTasksRequest, Node, NodeState, SubmitTaskRequest, Task, TaskSpec,
     WatchEventsRequest,
 };
+use orch_integration_tests::containers;
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -610,37 +609,9 @@ fn node_ids(dir: &Path, workers: usize) -> Vec<String> {
         .collect()
 }
 
-/// Every container (`all`: stopped ones too) of a task on one of `nodes`.
-async fn task_containers(
-    docker: &Docker,
-    nodes: &[String],
-    all: bool,
-) -> Vec<bollard::models::ContainerSummary> {
-    if nodes.is_empty() {
-        return Vec::new();
-    }
-    let filters = HashMap::from([("label", vec![orch::labels::TASK_ID.to_string()])]);
-    let options = ListContainersOptionsBuilder::default()
-        .all(all)
-        .filters(&filters)
-        .build();
-    docker
-        .list_containers(Some(options))
-        .await
-        .expect("list containers")
-        .into_iter()
-        .filter(|c| {
-            c.labels
-                .as_ref()
-                .and_then(|l| l.get(orch::labels::NODE_ID))
-                .is_some_and(|n| nodes.contains(n))
-        })
-        .collect()
-}
-
 /// The running task containers on `nodes`, sorted.
 pub async fn running_task_containers(docker: &Docker, nodes: &[String]) -> Vec<TaskContainer> {
-    let mut found: Vec<TaskContainer> = task_containers(docker, nodes, false)
+    let mut found: Vec<TaskContainer> = containers::on_nodes(docker, nodes, false)
         .await
         .into_iter()
         .filter_map(|c| {
@@ -717,12 +688,7 @@ impl Drop for Procs {
                         .await;
                 }
                 let docker = docker().await;
-                for c in task_containers(&docker, &nodes, true).await {
-                    if let Some(id) = c.id {
-                        let force = RemoveContainerOptionsBuilder::default().force(true).build();
-                        let _ = docker.remove_container(&id, Some(force)).await;
-                    }
-                }
+                containers::remove_on_nodes(&docker, &nodes).await;
                 if let Some(net) = network {
                     let _ = Command::new("docker")
                         .args(["network", "rm", &net])
