@@ -22,13 +22,6 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
-impl Error {
-    /// Whether the same request may succeed if simply retried later.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Store(_))
-    }
-}
-
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         match e {

@@ -1035,11 +1035,6 @@ impl State {
         // Dropping the sender ends every `WatchEvents` stream.
         self.events = broadcast::channel(EVENT_BUFFER).0;
     }
-
-    /// The liveness settings.
-    pub fn liveness(&self) -> Liveness {
-        self.liveness
-    }
 }
 
 /// Starts a task's next attempt: pending, on no node, with nothing observed

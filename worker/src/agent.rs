@@ -325,7 +325,6 @@ async fn session(
         Err(status) => return format!("session refused: {}", status.message()),
     };
     backoff.reset();
-    executor.send(Command::Resync);
     let mut tick = tokio::time::interval(heartbeat_period(reply));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

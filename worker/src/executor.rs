@@ -42,11 +42,10 @@ const MAX_FINISHED: usize = 100_000;
 /// What the agent asks of the executor.
 #[derive(Debug)]
 pub enum Command {
-    /// Assignments from the manager.
+    /// Assignments from the manager. A full set (the first message of every
+    /// session) also makes the executor report the state of every task
+    /// again, since reports sent on a broken session may have been lost.
     Assign(Assignments),
-    /// A new session opened: report the current state of every task again,
-    /// since reports sent on the broken session may have been lost.
-    Resync,
 }
 
 /// A handle to the executor actor.
@@ -202,7 +201,6 @@ impl<R: Runtime> Actor<R> {
                 _ = audit.tick() => self.audit(),
                 command = commands.recv() => match command {
                     Some(Command::Assign(a)) => self.assign(a),
-                    Some(Command::Resync) => self.resync(),
                     None => return,
                 },
                 Some(d) = done.recv() => self.finished(d),
