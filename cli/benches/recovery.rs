@@ -8,8 +8,14 @@
 //! `WatchEvents` stream. It also reports when the node was declared down, so
 //! the time splits into detection and rescheduling plus container start.
 //!
+//! A real worker dies at a moment that has nothing to do with its
+//! heartbeats, so by default the kill falls at a random point of a heartbeat
+//! period after the tasks run (`--phase random`). `--phase worst` kills the
+//! worker the moment its last report arrived, so the manager waits the whole
+//! liveness deadline: the slowest possible detection.
+//!
 //! ```text
-//! cargo bench -p orchctl --bench recovery -- [--runs 5] [--tasks 6]
+//! cargo bench -p orchctl --bench recovery -- [--runs 5] [--tasks 6] [--phase random|worst]
 //! ```
 //!
 //! A benchmark, not a test: it asserts nothing about the figures.
@@ -31,6 +37,8 @@ struct Args {
     tasks: usize,
     heartbeat_period: String,
     missed_heartbeats: u32,
+    /// Kill at a random point of a heartbeat period (true) or at once.
+    random_phase: bool,
 }
 
 fn args() -> Args {
@@ -39,6 +47,7 @@ fn args() -> Args {
         tasks: 6,
         heartbeat_period: "1s".into(),
         missed_heartbeats: 3,
+        random_phase: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -47,6 +56,13 @@ fn args() -> Args {
             "--runs" => args.runs = value("--runs").parse().expect("--runs N"),
             "--tasks" => args.tasks = value("--tasks").parse().expect("--tasks N"),
             "--heartbeat-period" => args.heartbeat_period = value("--heartbeat-period"),
+            "--phase" => {
+                args.random_phase = match value("--phase").as_str() {
+                    "random" => true,
+                    "worst" => false,
+                    other => panic!("--phase is random or worst, not {other}"),
+                }
+            }
             "--missed-heartbeats" => {
                 args.missed_heartbeats = value("--missed-heartbeats")
                     .parse()
@@ -130,6 +146,11 @@ async fn one_run(args: &Args) -> Run {
         .expect("watch events")
         .into_inner();
     let w = cluster.worker_of(&victim);
+    if args.random_phase {
+        let period = humantime::parse_duration(&args.heartbeat_period)
+            .expect("--heartbeat-period is a duration");
+        tokio::time::sleep(period.mul_f64(rand::random::<f64>())).await;
+    }
     let kill = SystemTime::now();
     cluster.kill_worker(w).await;
 
@@ -200,8 +221,15 @@ fn main() {
         .build()
         .expect("tokio runtime");
     println!(
-        "orch recovery: 3 workers, {} tasks, heartbeat {} x {} missed; kill -9 the worker holding the most",
-        args.tasks, args.heartbeat_period, args.missed_heartbeats
+        "orch recovery: 3 workers, {} tasks, heartbeat {} x {} missed; kill -9 the worker holding the most, {}",
+        args.tasks,
+        args.heartbeat_period,
+        args.missed_heartbeats,
+        if args.random_phase {
+            "at a random point of a heartbeat period"
+        } else {
+            "as soon as it reported its tasks running"
+        }
     );
     let mut recovered = Vec::new();
     let mut detected = Vec::new();

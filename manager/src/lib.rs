@@ -203,16 +203,22 @@ pub async fn run(
     result.map_err(ServeError::from)
 }
 
-/// Runs the state's housekeeping (liveness, due restarts) several times per
-/// heartbeat period.
+/// Runs the state's housekeeping (liveness, due restarts) the moment
+/// something falls due, so a dead node is declared down right at its deadline
+/// rather than up to a polling period later. It also wakes a few times per
+/// heartbeat period, which is how it notices deadlines and restarts added
+/// since it last looked (none of them is due sooner than that: a deadline is
+/// a whole heartbeat period or more away, a restart's backoff at least 1 s).
 async fn housekeeping(shared: Arc<Shared>, liveness: Liveness) {
-    let period = (liveness.heartbeat_period / 4)
+    let poll = (liveness.heartbeat_period / 4)
         .clamp(Duration::from_millis(10), Duration::from_millis(250));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
         let now = tokio::time::Instant::now();
-        shared.lock().tick(now);
+        let next = shared
+            .lock()
+            .next_due()
+            .map_or(now + poll, |due| due.min(now + poll));
+        tokio::time::sleep_until(next).await;
+        shared.lock().tick(tokio::time::Instant::now());
     }
 }

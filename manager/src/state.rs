@@ -973,22 +973,14 @@ impl State {
         unhealthy_stop(self.tasks.get(&id)?)
     }
 
-    /// Housekeeping, called a few times per heartbeat period: declares down
-    /// every node not heard from within the liveness deadline (rescheduling
+    /// Housekeeping, called at [`State::next_due`] (and at least a few times
+    /// per heartbeat period): declares down every node not heard from within
+    /// the liveness deadline (rescheduling
     /// its tasks), and places restarts whose backoff has passed. Returns how
     /// many nodes went down.
     pub fn tick(&mut self, now: Instant) -> usize {
-        let deadline = self.liveness.deadline();
-        // A node counts as silent whether its stream is still open (a hung
-        // worker) or already broken and not reopened in time; a node that is
-        // down but still holds tasks (as after a manager restart) too.
         let silent: Vec<usize> = (0..self.entries.len())
-            .filter(|&i| {
-                let e = &self.entries[i];
-                let holds =
-                    e.session.is_some() || e.node.state() != NodeState::Down || !e.tasks.is_empty();
-                holds && now.saturating_duration_since(e.last_seen) > deadline
-            })
+            .filter(|&i| self.liveness_deadline(i).is_some_and(|due| due <= now))
             .collect();
         let mut writes = Vec::new();
         for &i in &silent {
@@ -997,6 +989,28 @@ impl State {
         self.run_due_restarts(now, &mut writes);
         self.committer.queue(writes);
         silent.len()
+    }
+
+    /// When node `i` is declared down unless it is heard from before then;
+    /// `None` for a node with nothing left to lose. A node counts as silent
+    /// whether its stream is still open (a hung worker) or already broken and
+    /// not reopened in time; a node that is down but still holds tasks (as
+    /// after a manager restart) too.
+    fn liveness_deadline(&self, i: usize) -> Option<Instant> {
+        let e = &self.entries[i];
+        let holds = e.session.is_some() || e.node.state() != NodeState::Down || !e.tasks.is_empty();
+        holds.then(|| e.last_seen + self.liveness.deadline())
+    }
+
+    /// The earliest moment [`State::tick`] has something to do: a node's
+    /// liveness deadline or a restart's end of backoff. `None` if nothing is
+    /// waiting.
+    pub fn next_due(&self) -> Option<Instant> {
+        let restarts = self.delayed.first().map(|&(due, _)| due);
+        (0..self.entries.len())
+            .filter_map(|i| self.liveness_deadline(i))
+            .chain(restarts)
+            .min()
     }
 
     /// A node stopped answering: it is down, its tasks are lost and placed

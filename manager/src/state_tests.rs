@@ -789,8 +789,8 @@ async fn closing_a_superseded_session_changes_nothing() {
 // ---- liveness ------------------------------------------------------------------
 
 /// Two nodes connect; 2s later `alive` shows a sign of life through `signal`.
-/// At 3s `quiet` has been silent for exactly the deadline and stays ready;
-/// 1ms later it is declared down, and `alive` (silent for only 1s) is not.
+/// 1ms before 3s `quiet` is still ready; at 3s it has been silent for the
+/// whole deadline and is declared down, and `alive` (silent for only 1s) is not.
 async fn check_liveness(signal: fn(&mut State, &Worker) -> bool) {
     tokio::time::pause();
     let mut f = Fixture::new();
@@ -801,13 +801,23 @@ async fn check_liveness(signal: fn(&mut State, &Worker) -> bool) {
 
     advance(Duration::from_secs(2)).await;
     assert!(signal(&mut f.state, &alive));
-    advance(Duration::from_secs(1)).await;
-    assert_eq!(f.state.tick(Instant::now()), 0, "at the deadline");
+    advance(Duration::from_secs(1) - Duration::from_millis(1)).await;
+    assert_eq!(f.state.tick(Instant::now()), 0, "before the deadline");
+    assert_eq!(
+        f.state.next_due(),
+        Some(Instant::now() + Duration::from_millis(1)),
+        "the next thing due is quiet's deadline"
+    );
     advance(Duration::from_millis(1)).await;
-    assert_eq!(f.state.tick(Instant::now()), 1, "past the deadline");
+    assert_eq!(f.state.tick(Instant::now()), 1, "at the deadline");
 
     assert_eq!(f.node(quiet.node).state(), NodeState::Down);
     assert_eq!(f.node(alive.node).state(), NodeState::Ready);
+    assert_eq!(
+        f.state.next_due(),
+        Some(Instant::now() + Duration::from_secs(2)),
+        "a down node with nothing to lose has no deadline; alive's is 3s after its sign of life"
+    );
     // The worker learns why its stream ended, then the stream ends.
     match quiet.rx.try_recv() {
         Ok(Err(status)) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
@@ -1158,6 +1168,11 @@ async fn an_unhealthy_task_on_failure_is_stopped_then_restarted_as_a_failed_atte
         "restarting in 1s: attempt 1 unhealthy: HTTP 500 from /health"
     );
     assert!(waiting.restart_at.is_some());
+    assert_eq!(
+        f.state.next_due(),
+        Some(Instant::now() + Duration::from_secs(1)),
+        "housekeeping wakes when the backoff ends, before the node's deadline"
+    );
     assert_eq!(f.node(worker.node).task_count, 0);
     worker.expect_quiet();
 
