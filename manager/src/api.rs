@@ -210,34 +210,78 @@ impl Cluster for ClusterApi {
         &self,
         _request: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let mut rx = self.shared.lock().subscribe();
-        let stream = async_stream(move |tx| async move {
-            loop {
-                let item = match rx.recv().await {
-                    Ok(event) => Ok(event),
-                    Err(RecvError::Lagged(n)) => Err(Status::resource_exhausted(format!(
-                        "the client fell {n} events behind and was cut off; watch again"
-                    ))),
-                    Err(RecvError::Closed) => return,
-                };
-                let end = item.is_err();
-                if tx.send(item).await.is_err() || end {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(stream))
+        let rx = self.shared.lock().subscribe();
+        Ok(Response::new(Box::pin(events(rx))))
     }
 }
 
-/// A stream fed by a spawned task through a small channel; the task ends when
-/// the client goes away.
-fn async_stream<F, Fut>(f: F) -> EventStream
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<Event, Status>>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+/// The response stream of `WatchEvents`: reads the broadcast directly, so
+/// tonic's encoder takes every event already waiting in one go and sends them
+/// in as few frames as fit, with no task or channel in between. A client that
+/// falls more than the broadcast's capacity behind gets `RESOURCE_EXHAUSTED`
+/// and the stream ends; it also ends when the manager shuts down, and is
+/// dropped when the client goes away.
+fn events(
+    rx: tokio::sync::broadcast::Receiver<Event>,
+) -> impl Stream<Item = Result<Event, Status>> + Send + 'static {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Ok(event) => Some((Ok(event), Some(rx))),
+            Err(RecvError::Lagged(n)) => Some((
+                Err(Status::resource_exhausted(format!(
+                    "the client fell {n} events behind and was cut off; watch again"
+                ))),
+                None,
+            )),
+            Err(RecvError::Closed) => None,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use tokio::sync::broadcast;
+    use tonic::Code;
+
+    use super::*;
+
+    fn event(sequence: u64) -> Event {
+        Event {
+            sequence,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_gets_every_event_in_order_and_ends_with_the_broadcast() {
+        let (tx, rx) = broadcast::channel(8);
+        let stream = events(rx);
+        for seq in 1..=5 {
+            tx.send(event(seq)).unwrap();
+        }
+        drop(tx);
+        let got: Vec<u64> = stream.map(|e| e.unwrap().sequence).collect().await;
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_falls_behind_is_told_so_and_ends() {
+        let (tx, rx) = broadcast::channel(4);
+        let mut stream = Box::pin(events(rx));
+        for seq in 1..=6 {
+            tx.send(event(seq)).unwrap();
+        }
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("fell 2 events behind"),
+            "{status:?}"
+        );
+        // The watch let go of its subscription and ends, although the
+        // broadcast goes on.
+        assert!(tx.send(event(7)).is_err(), "no receiver is left");
+        assert!(stream.next().await.is_none());
+    }
 }
