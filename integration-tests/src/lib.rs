@@ -6,4 +6,6 @@
 
 pub mod cluster;
 pub mod containers;
+pub mod events;
 pub mod images;
+pub mod workloads;

@@ -8,7 +8,8 @@ use orch::v1::{
     GetTaskRequest, ListNodesRequest, ListTasksRequest, NodeState, PortMapping, StopTaskRequest,
     SubmitTaskRequest, SubmitTasksRequest, Task, TaskSpec, TaskState,
 };
-use orch_integration_tests::cluster::Cluster;
+use orch_integration_tests::cluster::{Cluster, DEADLINE};
+use orch_integration_tests::events::task_events_until;
 use tonic::Code;
 
 fn spec(image: &str, command: &[&str]) -> TaskSpec {
@@ -462,16 +463,14 @@ async fn a_crashing_task_restarts_with_growing_delays_then_fails() {
     assert_eq!(failed.restart_at, None);
 
     // The restarts waited 1 s, then 2 s: read the waits from the event stream.
-    let mut waits = Vec::new();
-    while waits.len() < 2 {
-        let e = events.message().await.expect("events").expect("event");
-        if let Some(orch::v1::event::Kind::Task(t)) = e.kind
-            && t.task_id == task.id
-            && t.message.starts_with("restarting in")
-        {
-            waits.push(t.message);
-        }
-    }
+    let waits: Vec<String> = task_events_until(&mut events, &task.id, DEADLINE, |t| {
+        t.attempt == 3 && t.state() == TaskState::Pending
+    })
+    .await
+    .into_iter()
+    .map(|e| e.task.message)
+    .filter(|m| m.starts_with("restarting in"))
+    .collect();
     assert!(
         waits[0].starts_with("restarting in 1s: attempt 1 exited with code 3"),
         "{waits:?}"

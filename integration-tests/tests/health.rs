@@ -11,33 +11,11 @@ use bollard::query_parameters::InspectContainerOptions;
 use orch::time::duration;
 use orch::v1::{
     ExecProbe, HealthCheck, HealthState, HttpProbe, RestartCondition, RestartPolicy, TaskSpec,
-    TaskState, TcpProbe, WatchEventsRequest, event, health_check::Probe,
+    TaskState, TcpProbe, WatchEventsRequest, health_check::Probe,
 };
-use orch_integration_tests::cluster::Cluster;
-
-/// A shell line that makes `/www` with a static `index.html` and a CGI
-/// script `/cgi-bin/health` answering with `status`, then runs busybox httpd
-/// on `port` in the foreground. (busybox httpd turns a CGI's leading
-/// `Status: ` header into the status line.)
-fn httpd(port: u16, status: &str) -> Vec<String> {
-    let script = format!(
-        "mkdir -p /www/cgi-bin && echo ok > /www/index.html && \
-         printf '#!/bin/sh\\nprintf \"Status: {status}\\\\r\\\\n\\\\r\\\\n\"\\n' > /www/cgi-bin/health && \
-         chmod +x /www/cgi-bin/health && exec httpd -f -p {port} -h /www"
-    );
-    vec!["sh".into(), "-c".into(), script]
-}
-
-/// A fast check: a probe every 300 ms, unhealthy after 2 failures.
-fn check(probe: Probe) -> HealthCheck {
-    HealthCheck {
-        probe: Some(probe),
-        interval: Some(duration(Duration::from_millis(300))),
-        timeout: Some(duration(Duration::from_millis(300))),
-        retries: Some(2),
-        start_period: None,
-    }
-}
+use orch_integration_tests::cluster::{Cluster, DEADLINE};
+use orch_integration_tests::events::task_events_until;
+use orch_integration_tests::workloads::{fast_check, httpd};
 
 fn spec(
     image: &str,
@@ -90,7 +68,7 @@ async fn an_unhealthy_task_is_restarted_on_failure() {
     let mut s = spec(
         &image,
         httpd(8080, "500 Internal Server Error"),
-        check(probe),
+        fast_check(probe),
         RestartCondition::OnFailure,
     );
     // One restart only, so the test ends in a steady state: attempt 2 is
@@ -111,21 +89,18 @@ async fn an_unhealthy_task_is_restarted_on_failure() {
 
     // What happened to attempt 1, from the event stream: it ran, became
     // unhealthy, failed with the probe's reason, and the restart said why.
-    let mut seen = Vec::new();
-    loop {
-        let e = events.message().await.expect("events").expect("event");
-        let Some(event::Kind::Task(t)) = e.kind else {
-            continue;
-        };
-        if t.task_id != task.id {
-            continue;
-        }
-        let done = t.attempt == 2;
-        seen.push((t.attempt, t.state(), t.health(), t.message));
-        if done {
-            break;
-        }
-    }
+    let seen: Vec<_> = task_events_until(&mut events, &task.id, DEADLINE, |t| t.attempt == 2)
+        .await
+        .into_iter()
+        .map(|e| {
+            (
+                e.task.attempt,
+                e.task.state(),
+                e.task.health(),
+                e.task.message,
+            )
+        })
+        .collect();
     let reason = "unhealthy: HTTP 500 from /cgi-bin/health";
     assert!(
         seen.contains(&(1, TaskState::Running, HealthState::Unhealthy, reason.into())),
@@ -165,7 +140,7 @@ async fn a_task_whose_check_answers_200_becomes_healthy() {
         .submit(spec(
             &image,
             httpd(8080, "200 OK"),
-            check(probe),
+            fast_check(probe),
             RestartCondition::OnFailure,
         ))
         .await;
@@ -191,7 +166,7 @@ async fn a_tcp_check_against_a_listening_port_is_healthy() {
         .submit(spec(
             &image,
             httpd(9000, "200 OK"),
-            check(Probe::Tcp(TcpProbe { port: 9000 })),
+            fast_check(Probe::Tcp(TcpProbe { port: 9000 })),
             RestartCondition::OnFailure,
         ))
         .await;
@@ -219,7 +194,7 @@ async fn an_exec_check_that_fails_leaves_a_never_restart_task_running_unhealthy(
         .submit(spec(
             &image,
             vec!["sleep".into(), "300".into()],
-            check(probe),
+            fast_check(probe),
             RestartCondition::Never,
         ))
         .await;
