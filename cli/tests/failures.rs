@@ -12,49 +12,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use bollard::query_parameters::{EventsOptionsBuilder, InspectContainerOptions};
 use futures::StreamExt;
-use orch::v1::{DesiredState, StopTaskRequest, SubmitTaskRequest, Task, TaskSpec, TaskState};
-use orch_integration_tests::images;
-use support::{DEADLINE, Options, Procs};
+use orch::v1::{DesiredState, StopTaskRequest, SubmitTaskRequest, Task, TaskState};
+use support::{DEADLINE, Options, Procs, sleeper, spec};
 use tokio::sync::watch;
-
-/// A task spec; stops wait at most 1 s (busybox `sleep` as PID 1 ignores
-/// SIGTERM, so a longer grace period only makes the tests slower).
-fn spec(image: &str, command: &[&str]) -> TaskSpec {
-    TaskSpec {
-        image: image.to_string(),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        stop_grace_period: Some(prost_types::Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
-        ..Default::default()
-    }
-}
-
-async fn busybox(cluster: &Procs) -> String {
-    images::busybox(&cluster.docker)
-        .await
-        .expect("build test image")
-}
-
-/// Submits `n` `sleep 300` tasks and waits until all run; returns them running.
-async fn run_sleepers(cluster: &Procs, image: &str, n: usize) -> Vec<Task> {
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        ids.push(cluster.submit(spec(image, &["sleep", "300"])).await.id);
-    }
-    cluster
-        .wait_for(&format!("{n} tasks running"), |v| {
-            ids.iter()
-                .map(|id| {
-                    v.task(id)
-                        .filter(|t| t.state() == TaskState::Running)
-                        .cloned()
-                })
-                .collect::<Option<Vec<Task>>>()
-        })
-        .await
-}
 
 /// How many of `tasks` run on each node.
 fn per_node(tasks: &[Task]) -> HashMap<String, usize> {
@@ -80,37 +40,11 @@ fn placement(tasks: &[Task]) -> Vec<(&str, u64, &str, &str)> {
         .collect()
 }
 
-/// Waits until every task in `moved` runs as a new attempt on a node other
-/// than `from`, and every other task in `all` still runs as before; returns
-/// every task as it is then.
-async fn wait_moved(cluster: &Procs, all: &[Task], from: &str) -> Vec<Task> {
-    cluster
-        .wait_for(
-            &format!("the tasks of node {from} running elsewhere"),
-            |v| {
-                all.iter()
-                    .map(|before| {
-                        let now = v.task(&before.id)?;
-                        let ok = if before.node_id == from {
-                            now.state() == TaskState::Running
-                                && now.attempt > before.attempt
-                                && now.node_id != from
-                        } else {
-                            now.state() == TaskState::Running && now.attempt == before.attempt
-                        };
-                        ok.then(|| now.clone())
-                    })
-                    .collect::<Option<Vec<Task>>>()
-            },
-        )
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_tasks_run_elsewhere_and_its_stale_containers_stop_when_it_returns() {
     let mut cluster = Procs::start(Options::default(), 3).await;
-    let image = busybox(&cluster).await;
-    let tasks = run_sleepers(&cluster, &image, 6).await;
+    let image = cluster.busybox().await;
+    let tasks = cluster.run_tasks(vec![sleeper(&image); 6]).await;
     let spread = per_node(&tasks);
     assert_eq!(spread.len(), 3, "spread uses every node: {spread:?}");
     assert!(spread.values().all(|&n| n == 2), "two per node: {spread:?}");
@@ -169,7 +103,7 @@ async fn a_killed_workers_tasks_run_elsewhere_and_its_stale_containers_stop_when
     cluster.restart_worker(w);
     cluster.wait_node_ready(w).await;
     cluster.assert_exactly_running(&moved).await;
-    let after = wait_moved(&cluster, &moved, "").await;
+    let after = cluster.wait_moved(&moved, "").await;
     assert_eq!(placement(&after), placement(&moved), "nothing moved back");
 }
 
@@ -185,15 +119,15 @@ async fn a_cut_off_worker_is_replaced_and_its_stale_containers_stop_when_it_reco
         cluster.add_container_worker().await;
     }
     cluster.wait_ready(3).await;
-    let image = busybox(&cluster).await;
-    let tasks = run_sleepers(&cluster, &image, 6).await;
+    let image = cluster.busybox().await;
+    let tasks = cluster.run_tasks(vec![sleeper(&image); 6]).await;
     assert_eq!(per_node(&tasks).len(), 3, "spread uses every node");
     cluster.assert_exactly_running(&tasks).await;
 
     let victim = tasks[0].node_id.clone();
     let w = cluster.worker_of(&victim);
     cluster.disconnect(w).await;
-    let moved = wait_moved(&cluster, &tasks, &victim).await;
+    let moved = cluster.wait_moved(&tasks, &victim).await;
     // The cut-off worker still runs, and so do its containers.
     let stale = cluster
         .running_task_containers()
@@ -206,7 +140,7 @@ async fn a_cut_off_worker_is_replaced_and_its_stale_containers_stop_when_it_reco
     cluster.connect(w).await;
     cluster.wait_node_ready(w).await;
     cluster.assert_exactly_running(&moved).await;
-    let after = wait_moved(&cluster, &moved, "").await;
+    let after = cluster.wait_moved(&moved, "").await;
     assert_eq!(placement(&after), placement(&moved), "nothing moved back");
 }
 
@@ -224,7 +158,7 @@ struct Acks {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_killed_while_tasks_start_and_stop_loses_nothing_and_orphans_nothing() {
     let mut cluster = Procs::start(Options::default(), 2).await;
-    let image = busybox(&cluster).await;
+    let image = cluster.busybox().await;
     let mut client = cluster.client().await;
 
     // A client submits tasks one by one and stops every third one it got
@@ -241,7 +175,7 @@ async fn a_manager_killed_while_tasks_start_and_stop_loses_nothing_and_orphans_n
             while acks.submitted.len() < 16 {
                 let submitted = client
                     .submit_task(SubmitTaskRequest {
-                        spec: Some(spec(&image, &["sleep", "300"])),
+                        spec: Some(sleeper(&image)),
                     })
                     .await;
                 match submitted {
@@ -334,8 +268,8 @@ async fn a_restarted_worker_readopts_its_containers_and_reports_an_exit_in_betwe
         ..Options::default()
     };
     let mut cluster = Procs::start(options, 1).await;
-    let image = busybox(&cluster).await;
-    let long = cluster.submit(spec(&image, &["sleep", "300"])).await.id;
+    let image = cluster.busybox().await;
+    let long = cluster.submit(sleeper(&image)).await.id;
     let short = cluster
         .submit(spec(&image, &["sh", "-c", "sleep 2; exit 4"]))
         .await

@@ -19,8 +19,8 @@
 //! kills the processes and removes this cluster's containers (task
 //! containers of its nodes, worker containers) and its network.
 //!
-//! Shared by `tests/failures.rs` and `benches/recovery.rs`; each uses a part
-//! of it.
+//! Shared by `tests/failures.rs`, `tests/lifecycle.rs` and
+//! `benches/recovery.rs`; each uses a part of it.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -35,12 +35,13 @@ use futures::StreamExt;
 use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{
     Event, ListNodesRequest, ListTasksRequest, Node, NodeState, SubmitTaskRequest, Task, TaskSpec,
-    WatchEventsRequest,
+    TaskState, WatchEventsRequest,
 };
-use orch_integration_tests::containers;
+use orch_integration_tests::{containers, images};
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
 /// How long a test waits for something before it fails.
@@ -86,6 +87,25 @@ enum Worker {
     Process(Option<Child>),
     /// A container, by name.
     Container(String),
+}
+
+/// A task spec; stops wait at most 1 s (busybox `sleep` as PID 1 ignores
+/// SIGTERM, so a longer grace period only makes the tests slower).
+pub fn spec(image: &str, command: &[&str]) -> TaskSpec {
+    TaskSpec {
+        image: image.to_string(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        stop_grace_period: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A task that sleeps for 300 s: longer than any test.
+pub fn sleeper(image: &str) -> TaskSpec {
+    spec(image, &["sleep", "300"])
 }
 
 /// A container of one of this cluster's tasks, as Docker reports it.
@@ -449,6 +469,96 @@ impl Procs {
             .expect("task")
     }
 
+    /// The busybox test image (see [`images::busybox`]), built if needed.
+    pub async fn busybox(&self) -> String {
+        images::busybox(&self.docker)
+            .await
+            .expect("build test image")
+    }
+
+    /// Submits `specs` one by one and waits until every task runs; returns
+    /// them running, in order.
+    pub async fn run_tasks(&self, specs: Vec<TaskSpec>) -> Vec<Task> {
+        let n = specs.len();
+        let mut ids = Vec::new();
+        for spec in specs {
+            ids.push(self.submit(spec).await.id);
+        }
+        self.wait_for(&format!("{n} tasks running"), |v| {
+            ids.iter()
+                .map(|id| {
+                    v.task(id)
+                        .filter(|t| t.state() == TaskState::Running)
+                        .cloned()
+                })
+                .collect::<Option<Vec<Task>>>()
+        })
+        .await
+    }
+
+    /// Waits until every task in `all` that ran on node `from` runs as a
+    /// new attempt on another node, and every other task still runs as
+    /// before; returns every task as it is then.
+    pub async fn wait_moved(&self, all: &[Task], from: &str) -> Vec<Task> {
+        self.wait_for(
+            &format!("the tasks of node {from} running elsewhere"),
+            |v| {
+                all.iter()
+                    .map(|before| {
+                        let now = v.task(&before.id)?;
+                        let ok = if before.node_id == from {
+                            now.state() == TaskState::Running
+                                && now.attempt > before.attempt
+                                && now.node_id != from
+                        } else {
+                            now.state() == TaskState::Running && now.attempt == before.attempt
+                        };
+                        ok.then(|| now.clone())
+                    })
+                    .collect::<Option<Vec<Task>>>()
+            },
+        )
+        .await
+    }
+
+    /// A subscription to the manager's `WatchEvents`: every change from now on.
+    pub async fn watch(&self) -> Streaming<Event> {
+        self.client()
+            .await
+            .watch_events(WatchEventsRequest {})
+            .await
+            .expect("watch events")
+            .into_inner()
+    }
+
+    /// Runs the client `orchctl --manager <this manager> -o json ARGS` as a
+    /// person would, and returns what it printed, parsed. Panics unless it
+    /// exits 0 within the deadline.
+    pub async fn orchctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut cmd = Command::new(ORCHCTL);
+        cmd.arg("--manager")
+            .arg(self.url())
+            .args(["-o", "json"])
+            .args(args)
+            .env_remove("ORCH_MANAGER")
+            .env_remove("ORCH_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(DEADLINE, cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("orchctl {args:?} did not finish within {DEADLINE:?}"))
+            .expect("run orchctl");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "orchctl {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("orchctl {args:?} printed no JSON ({e}): {stdout}"))
+    }
+
     /// Every task and node, as the manager lists them now.
     pub async fn view(client: &mut ClusterClient<Channel>) -> Result<View, tonic::Status> {
         let mut tasks = Vec::new();
@@ -566,31 +676,54 @@ impl Procs {
             .map(|t| (t.id.clone(), t.attempt, t.node_id.clone()))
             .collect();
         want.sort();
-        let filters = HashMap::from([("type", vec!["container".to_string()])]);
-        let mut events = self.docker.events(Some(
-            EventsOptionsBuilder::default().filters(&filters).build(),
-        ));
-        let until = Instant::now() + DEADLINE;
-        let have = loop {
-            let have: Vec<(String, u64, String)> = self
-                .running_task_containers()
-                .await
-                .into_iter()
-                .map(|c| (c.task_id, c.attempt, c.node_id))
-                .collect();
-            if have == want || Instant::now() > until {
-                break have;
-            }
-            // The engine's list can lag its events a little: look again
-            // after a short while even if no event comes.
-            let _ = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
-        };
+        let have = self.wait_containers(false, &want).await;
         assert_eq!(
             have,
             want,
             "running task containers (task, attempt, node) vs the tasks that should run; logs in {}",
             self.path.display()
         );
+    }
+
+    /// Waits (as [`Procs::assert_exactly_running`]) until this cluster's
+    /// nodes have no task container at all, running or exited; then asserts it.
+    pub async fn assert_no_task_containers(&self) {
+        let have = self.wait_containers(true, &[]).await;
+        assert_eq!(
+            have,
+            [],
+            "task containers (task, attempt, node) left, running or not; logs in {}",
+            self.path.display()
+        );
+    }
+
+    /// Waits on Docker's events, until the deadline, for this cluster's task
+    /// containers (`all`: exited ones too) to be `want`, as sorted (task,
+    /// attempt, node); returns them as they were last.
+    async fn wait_containers(
+        &self,
+        all: bool,
+        want: &[(String, u64, String)],
+    ) -> Vec<(String, u64, String)> {
+        let filters = HashMap::from([("type", vec!["container".to_string()])]);
+        let mut events = self.docker.events(Some(
+            EventsOptionsBuilder::default().filters(&filters).build(),
+        ));
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let have: Vec<(String, u64, String)> =
+                task_containers(&self.docker, &self.node_ids(), all)
+                    .await
+                    .into_iter()
+                    .map(|c| (c.task_id, c.attempt, c.node_id))
+                    .collect();
+            if have == want || Instant::now() > until {
+                return have;
+            }
+            // The engine's list can lag its events a little: look again
+            // after a short while even if no event comes.
+            let _ = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
+        }
     }
 }
 
@@ -611,7 +744,12 @@ fn node_ids(dir: &Path, workers: usize) -> Vec<String> {
 
 /// The running task containers on `nodes`, sorted.
 pub async fn running_task_containers(docker: &Docker, nodes: &[String]) -> Vec<TaskContainer> {
-    let mut found: Vec<TaskContainer> = containers::on_nodes(docker, nodes, false)
+    task_containers(docker, nodes, false).await
+}
+
+/// The task containers on `nodes` (`all`: exited ones too), sorted.
+async fn task_containers(docker: &Docker, nodes: &[String], all: bool) -> Vec<TaskContainer> {
+    let mut found: Vec<TaskContainer> = containers::on_nodes(docker, nodes, all)
         .await
         .into_iter()
         .filter_map(|c| {
