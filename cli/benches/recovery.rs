@@ -26,8 +26,8 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use orch::v1::{NodeState, TaskSpec, TaskState, WatchEventsRequest, event};
-use support::{Options, Procs, event_time};
+use orch::v1::{NodeState, TaskState, event};
+use support::{Options, Procs, event_time, sleeper};
 
 /// How long one run may take to recover before the bench gives up.
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
@@ -96,33 +96,8 @@ async fn one_run(args: &Args) -> Run {
         ..Options::default()
     };
     let mut cluster = Procs::start(options, 3).await;
-    let image = orch_integration_tests::images::busybox(&cluster.docker)
-        .await
-        .expect("build the busybox image");
-    let spec = TaskSpec {
-        image,
-        command: vec!["sleep".into(), "300".into()],
-        stop_grace_period: Some(prost_types::Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
-        ..Default::default()
-    };
-    let mut ids = Vec::new();
-    for _ in 0..args.tasks {
-        ids.push(cluster.submit(spec.clone()).await.id);
-    }
-    let tasks = cluster
-        .wait_for("every task running", |v| {
-            ids.iter()
-                .map(|id| {
-                    v.task(id)
-                        .filter(|t| t.state() == TaskState::Running)
-                        .cloned()
-                })
-                .collect::<Option<Vec<_>>>()
-        })
-        .await;
+    let image = cluster.busybox().await;
+    let tasks = cluster.run_tasks(vec![sleeper(&image); args.tasks]).await;
     let mut per_node: HashMap<&str, usize> = HashMap::new();
     for t in &tasks {
         *per_node.entry(t.node_id.as_str()).or_default() += 1;
@@ -139,12 +114,7 @@ async fn one_run(args: &Args) -> Run {
         .collect();
     let moved = waiting.len();
 
-    let mut client = cluster.client().await;
-    let mut events = client
-        .watch_events(WatchEventsRequest {})
-        .await
-        .expect("watch events")
-        .into_inner();
+    let mut events = cluster.watch().await;
     let w = cluster.worker_of(&victim);
     if args.random_phase {
         let period = humantime::parse_duration(&args.heartbeat_period)
