@@ -263,7 +263,11 @@ impl State {
             message: task.message.clone(),
             health: task.health,
         });
+        // The store never rewrites a spec, so the update leaves it out: no
+        // copy of it to make, queue and drop for every change of state.
+        let spec = task.spec.take();
         writes.push(Write::TaskUpdated(task.clone()));
+        task.spec = spec;
         self.emit(kind, writes);
     }
 

@@ -76,7 +76,7 @@ impl Store for MemoryStore {
             state.specs.insert(key, spec.clone());
         }
         for (key, task) in batch.statuses {
-            state.statuses.insert(key, status_record(task));
+            state.statuses.insert(key, status_record(task).into_owned());
         }
         for (key, node) in batch.nodes {
             state.nodes.insert(key, node.clone());

@@ -17,6 +17,7 @@
 pub mod memory;
 pub mod redb;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
@@ -173,11 +174,13 @@ fn key_of(kind: &str, id: &str) -> Result<u128, StoreError> {
 
 /// What the `task_status` table holds: the task without its spec, which is
 /// stored once, apart, and would otherwise be rewritten at every update.
-fn status_record(task: &Task) -> Task {
-    Task {
-        spec: None,
-        ..task.clone()
+fn status_record(task: &Task) -> Cow<'_, Task> {
+    if task.spec.is_none() {
+        return Cow::Borrowed(task);
     }
+    let mut status = task.clone();
+    status.spec = None;
+    Cow::Owned(status)
 }
 
 /// Joins a stored status with its stored spec back into a task.
