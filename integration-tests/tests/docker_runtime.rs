@@ -361,6 +361,29 @@ async fn stop_kills_a_container_that_ignores_sigterm_after_the_grace_period() {
 }
 
 #[tokio::test]
+async fn stop_sends_sigterm_first_so_a_container_that_handles_it_ends_within_the_grace_period() {
+    let f = Fixture::new().await;
+    let mut exits = f.runtime.exits(&f.cluster_id, f.node_id);
+    let req = f.request(&[
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+    ]);
+    let id = f.runtime.start(&req).await.expect("start");
+
+    // Were SIGTERM not sent, the engine would wait out the whole grace
+    // period (far longer than the deadline) before it kills.
+    let grace = Duration::from_secs(300);
+    tokio::time::timeout(DEADLINE, f.runtime.stop(&id, grace))
+        .await
+        .expect("the container should exit on SIGTERM, long before the grace period ends")
+        .expect("stop");
+    // It ran its own handler (exit 42) rather than dying of SIGKILL (137).
+    assert_eq!(next_exit_of(&mut exits, &id).await.exit_code, 42);
+    f.assert_gone(&id).await;
+}
+
+#[tokio::test]
 async fn starting_the_same_attempt_again_replaces_the_leftover_container() {
     let f = Fixture::new().await;
     let req = f.request(&["sleep", "60"]);
