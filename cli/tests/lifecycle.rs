@@ -275,7 +275,9 @@ async fn a_drained_node_hands_its_tasks_over_and_takes_new_work_only_once_activa
         "{waiting:?}"
     );
     assert!(
-        waiting.message.contains("1 node down or draining"),
+        waiting
+            .message
+            .contains("1 node down, draining or disconnected"),
         "{}",
         waiting.message
     );

@@ -779,9 +779,22 @@ impl State {
         let mut writes = Vec::new();
         let live = self.live_state(i);
         self.set_node_state(i, live, "worker connected", &mut writes);
+        // A node that reconnects within the deadline keeps its state, but
+        // takes tasks again.
+        self.refresh_placeable(i);
         self.retry_pending(&mut writes);
         self.committer.queue(writes);
         Ok(())
+    }
+
+    /// Whether the scheduler may place tasks on node `i`: it is `ready` (not
+    /// down, not draining) and its worker is connected. A worker whose stream
+    /// broke is most likely gone; tasks placed on it would wait out the
+    /// liveness deadline, and when many nodes fail together they would be
+    /// bounced from one dying node to the next.
+    fn refresh_placeable(&mut self, i: usize) {
+        let entry = &self.entries[i];
+        self.nodes[i].ready = entry.node.state() == NodeState::Ready && entry.session.is_some();
     }
 
     fn set_node_state(&mut self, i: usize, state: NodeState, why: &str, writes: &mut Vec<Write>) {
@@ -789,7 +802,7 @@ impl State {
             return;
         }
         self.entries[i].node.set_state(state);
-        self.nodes[i].ready = state == NodeState::Ready;
+        self.refresh_placeable(i);
         tracing::info!(node = %self.nodes[i].id, name = %self.nodes[i].name, state = ?state, why, "node state");
         self.node_changed(i, why, writes);
     }
@@ -797,12 +810,14 @@ impl State {
     /// The session's stream ended: if it is still the node's current
     /// session, the node has until the liveness deadline (counted from when it
     /// was last heard from) to open a new one before it is declared down.
+    /// Meanwhile it takes no new tasks.
     pub fn close_session(&mut self, node_id: Uuid, session_id: Uuid) {
         let Some(&i) = self.node_index.get(&node_id) else {
             return;
         };
         if self.entries[i].session.as_ref().map(|s| s.0) == Some(session_id) {
             self.entries[i].session = None;
+            self.refresh_placeable(i);
         }
     }
 
@@ -987,8 +1002,13 @@ impl State {
             .filter(|&i| self.liveness_deadline(i).is_some_and(|due| due <= now))
             .collect();
         let mut writes = Vec::new();
+        // All of them are down before any of their tasks is placed again, so
+        // no task is moved onto a node that is going down with them.
         for &i in &silent {
-            self.node_lost(i, &mut writes);
+            self.node_down(i, &mut writes);
+        }
+        for &i in &silent {
+            self.lose_tasks(i, &mut writes);
         }
         self.run_due_restarts(now, &mut writes);
         self.committer.queue(writes);
@@ -1017,10 +1037,9 @@ impl State {
             .min()
     }
 
-    /// A node stopped answering: it is down, its tasks are lost and placed
-    /// again elsewhere as new attempts. If its worker comes back, the full
-    /// assignment set it gets no longer lists them, so it stops them.
-    fn node_lost(&mut self, i: usize, writes: &mut Vec<Write>) {
+    /// A node stopped answering: it is down, and its session (if still open)
+    /// ends. [`State::lose_tasks`] follows.
+    fn node_down(&mut self, i: usize, writes: &mut Vec<Write>) {
         if let Some((_, tx)) = self.entries[i].session.take() {
             let _ = tx.send(Err(Status::unavailable(
                 "no heartbeat within the deadline; register again",
@@ -1032,6 +1051,13 @@ impl State {
             "no heartbeat within the deadline",
             writes,
         );
+        self.refresh_placeable(i);
+    }
+
+    /// The tasks of a down node are lost and placed again elsewhere as new
+    /// attempts. If its worker comes back, the full assignment set it gets no
+    /// longer lists them, so it stops them.
+    fn lose_tasks(&mut self, i: usize, writes: &mut Vec<Write>) {
         let mut lost: Vec<Uuid> = self.entries[i].tasks.iter().copied().collect();
         lost.sort();
         let name = self.nodes[i].name.clone();

@@ -768,6 +768,73 @@ async fn a_closed_session_takes_the_node_down_at_the_deadline_and_its_tasks_move
 }
 
 #[tokio::test]
+async fn a_disconnected_node_takes_no_new_tasks_until_its_worker_reconnects() {
+    tokio::time::pause();
+    let mut f = Fixture::new();
+    let mut old = f.join("n1", 0);
+    old.full_set();
+    f.state.close_session(old.node, old.session);
+    // Within the deadline the node is still ready, but nothing is sent its way.
+    assert_eq!(f.node(old.node).state(), NodeState::Ready);
+    let task = f.submit_one(spec("web"));
+    let waiting = f.task(&task);
+    assert_eq!(waiting.state(), TaskState::Pending);
+    assert_eq!(
+        waiting.message,
+        "no node is ready (1 node down, draining or disconnected)"
+    );
+
+    // The worker comes back in time: the task goes to it.
+    let (node, session) = f.register(&old.node.to_string(), "n1", 0);
+    assert_eq!(node, old.node);
+    let mut back = f.open(node, session);
+    assert!(back.full_set().is_empty());
+    let placed = f.task(&task);
+    assert_eq!(
+        (placed.state(), placed.node_id.as_str()),
+        (TaskState::Scheduled, node.to_string().as_str())
+    );
+    back.expect_run(&placed);
+}
+
+#[tokio::test]
+async fn nodes_that_fall_silent_together_do_not_hand_their_tasks_to_each_other() {
+    tokio::time::pause();
+    let mut f = Fixture::new();
+    // `busy` holds the tasks; `hung` is empty and roomy, so it would be the
+    // scheduler's first choice for them, but it falls silent at the same
+    // time (its stream stays open: a hung worker); `alive` has just room.
+    let mut busy = f.join("busy", 4_000);
+    busy.full_set();
+    let tasks = f.submit(vec![cpu_spec("a", 1_000), cpu_spec("b", 1_000)]);
+    for task in &tasks {
+        busy.expect_run(task);
+    }
+    let mut hung = f.join("hung", 8_000);
+    hung.full_set();
+    let mut alive = f.join("alive", 2_000);
+    alive.full_set();
+
+    advance(Duration::from_secs(2)).await;
+    assert!(
+        f.state
+            .heartbeat(alive.node, alive.session, NodeMetrics::default())
+    );
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(f.state.tick(Instant::now()), 2);
+
+    for task in &tasks {
+        let moved = f.task(task);
+        assert_eq!(
+            (moved.state(), moved.attempt, moved.node_id.as_str()),
+            (TaskState::Scheduled, 2, alive.node.to_string().as_str()),
+            "{} went straight to the live node",
+            moved.spec.as_ref().map_or("", |s| s.name.as_str())
+        );
+    }
+}
+
+#[tokio::test]
 async fn closing_a_superseded_session_changes_nothing() {
     let mut f = Fixture::new();
     let old = f.join("n1", 0);

@@ -23,7 +23,7 @@ pub trait Filter {
     fn explain(&self, demand: &Demand, nodes: usize) -> String;
 }
 
-/// The node is READY: neither down nor draining.
+/// The node takes new tasks: READY (neither down nor draining) and connected.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeReady;
 
@@ -33,8 +33,8 @@ impl Filter for NodeReady {
     }
 
     fn explain(&self, _demand: &Demand, nodes: usize) -> String {
-        // The snapshot only says "not ready", so name both causes.
-        format!("{} down or draining", count(nodes))
+        // The snapshot only says "not ready", so name every cause.
+        format!("{} down, draining or disconnected", count(nodes))
     }
 }
 

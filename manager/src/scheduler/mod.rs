@@ -133,7 +133,8 @@ pub struct NodeSnapshot {
     pub id: uuid::Uuid,
     /// The node's name, for people.
     pub name: String,
-    /// Whether the node is READY: neither down nor draining.
+    /// Whether the node takes new tasks: READY (neither down nor draining)
+    /// and its worker connected.
     pub ready: bool,
     /// The node's labels, matched by task node selectors.
     pub labels: HashMap<String, String>,

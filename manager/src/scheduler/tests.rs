@@ -329,12 +329,12 @@ fn not_ready_nodes_are_skipped() {
     check(
         demand(0, 0),
         &[node("a").down(), node("b").down(), node("c").down()],
-        Err("no node is ready (3 nodes down or draining)"),
+        Err("no node is ready (3 nodes down, draining or disconnected)"),
     );
     check(
         demand(0, 0),
         &[node("a").down()],
-        Err("no node is ready (1 node down or draining)"),
+        Err("no node is ready (1 node down, draining or disconnected)"),
     );
     // A node that is down is reported as such, not also as full.
     let full = res(4000, 8 * GIB, 100 * GIB);
@@ -345,7 +345,7 @@ fn not_ready_nodes_are_skipped() {
             node("b").alloc(full),
             node("c").alloc(full),
         ],
-        Err("no node fits: insufficient cpu on 2 nodes, 1 node down or draining"),
+        Err("no node fits: insufficient cpu on 2 nodes, 1 node down, draining or disconnected"),
     );
 }
 
@@ -369,7 +369,7 @@ fn reasons_read_well_in_the_singular_and_plural() {
         ],
         // Ties keep the filters' order: readiness first, ports last.
         Err(
-            "no node fits: insufficient memory on 2 nodes, 1 node down or draining, \
+            "no node fits: insufficient memory on 2 nodes, 1 node down, draining or disconnected, \
              insufficient cpu on 1 node, host port 80/tcp in use on 1 node",
         ),
     );
