@@ -74,7 +74,7 @@ struct NodeEntry {
 /// The live state. See the module documentation.
 pub struct State {
     cluster_id: String,
-    tasks: BTreeMap<Uuid, Task>,
+    tasks: BTreeMap<Uuid, Box<Task>>,
     /// Tasks waiting for a node, in submission order (v7 ids sort by time).
     pending: BTreeSet<Uuid>,
     /// Restarts waiting out their backoff, by when they are due.
@@ -164,7 +164,7 @@ impl State {
             {
                 state.bind_resources(i, id, &demand_of(&task));
             }
-            state.tasks.insert(id, task);
+            state.tasks.insert(id, Box::new(task));
         }
         state.committer.queue(writes);
         state
@@ -266,7 +266,7 @@ impl State {
         // The store never rewrites a spec, so the update leaves it out: no
         // copy of it to make, queue and drop for every change of state.
         let spec = task.spec.take();
-        writes.push(Write::TaskUpdated(task.clone()));
+        writes.push(Write::TaskUpdated(Task::clone(task)));
         task.spec = spec;
         self.emit(kind, writes);
     }
@@ -316,12 +316,12 @@ impl State {
         let ids: Vec<Uuid> = tasks.iter().map(task_uuid).collect();
         for task in tasks {
             let id = task_uuid(&task);
-            self.tasks.insert(id, task);
+            self.tasks.insert(id, Box::new(task));
             self.place(id, &mut writes);
         }
         self.committer.queue(writes);
         ids.iter()
-            .filter_map(|id| self.tasks.get(id).cloned())
+            .filter_map(|id| self.tasks.get(id).map(|t| Task::clone(t)))
             .collect()
     }
 
@@ -504,7 +504,7 @@ impl State {
             .get_mut(&id)
             .ok_or_else(|| Error::NotFound(format!("task {id} not found")))?;
         if task.desired_state() == DesiredState::Stopped || task_state::is_terminal(task.state()) {
-            return Ok((task.clone(), Durable::done()));
+            return Ok((Task::clone(task), Durable::done()));
         }
         task.set_desired_state(DesiredState::Stopped);
         let mut writes = Vec::new();
@@ -537,13 +537,17 @@ impl State {
                 self.task_changed(id, &mut writes);
             }
         }
-        let task = self.tasks.get(&id).cloned().unwrap_or_default();
+        let task = self
+            .tasks
+            .get(&id)
+            .map(|t| Task::clone(t))
+            .unwrap_or_default();
         Ok((task, self.committer.queue_durable(writes)))
     }
 
     /// One task.
     pub fn task(&self, id: Uuid) -> Option<&Task> {
-        self.tasks.get(&id)
+        self.tasks.get(&id).map(Box::as_ref)
     }
 
     /// Tasks after `after` (exclusive) in submission order that pass `keep`,
@@ -565,7 +569,7 @@ impl State {
             if out.len() == limit {
                 return (out, true);
             }
-            out.push(task.clone());
+            out.push(Task::clone(task));
         }
         (out, false)
     }
