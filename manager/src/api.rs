@@ -46,7 +46,7 @@ impl ClusterApi {
         let created = tasks
             .iter()
             .cloned()
-            .map(crate::store::Write::TaskCreated)
+            .map(|t| crate::store::Write::TaskCreated(Box::new(t)))
             .collect();
         // Durable before visible: the tasks join the state (and can be
         // scheduled and reported on) only once the store holds them.

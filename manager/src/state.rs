@@ -149,7 +149,7 @@ impl State {
         for mut node in snapshot.nodes {
             if node.state() != NodeState::Down {
                 node.set_state(NodeState::Down);
-                writes.push(Write::Node(node.clone()));
+                writes.push(Write::Node(Box::new(node.clone())));
             }
             state.add_node(node);
         }
@@ -244,7 +244,7 @@ impl State {
             time: Some(now()),
             kind: Some(kind),
         };
-        writes.push(Write::Event(e.clone()));
+        writes.push(Write::Event(Box::new(e.clone())));
         // No receivers is fine: nobody is watching.
         let _ = self.events.send(e);
     }
@@ -266,7 +266,7 @@ impl State {
         // The store never rewrites a spec, so the update leaves it out: no
         // copy of it to make, queue and drop for every change of state.
         let spec = task.spec.take();
-        writes.push(Write::TaskUpdated(Task::clone(task)));
+        writes.push(Write::TaskUpdated(Box::new(Task::clone(task))));
         task.spec = spec;
         self.emit(kind, writes);
     }
@@ -279,7 +279,7 @@ impl State {
             state: node.state,
             message: message.to_string(),
         });
-        writes.push(Write::Node(node.clone()));
+        writes.push(Write::Node(Box::new(node.clone())));
         self.emit(kind, writes);
     }
 
@@ -622,7 +622,7 @@ impl State {
                 _ => NodeState::Draining,
             };
             // The flag is persisted even when the visible state does not change.
-            writes.push(Write::Node(self.entries[i].node.clone()));
+            writes.push(Write::Node(Box::new(self.entries[i].node.clone())));
             self.set_node_state(i, state, "drained", &mut writes);
             let mut moving: Vec<Uuid> = self.entries[i].tasks.iter().copied().collect();
             moving.sort();
@@ -688,7 +688,7 @@ impl State {
         let mut writes = Vec::new();
         if self.entries[i].node.draining {
             self.entries[i].node.draining = false;
-            writes.push(Write::Node(self.entries[i].node.clone()));
+            writes.push(Write::Node(Box::new(self.entries[i].node.clone())));
             if self.entries[i].node.state() == NodeState::Draining {
                 self.set_node_state(i, NodeState::Ready, "activated", &mut writes);
             }
@@ -726,7 +726,7 @@ impl State {
         snap.name = entry.node.name.clone();
         snap.labels = entry.node.labels.clone();
         snap.capacity = Resources::from(&capacity);
-        writes.push(Write::Node(entry.node.clone()));
+        writes.push(Write::Node(Box::new(entry.node.clone())));
         let reply = RegisterResponse {
             node_id: entry.node.id.clone(),
             session_id: session_id.to_string(),

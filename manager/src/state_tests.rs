@@ -77,7 +77,11 @@ impl Fixture {
     /// the store corrupt, and `durable` would fail.)
     fn submit(&mut self, specs: Vec<TaskSpec>) -> Vec<Task> {
         let tasks = State::new_tasks(specs);
-        let created = tasks.iter().cloned().map(Write::TaskCreated).collect();
+        let created = tasks
+            .iter()
+            .cloned()
+            .map(|t| Write::TaskCreated(Box::new(t)))
+            .collect();
         self.state.committer().queue(created);
         self.state.admit(tasks)
     }
@@ -417,7 +421,7 @@ async fn a_report_about_an_older_attempt_is_ignored_and_a_live_container_is_told
     let mut task = State::new_tasks(vec![cpu_spec("web", 100)]).remove(0);
     task.attempt = 2;
     store
-        .commit(&[Write::TaskCreated(task.clone())])
+        .commit(&[Write::TaskCreated(Box::new(task.clone()))])
         .expect("seed");
     let mut f = Fixture::over(store);
     let mut worker = f.join("n1", 1000);
@@ -1019,7 +1023,7 @@ async fn a_stale_attempt_is_stopped_with_the_tasks_grace_period() {
     .remove(0);
     task.attempt = 2;
     store
-        .commit(&[Write::TaskCreated(task.clone())])
+        .commit(&[Write::TaskCreated(Box::new(task.clone()))])
         .expect("seed");
     let mut f = Fixture::over(store);
     let mut worker = f.join("n1", 0);
@@ -1303,7 +1307,7 @@ async fn an_unhealthy_task_with_no_restarts_left_keeps_running() {
     task.attempt = 2;
     task.restart_count = 1;
     store
-        .commit(&[Write::TaskCreated(task.clone())])
+        .commit(&[Write::TaskCreated(Box::new(task.clone()))])
         .expect("seed");
     let mut f = Fixture::over(store);
     let mut worker = f.join("n1", 0);

@@ -33,15 +33,19 @@ pub const EVENTS_KEPT: u64 = 10_000;
 
 /// One change to durable state.
 #[derive(Debug, Clone, PartialEq)]
+///
+/// The records are boxed: a batch of writes is a vector that the manager
+/// grows, moves and frees by the ten thousand, and a write that is a pointer
+/// rather than a 700-byte task keeps that cheap.
 pub enum Write {
     /// A new task: its spec and its first status. The spec is never written again.
-    TaskCreated(Task),
+    TaskCreated(Box<Task>),
     /// A task's new status. Its `spec` field is ignored (it may be `None`).
-    TaskUpdated(Task),
+    TaskUpdated(Box<Task>),
     /// A node's registration and last known state.
-    Node(Node),
+    Node(Box<Node>),
     /// An event, by its sequence number.
-    Event(Event),
+    Event(Box<Event>),
     /// The cluster's id, written once when the manager first starts.
     ClusterId(String),
 }
@@ -379,7 +383,9 @@ mod checks {
     }
 
     fn events(sequences: std::ops::RangeInclusive<u64>) -> Vec<Write> {
-        sequences.map(|seq| Write::Event(event(seq))).collect()
+        sequences
+            .map(|seq| Write::Event(Box::new(event(seq))))
+            .collect()
     }
 
     fn sequences(events: &[Event]) -> Vec<u64> {
@@ -402,18 +408,18 @@ mod checks {
         store
             .commit(&[
                 Write::ClusterId(id(0)),
-                Write::Node(n2.clone()),
-                Write::TaskCreated(t3.clone()),
-                Write::TaskCreated(t1.clone()),
-                Write::Event(event(1)),
-                Write::Event(event(2)),
+                Write::Node(Box::new(n2.clone())),
+                Write::TaskCreated(Box::new(t3.clone())),
+                Write::TaskCreated(Box::new(t1.clone())),
+                Write::Event(Box::new(event(1))),
+                Write::Event(Box::new(event(2))),
             ])
             .unwrap();
         store
             .commit(&[
-                Write::Node(n1.clone()),
-                Write::TaskCreated(t2.clone()),
-                Write::Event(event(3)),
+                Write::Node(Box::new(n1.clone())),
+                Write::TaskCreated(Box::new(t2.clone())),
+                Write::Event(Box::new(event(3))),
             ])
             .unwrap();
         Snapshot {
@@ -439,10 +445,12 @@ mod checks {
     pub(super) fn check_update_keeps_spec(store: &impl Store) {
         let (created, worker) = (task(1), node(1));
         store
-            .commit(&[Write::TaskCreated(created.clone())])
+            .commit(&[Write::TaskCreated(Box::new(created.clone()))])
             .unwrap();
         let done = finished(&created, &worker, 137);
-        store.commit(&[Write::TaskUpdated(done.clone())]).unwrap();
+        store
+            .commit(&[Write::TaskUpdated(Box::new(done.clone()))])
+            .unwrap();
 
         let expected = Task {
             spec: created.spec.clone(),
@@ -469,11 +477,11 @@ mod checks {
         };
         store
             .commit(&[
-                Write::TaskCreated(created.clone()),
-                Write::Node(worker),
-                Write::TaskUpdated(running),
-                Write::Node(down.clone()),
-                Write::TaskUpdated(done.clone()),
+                Write::TaskCreated(Box::new(created.clone())),
+                Write::Node(Box::new(worker)),
+                Write::TaskUpdated(Box::new(running)),
+                Write::Node(Box::new(down.clone())),
+                Write::TaskUpdated(Box::new(done.clone())),
             ])
             .unwrap();
 
@@ -537,17 +545,17 @@ mod checks {
             ..task(9)
         };
         let result = store.commit(&[
-            Write::TaskCreated(task(8)),
-            Write::Event(event(4)),
-            Write::TaskCreated(bad),
+            Write::TaskCreated(Box::new(task(8))),
+            Write::Event(Box::new(event(4))),
+            Write::TaskCreated(Box::new(bad)),
         ]);
         assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
         assert_eq!(store.load().unwrap(), before);
 
-        let result = store.commit(&[Write::Node(Node {
+        let result = store.commit(&[Write::Node(Box::new(Node {
             id: "worker-1".to_owned(),
             ..node(1)
-        })]);
+        }))]);
         assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
         assert_eq!(store.load().unwrap(), before);
     }
@@ -555,7 +563,9 @@ mod checks {
     /// A status whose spec was never written makes `load` fail: the store
     /// does not invent a spec.
     pub(super) fn check_status_without_spec_is_corrupt(store: &impl Store) {
-        store.commit(&[Write::TaskUpdated(task(1))]).unwrap();
+        store
+            .commit(&[Write::TaskUpdated(Box::new(task(1)))])
+            .unwrap();
         let result = store.load();
         assert!(
             matches!(
