@@ -39,12 +39,17 @@ impl From<&control_plane::Report> for Point {
         Self {
             workers: r.workers,
             tasks: r.tasks,
-            placed_per_sec: r.placed_acked_per_sec(),
-            running_per_sec: r.running_per_sec(),
-            p50: r.latency.0.as_secs_f64(),
-            p99: r.latency.1.as_secs_f64(),
+            placed_per_sec: r.placed_acked_per_sec().round(),
+            running_per_sec: r.running_per_sec().round(),
+            p50: tenth_ms(r.latency.0),
+            p99: tenth_ms(r.latency.1),
         }
     }
+}
+
+/// A duration in seconds, rounded to a tenth of a millisecond.
+fn tenth_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10_000.0
 }
 
 /// Runs the control-plane scenario `runs` times at each worker count, with
@@ -82,13 +87,14 @@ pub async fn sweep(
 
 const CSV_HEADER: &str = "workers,tasks,placed_per_sec,running_per_sec,p50_s,p99_s";
 
-/// The points as CSV, one line per run, with a header.
+/// The points as CSV, one line per run, with a header. Numbers are written
+/// in full, so [`from_csv`] reads back the same points.
 pub fn to_csv(points: &[Point]) -> String {
     let mut out = format!("{CSV_HEADER}\n");
     for p in points {
         let _ = writeln!(
             out,
-            "{},{},{:.0},{:.0},{:.4},{:.4}",
+            "{},{},{},{},{},{}",
             p.workers, p.tasks, p.placed_per_sec, p.running_per_sec, p.p50, p.p99
         );
     }
