@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::Error;
 use crate::cluster::ManagerKind;
 use crate::control_plane::quantile;
+use crate::measure::machine_busy;
 use docker::Engine;
 use orch_cluster::{OneTask, OrchCluster};
 use swarm::Swarm;
@@ -105,6 +106,12 @@ pub struct Sample {
     pub total: Duration,
     /// When the engine started each container, from the first call, sorted.
     pub starts: Vec<Duration>,
+    /// The cpu time the whole machine spent busy meanwhile (all processes,
+    /// all cores): what the system and the engine cost together.
+    pub machine_cpu: Duration,
+    /// The cpu time orch's manager and worker processes spent meanwhile, if
+    /// they ran as child processes.
+    pub orch_cpu: Option<Duration>,
 }
 
 /// Every measurement at one container count.
@@ -128,6 +135,10 @@ pub struct Summary {
     pub start_p50: Duration,
     /// The median time until the engine had started the last container.
     pub last_start: Duration,
+    /// The median of the machine's busy cpu time.
+    pub machine_cpu: Duration,
+    /// The median of orch's own cpu time, where known.
+    pub orch_cpu: Option<Duration>,
 }
 
 /// The single-task comparison.
@@ -176,11 +187,14 @@ impl Row {
                 .collect(),
         );
         let starts = median(samples.iter().flat_map(|s| s.starts.clone()).collect());
+        let orch_cpu: Option<Vec<Duration>> = samples.iter().map(|s| s.orch_cpu).collect();
         Some(Summary {
             median: median_total,
             per_sec: self.containers as f64 / median_total.as_secs_f64().max(1e-9),
             start_p50: starts,
             last_start: last,
+            machine_cpu: median(samples.iter().map(|s| s.machine_cpu).collect()),
+            orch_cpu: orch_cpu.map(median),
         })
     }
 
@@ -238,9 +252,12 @@ impl fmt::Display for Report {
         }
         writeln!(
             f,
-            "| containers | system | runs | median | containers/s | p50 start | last start | orch ÷ system |"
+            "| containers | system | runs | median | containers/s | p50 start | last start | machine cpu | orch cpu | orch ÷ system |"
         )?;
-        writeln!(f, "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |")?;
+        writeln!(
+            f,
+            "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        )?;
         for row in &self.rows {
             for (system, samples) in &row.samples {
                 let Some(s) = row.summary(*system) else {
@@ -255,7 +272,7 @@ impl fmt::Display for Report {
                 };
                 writeln!(
                     f,
-                    "| {} | {} | {} | {} | {:.1} | {} | {} | {ratio} |",
+                    "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {ratio} |",
                     row.containers,
                     system.name(),
                     runs.join(", "),
@@ -263,6 +280,8 @@ impl fmt::Display for Report {
                     s.per_sec,
                     ms(s.start_p50),
                     secs(s.last_start),
+                    secs(s.machine_cpu),
+                    s.orch_cpu.map_or_else(String::new, secs),
                 )?;
             }
         }
@@ -400,6 +419,34 @@ async fn settle(engine: &Engine, params: &Params) -> Result<(), Error> {
     Ok(())
 }
 
+/// Cpu readings at the start of a measurement: the machine's busy time and,
+/// where known, orch's processes'.
+struct Cpu {
+    machine: Duration,
+    orch: Option<Duration>,
+}
+
+impl Cpu {
+    fn now(orch: Option<Duration>) -> Self {
+        Self {
+            machine: machine_busy().unwrap_or_default(),
+            orch,
+        }
+    }
+
+    /// The machine's and orch's cpu time since `self`, given orch's now.
+    fn since(&self, orch: Option<Duration>) -> (Duration, Option<Duration>) {
+        let machine = machine_busy()
+            .unwrap_or_default()
+            .saturating_sub(self.machine);
+        let orch = self
+            .orch
+            .zip(orch)
+            .map(|(before, now)| now.saturating_sub(before));
+        (machine, orch)
+    }
+}
+
 /// Each engine start time as a delay after `since`, sorted.
 fn after(since: SystemTime, starts: Vec<SystemTime>) -> Vec<Duration> {
     let mut v: Vec<Duration> = starts
@@ -413,30 +460,38 @@ fn after(since: SystemTime, starts: Vec<SystemTime>) -> Vec<Duration> {
 async fn orch_many(engine: &Engine, params: &Params, n: usize) -> Result<Sample, Error> {
     let system = System::Orch.name();
     let mut cluster = OrchCluster::start(&params.orch).await?;
+    let cpu = Cpu::now(cluster.cpu());
     let since = SystemTime::now();
     let starts = engine.starts(system, n, since, params.timeout);
     let seen = cluster
         .run_many(n, &engine.image, system, params.timeout)
         .await;
+    let (machine_cpu, orch_cpu) = cpu.since(cluster.cpu());
     let starts = starts.wait().await;
     cluster.shutdown().await;
     let seen = seen?;
     Ok(Sample {
         total: seen.iter().max().copied().unwrap_or_default(),
         starts: after(since, starts?),
+        machine_cpu,
+        orch_cpu,
     })
 }
 
 async fn direct_many(engine: &Engine, params: &Params, n: usize) -> Result<Sample, Error> {
     let system = System::Direct.name();
+    let cpu = Cpu::now(None);
     let since = SystemTime::now();
     let starts = engine.starts(system, n, since, params.timeout);
     let returned = tokio::time::timeout(params.timeout, engine.create_start_many(system, n))
         .await
         .map_err(|_| Error::Timeout(format!("{n} direct starts after {:?}", params.timeout)))??;
+    let (machine_cpu, _) = cpu.since(None);
     Ok(Sample {
         total: returned.iter().max().copied().unwrap_or_default(),
         starts: after(since, starts.wait().await?),
+        machine_cpu,
+        orch_cpu: None,
     })
 }
 
@@ -448,11 +503,13 @@ async fn swarm_many(
     round: usize,
 ) -> Result<Sample, Error> {
     let system = System::Swarm.name();
+    let cpu = Cpu::now(None);
     let since = SystemTime::now();
     let starts = engine.starts(system, n, since, params.timeout);
     let name = format!("orch-bench-{n}-{round}");
     swarm.create_service(engine, &name, n).await?;
     let starts = after(since, starts.wait().await?);
+    let (machine_cpu, _) = cpu.since(None);
     let running = engine.ours(Some(system), true).await?.len();
     swarm.remove_services(engine).await?;
     if running < n {
@@ -463,6 +520,8 @@ async fn swarm_many(
     Ok(Sample {
         total: starts.last().copied().unwrap_or_default(),
         starts,
+        machine_cpu,
+        orch_cpu: None,
     })
 }
 

@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 use super::docker::{COMMAND, Engine};
 use crate::Error;
 use crate::cluster::{ManagerKind, connect, orchctl_child, spawn_child, terminate};
+use crate::measure::{Pid, proc_stats};
 
 /// How long the manager and worker may take to come up.
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -332,6 +333,20 @@ impl OrchCluster {
         tokio::time::timeout(timeout, follow)
             .await
             .map_err(|_| Error::Timeout(format!("the task not running after {timeout:?}")))?
+    }
+
+    /// The cpu time the manager and worker processes have used so far, if
+    /// they are child processes (in process, theirs cannot be told apart
+    /// from the harness's).
+    pub fn cpu(&self) -> Option<Duration> {
+        if self.procs.children.is_empty() {
+            return None;
+        }
+        self.procs
+            .children
+            .iter()
+            .map(|c| proc_stats(Pid::Other(c.id()?)).map(|s| s.cpu))
+            .sum()
     }
 
     /// Stops the worker, then the manager. Their containers stay: the
