@@ -209,7 +209,8 @@ fn draw_panel(out: &mut String, panel: &Panel, left: f64) {
     let (lo, hi) = log_range(all.iter().map(|p| p.0));
     let ymax = all.iter().map(|p| p.1).fold(0.0, f64::max);
     let step = nice_step(ymax, 5);
-    let ytop = (ymax / step).ceil().max(1.0) * step;
+    // Headroom, so the highest dot does not sit on the frame.
+    let ytop = (ymax * 1.05 / step).ceil().max(1.0) * step;
     let sx = |x: f64| x0 + (x.log10() - lo) / (hi - lo) * (x1 - x0);
     let sy = |y: f64| y0 - y / ytop * (y0 - y1);
 
@@ -233,7 +234,7 @@ fn draw_panel(out: &mut String, panel: &Panel, left: f64) {
         y += step;
     }
     // Decades on the x axis.
-    for decade in lo as i32..=hi as i32 {
+    for decade in lo.ceil() as i32..=hi.floor() as i32 {
         let x = 10f64.powi(decade);
         let px = sx(x);
         let _ = writeln!(
@@ -451,6 +452,7 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 4);
         assert_eq!(svg.matches("<circle").count(), 4 * points.len());
         assert!(svg.contains(">10,000<"), "decade labels");
+        assert!(!svg.contains(">10<"), "no decade outside the points' range");
         assert!(svg.contains("Submit→running latency"));
     }
 }
