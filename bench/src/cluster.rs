@@ -127,12 +127,7 @@ impl Builder {
     /// If the manager cannot start, or the workers are not ready in time.
     pub async fn start(self) -> Result<SimCluster, Error> {
         let dir = tempfile::tempdir().map_err(|e| Error::Io(format!("temp dir: {e}")))?;
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| Error::Io(format!("bind: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Io(format!("local address: {e}")))?;
+        let (listener, addr) = loopback_listener().await?;
         let data_dir = dir.path().join("manager");
         let manager = match &self.manager {
             ManagerKind::InProcess => {
@@ -209,6 +204,21 @@ impl Builder {
         }
         Ok(cluster)
     }
+}
+
+/// A listener on a free loopback port, and its address. A manager started
+/// as a child process binds the same address once this listener is dropped.
+///
+/// # Errors
+/// If no port can be bound.
+pub(crate) async fn loopback_listener() -> Result<(TcpListener, SocketAddr), Error> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::Io(format!("bind: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Io(format!("local address: {e}")))?;
+    Ok((listener, addr))
 }
 
 pub(crate) fn spawn_child(

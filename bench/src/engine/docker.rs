@@ -41,9 +41,17 @@ pub struct Engine {
 }
 
 /// When each container of one measurement started, by the engine's events.
+/// Dropping it stops the reader.
 #[derive(Debug)]
 pub struct Starts {
     rx: oneshot::Receiver<Result<Vec<SystemTime>, Error>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Starts {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 fn engine_error(what: &str) -> impl Fn(bollard::errors::Error) -> Error + '_ {
@@ -142,7 +150,7 @@ impl Engine {
             .build();
         let mut events = self.docker.events(Some(options));
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let collect = async {
                 let mut seen = HashMap::with_capacity(n);
                 while seen.len() < n {
@@ -169,7 +177,7 @@ impl Engine {
                 });
             let _ = tx.send(result);
         });
-        Starts { rx }
+        Starts { rx, reader }
     }
 
     /// The ids of our containers (`system`'s only, if given), running or not.
@@ -226,6 +234,8 @@ impl Engine {
                 }
             });
             futures::future::join_all(removals).await;
+            // Some may be on their way out under another owner.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -235,8 +245,8 @@ impl Starts {
     ///
     /// # Errors
     /// If fewer than `n` started in time, or the event stream failed.
-    pub async fn wait(self) -> Result<Vec<SystemTime>, Error> {
-        self.rx
+    pub async fn wait(mut self) -> Result<Vec<SystemTime>, Error> {
+        (&mut self.rx)
             .await
             .map_err(|_| Error::Io("docker: the event reader stopped".into()))?
     }

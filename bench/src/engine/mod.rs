@@ -467,12 +467,15 @@ async fn orch_many(engine: &Engine, params: &Params, n: usize) -> Result<Sample,
         .run_many(n, &engine.image, system, params.timeout)
         .await;
     let (machine_cpu, orch_cpu) = cpu.since(cluster.cpu());
-    let starts = starts.wait().await;
+    let measured = match seen {
+        Ok(seen) => starts.wait().await.map(|starts| (seen, starts)),
+        Err(e) => Err(e),
+    };
     cluster.shutdown().await;
-    let seen = seen?;
+    let (seen, starts) = measured?;
     Ok(Sample {
         total: seen.iter().max().copied().unwrap_or_default(),
-        starts: after(since, starts?),
+        starts: after(since, starts),
         machine_cpu,
         orch_cpu,
     })

@@ -15,14 +15,15 @@ use orch::v1::{
     WatchEventsRequest, event,
 };
 use orch_worker::runtime::docker::DockerRuntime;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use super::docker::{COMMAND, Engine};
 use crate::Error;
-use crate::cluster::{ManagerKind, connect, orchctl_child, spawn_child, terminate};
+use crate::cluster::{
+    ManagerKind, connect, loopback_listener, orchctl_child, spawn_child, terminate,
+};
 use crate::measure::{Pid, proc_stats};
 
 /// How long the manager and worker may take to come up.
@@ -97,12 +98,7 @@ impl OrchCluster {
             .prefix("orch-bench-engine-")
             .tempdir()
             .map_err(|e| Error::Io(format!("temp dir: {e}")))?;
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| Error::Io(format!("bind: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Io(format!("local address: {e}")))?;
+        let (listener, addr) = loopback_listener().await?;
         let url = format!("http://{addr}");
         let manager_dir = dir.path().join("manager");
         let mut procs = Procs::default();
