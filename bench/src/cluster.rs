@@ -127,12 +127,7 @@ impl Builder {
     /// If the manager cannot start, or the workers are not ready in time.
     pub async fn start(self) -> Result<SimCluster, Error> {
         let dir = tempfile::tempdir().map_err(|e| Error::Io(format!("temp dir: {e}")))?;
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| Error::Io(format!("bind: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Io(format!("local address: {e}")))?;
+        let (listener, addr) = loopback_listener().await?;
         let data_dir = dir.path().join("manager");
         let manager = match &self.manager {
             ManagerKind::InProcess => {
@@ -211,7 +206,22 @@ impl Builder {
     }
 }
 
-fn spawn_child(
+/// A listener on a free loopback port, and its address. A manager started
+/// as a child process binds the same address once this listener is dropped.
+///
+/// # Errors
+/// If no port can be bound.
+pub(crate) async fn loopback_listener() -> Result<(TcpListener, SocketAddr), Error> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::Io(format!("bind: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Io(format!("local address: {e}")))?;
+    Ok((listener, addr))
+}
+
+pub(crate) fn spawn_child(
     orchctl: &Path,
     addr: SocketAddr,
     data_dir: &Path,
@@ -219,26 +229,85 @@ fn spawn_child(
     heartbeat_period: Duration,
     missed_heartbeats: u32,
 ) -> Result<tokio::process::Child, Error> {
-    let log = std::fs::File::create(log_dir.join("manager.log"))
-        .map_err(|e| Error::Io(format!("manager log: {e}")))?;
+    let args = [
+        "manager".into(),
+        "--listen".into(),
+        addr.to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--heartbeat-period".into(),
+        humantime::format_duration(heartbeat_period).to_string(),
+        "--missed-heartbeats".into(),
+        missed_heartbeats.to_string(),
+    ];
+    orchctl_child(orchctl, &args, &log_dir.join("manager.log"))
+}
+
+/// Starts `orchctl` with `args` as a child process that logs warnings and
+/// errors to `log` and is killed if dropped.
+///
+/// # Errors
+/// If the log file cannot be created or the binary cannot be started.
+pub(crate) fn orchctl_child(
+    orchctl: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<tokio::process::Child, Error> {
+    let log = std::fs::File::create(log)
+        .map_err(|e| Error::Io(format!("log file {}: {e}", log.display())))?;
     tokio::process::Command::new(orchctl)
-        .arg("manager")
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--heartbeat-period")
-        .arg(humantime::format_duration(heartbeat_period).to_string())
-        .arg("--missed-heartbeats")
-        .arg(missed_heartbeats.to_string())
+        .args(args)
         // Info logs one line per worker registration and session.
         .env("ORCH_LOG", "warn")
+        .env_remove("ORCH_MANAGER")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::Io(format!("starting {}: {e}", orchctl.display())))
+}
+
+/// Stops a child `orchctl` gracefully: SIGTERM, then SIGKILL if it has not
+/// ended within 30 s.
+pub(crate) async fn terminate(child: &mut tokio::process::Child) {
+    // SIGTERM through kill(1): orch forbids the unsafe call, and tokio's own
+    // kill is SIGKILL, which would skip the manager's final commit.
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// A client of the manager at `url` on a connection of its own, retrying
+/// until the manager answers.
+///
+/// # Errors
+/// If the manager does not answer within two minutes.
+pub async fn connect(url: &str) -> Result<ClusterClient<Channel>, Error> {
+    let deadline = tokio::time::Instant::now() + START_DEADLINE;
+    loop {
+        match ClusterClient::connect(url.to_string()).await {
+            Ok(c) => {
+                return Ok(c
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE));
+            }
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(Error::Manager(format!("cannot connect: {e}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }
 
 impl SimCluster {
@@ -264,20 +333,7 @@ impl SimCluster {
     /// # Errors
     /// If the manager does not answer within two minutes.
     pub async fn client(&self) -> Result<ClusterClient<Channel>, Error> {
-        let deadline = tokio::time::Instant::now() + START_DEADLINE;
-        loop {
-            match ClusterClient::connect(self.url()).await {
-                Ok(c) => {
-                    return Ok(c
-                        .max_decoding_message_size(MAX_MESSAGE)
-                        .max_encoding_message_size(MAX_MESSAGE));
-                }
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    return Err(Error::Manager(format!("cannot connect: {e}")));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        connect(&self.url()).await
     }
 
     fn add_worker(&mut self) {
@@ -343,23 +399,7 @@ impl SimCluster {
                 let _ = stop.send(());
                 let _ = task.await;
             }
-            Manager::Child(mut child) => {
-                // SIGTERM through kill(1): orch forbids the unsafe call, and
-                // tokio's own kill is SIGKILL, which would skip the final commit.
-                if let Some(pid) = child.id() {
-                    let _ = tokio::process::Command::new("kill")
-                        .arg("-TERM")
-                        .arg(pid.to_string())
-                        .status()
-                        .await;
-                }
-                if tokio::time::timeout(Duration::from_secs(30), child.wait())
-                    .await
-                    .is_err()
-                {
-                    let _ = child.kill().await;
-                }
-            }
+            Manager::Child(mut child) => terminate(&mut child).await,
         }
     }
 }

@@ -405,7 +405,7 @@ async fn submitter(
 }
 
 /// The value at quantile `q` of sorted `v`.
-fn quantile(v: &[Duration], q: f64) -> Duration {
+pub(crate) fn quantile(v: &[Duration], q: f64) -> Duration {
     if v.is_empty() {
         return Duration::ZERO;
     }

@@ -6,6 +6,10 @@
 //! - [`control_plane`]: submit N tasks to W simulated workers and measure
 //!   until all run;
 //! - [`schedule`]: the cost of one scheduling decision at several cluster sizes;
+//! - [`engine`]: orch, the Docker API called directly and Docker Swarm
+//!   starting the same containers on the real engine, and one task's
+//!   submit→running against a bare create+start;
+//! - [`plot`]: control-plane runs at several cluster sizes, drawn as an SVG;
 //! - [`measure`]: cpu time and peak memory of a process, from `/proc`.
 //!
 //! Nothing here is a timed test: the figures are printed, never asserted.
@@ -13,7 +17,9 @@
 
 pub mod cluster;
 pub mod control_plane;
+pub mod engine;
 pub mod measure;
+pub mod plot;
 pub mod schedule;
 
 /// Why a benchmark could not run.

@@ -4,6 +4,8 @@
 //! cargo build --release -p orchctl -p orch-bench
 //! target/release/orch-bench control-plane --tasks 100000 --workers 1000
 //! target/release/orch-bench schedule --nodes 100,1000,10000
+//! target/release/orch-bench engine --containers 50,100 --runs 3
+//! target/release/orch-bench plot --workers 100,1000,10000 --out bench/plot.svg
 //! ```
 
 use std::path::PathBuf;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use orch_bench::cluster::ManagerKind;
-use orch_bench::{control_plane, measure, schedule};
+use orch_bench::{control_plane, engine, measure, plot, schedule};
 
 #[derive(Debug, Parser)]
 #[command(name = "orch-bench", about = "orch's benchmarks")]
@@ -27,6 +29,13 @@ enum Scenario {
     ControlPlane(ControlPlaneArgs),
     /// The cost of one scheduling decision at several cluster sizes (no network).
     Schedule(ScheduleArgs),
+    /// orch vs the Docker API vs Docker Swarm starting the same containers
+    /// on this machine's engine; one task's submit→running vs a bare
+    /// create+start.
+    Engine(EngineArgs),
+    /// Control-plane runs at several cluster sizes, drawn as an SVG of
+    /// placements/s and submit→running latency against workers.
+    Plot(PlotArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,15 +66,69 @@ struct ControlPlaneArgs {
     /// heartbeat takes the manager's state lock.
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_period: Option<Duration>,
-    /// Where the manager runs.
-    #[arg(long, value_enum, default_value_t = Where::Auto)]
-    manager: Where,
-    /// The orchctl binary for a child manager (default: next to this one).
-    #[arg(long)]
-    orchctl: Option<PathBuf>,
+    #[command(flatten)]
+    manager: ManagerArgs,
     /// Give up if not all tasks run within this time.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct ManagerArgs {
+    /// Where the manager (and, for `engine`, the worker) runs.
+    #[arg(long, value_enum, default_value_t = Where::Auto)]
+    manager: Where,
+    /// The orchctl binary for child processes (default: next to this one).
+    #[arg(long)]
+    orchctl: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct EngineArgs {
+    /// Container counts, comma-separated; each is measured on every system.
+    #[arg(long, value_delimiter = ',', default_value = "50,100")]
+    containers: Vec<usize>,
+    /// Rounds per count (each round measures orch, direct and swarm once).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Single-task measurements (0 skips them).
+    #[arg(long, default_value_t = 20)]
+    single_runs: usize,
+    /// Do not measure Docker Swarm (no `swarm init`).
+    #[arg(long)]
+    no_swarm: bool,
+    /// Pause after each clean-up, so the next measurement starts on a quiet engine.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    #[command(flatten)]
+    manager: ManagerArgs,
+    /// Give up on a measurement after this time.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct PlotArgs {
+    /// Cluster sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    workers: Vec<usize>,
+    /// Tasks per worker.
+    #[arg(long, default_value_t = 100)]
+    tasks_per_worker: usize,
+    /// Runs per size.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Draw from this CSV (written by an earlier run) instead of running.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Where to write the figures as CSV (default: the SVG's path with .csv).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Where to write the SVG.
+    #[arg(long, default_value = "bench/plot.svg")]
+    out: PathBuf,
+    #[command(flatten)]
+    manager: ManagerArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,7 +141,7 @@ struct ScheduleArgs {
     decisions: usize,
 }
 
-fn manager_kind(args: &ControlPlaneArgs) -> Result<ManagerKind, String> {
+fn manager_kind(args: &ManagerArgs) -> Result<ManagerKind, String> {
     let path = match &args.orchctl {
         Some(p) => p.clone(),
         None => std::env::current_exe()
@@ -97,18 +160,28 @@ fn manager_kind(args: &ControlPlaneArgs) -> Result<ManagerKind, String> {
     }
 }
 
-async fn control(args: ControlPlaneArgs) -> Result<(), String> {
-    // Each worker holds a socket, and an in-process manager the other end.
-    let wanted = u64::try_from(args.workers * 2 + 4096).unwrap_or(u64::MAX);
+fn where_(kind: &ManagerKind) -> String {
+    match kind {
+        ManagerKind::InProcess => "in process".to_string(),
+        ManagerKind::Child(p) => format!("child process {}", p.display()),
+    }
+}
+
+/// Each simulated worker holds a socket, and an in-process manager the other end.
+fn raise_open_files(workers: usize) {
+    let wanted = u64::try_from(workers * 2 + 4096).unwrap_or(u64::MAX);
     match measure::raise_open_files(wanted) {
         Ok(n) if n < wanted => eprintln!(
-            "warning: open files limited to {n}; {} workers may need {wanted} (ulimit -n)",
-            args.workers
+            "warning: open files limited to {n}; {workers} workers may need {wanted} (ulimit -n)"
         ),
         Ok(_) => {}
         Err(e) => eprintln!("warning: cannot raise the open-file limit: {e}"),
     }
-    let manager = manager_kind(&args)?;
+}
+
+async fn control(args: ControlPlaneArgs) -> Result<(), String> {
+    raise_open_files(args.workers);
+    let manager = manager_kind(&args.manager)?;
     // One heartbeat per worker per period takes the state lock; at 10,000
     // workers a 1 s period is 10,000 lock takes a second for nothing.
     let heartbeat_period = args.heartbeat_period.unwrap_or(if args.workers > 1000 {
@@ -125,18 +198,74 @@ async fn control(args: ControlPlaneArgs) -> Result<(), String> {
         manager: manager.clone(),
         timeout: args.timeout,
     };
-    let where_ = match &manager {
-        ManagerKind::InProcess => "in process".to_string(),
-        ManagerKind::Child(p) => format!("child process {}", p.display()),
-    };
     println!(
-        "control-plane: {} tasks, {} workers, {} clients, batches of {}, heartbeat {:?}, manager {where_}",
-        args.tasks, args.workers, args.clients, args.batch, heartbeat_period
+        "control-plane: {} tasks, {} workers, {} clients, batches of {}, heartbeat {:?}, manager {}",
+        args.tasks,
+        args.workers,
+        args.clients,
+        args.batch,
+        heartbeat_period,
+        where_(&manager)
     );
     let report = control_plane::run(&params)
         .await
         .map_err(|e| e.to_string())?;
     print!("{report}");
+    Ok(())
+}
+
+async fn real_engine(args: EngineArgs) -> Result<(), String> {
+    let orch = manager_kind(&args.manager)?;
+    println!(
+        "engine: containers {:?}, {} rounds, {} single-task runs, swarm {}, settle {:?}, orch manager and worker {}",
+        args.containers,
+        args.runs,
+        args.single_runs,
+        if args.no_swarm { "off" } else { "on" },
+        args.settle,
+        where_(&orch)
+    );
+    let params = engine::Params {
+        containers: args.containers,
+        runs: args.runs,
+        single_runs: args.single_runs,
+        orch,
+        swarm: !args.no_swarm,
+        settle: args.settle,
+        timeout: args.timeout,
+        progress: true,
+    };
+    let report = engine::run(&params).await.map_err(|e| e.to_string())?;
+    print!("{report}");
+    Ok(())
+}
+
+async fn draw(args: PlotArgs) -> Result<(), String> {
+    let points = match &args.from {
+        Some(csv) => {
+            let text = std::fs::read_to_string(csv)
+                .map_err(|e| format!("reading {}: {e}", csv.display()))?;
+            plot::from_csv(&text).map_err(|e| e.to_string())?
+        }
+        None => {
+            let manager = manager_kind(&args.manager)?;
+            raise_open_files(args.workers.iter().copied().max().unwrap_or(0));
+            let points = plot::sweep(&args.workers, args.tasks_per_worker, args.runs, manager)
+                .await
+                .map_err(|e| e.to_string())?;
+            let csv = args
+                .csv
+                .clone()
+                .unwrap_or_else(|| args.out.with_extension("csv"));
+            std::fs::write(&csv, plot::to_csv(&points))
+                .map_err(|e| format!("writing {}: {e}", csv.display()))?;
+            println!("figures written to {}", csv.display());
+            points
+        }
+    };
+    std::fs::write(&args.out, plot::svg(&points))
+        .map_err(|e| format!("writing {}: {e}", args.out.display()))?;
+    println!("plot written to {}", args.out.display());
     Ok(())
 }
 
@@ -162,6 +291,8 @@ async fn main() -> ExitCode {
             print!("{}", schedule::run(&args.nodes, args.decisions));
             Ok(())
         }
+        Scenario::Engine(args) => real_engine(args).await,
+        Scenario::Plot(args) => draw(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

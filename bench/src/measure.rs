@@ -1,5 +1,6 @@
 //! What a process costs, read from Linux's `/proc`: cpu time and peak
-//! resident memory, and the open-file limit a large run needs.
+//! resident memory, the whole machine's busy cpu time, and the open-file
+//! limit a large run needs.
 //!
 //! Reading `/proc` instead of calling `getrusage` keeps orch free of unsafe
 //! code, and works as well for the manager run as a child process (by pid) as
@@ -69,6 +70,32 @@ fn peak_rss(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The cpu time all cores of the machine have spent busy since boot (every
+/// state of `/proc/stat`'s `cpu` line but idle and iowait); `None` without
+/// `/proc`. The difference of two readings is how many core-seconds went to
+/// work between them, whoever did it.
+pub fn machine_busy() -> Option<Duration> {
+    busy_time(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// Busy time from the text of `/proc/stat`: the first line's fields after
+/// `cpu` are user, nice, system, idle, iowait, irq, softirq, steal (and
+/// guest time, already counted in user and nice).
+fn busy_time(stat: &str) -> Option<Duration> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = fields[..] else {
+        return None;
+    };
+    let ticks = user + nice + system + irq + softirq + steal;
+    Some(Duration::from_millis(ticks * 1000 / USER_HZ))
+}
+
 /// Raises this process's open-file limit to at least `wanted` (the soft
 /// limit, and the hard limit too when allowed, as for root); returns the soft
 /// limit now in force. Children started afterwards inherit it.
@@ -104,6 +131,15 @@ mod tests {
     fn peak_rss_is_read_in_bytes() {
         let status = "Name:\torchctl\nVmPeak:\t  9000 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1024 kB\n";
         assert_eq!(peak_rss(status), Some(2 * 1024 * 1024));
+    }
+
+    #[test]
+    fn busy_time_leaves_out_idle_and_iowait() {
+        let stat = "cpu  100 2 30 5000 40 1 2 3 0 0\ncpu0 50 1 15 2500 20 0 1 1 0 0\n";
+        // user + nice + system + irq + softirq + steal = 138 ticks.
+        assert_eq!(busy_time(stat), Some(Duration::from_millis(1380)));
+        assert_eq!(busy_time("cpu0 1 2 3\n"), None);
+        assert!(machine_busy().is_some());
     }
 
     #[test]

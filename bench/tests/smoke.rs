@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use orch_bench::cluster::ManagerKind;
+use orch_bench::engine::{self, System};
 use orch_bench::{control_plane, schedule};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,4 +36,68 @@ fn schedule_measures_every_strategy_at_every_size() {
     assert_eq!(table.0.len(), 10);
     assert!(table.0.iter().all(|r| r.decisions == 200));
     println!("{table}");
+}
+
+/// Whether this engine is in a swarm, by `docker info`.
+async fn in_swarm(docker: &bollard::Docker) -> bool {
+    let info = docker.info().await.expect("docker info");
+    info.swarm.and_then(|s| s.local_node_state) == Some(bollard::models::LocalNodeState::ACTIVE)
+}
+
+/// The real engine: two containers per system, one single-task pair. Swarm
+/// is measured where `swarm init` works and skipped (with the reason) where
+/// it does not; either way the engine is left in or out of a swarm as the
+/// test found it, with none of the scenario's containers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_starts_every_container_at_smoke_size() {
+    let docker = bollard::Docker::connect_with_local_defaults()
+        .expect("docker")
+        .negotiate_version()
+        .await
+        .expect("docker version");
+    let swarm_before = in_swarm(&docker).await;
+    let params = engine::Params {
+        containers: vec![2],
+        runs: 1,
+        single_runs: 1,
+        orch: ManagerKind::InProcess,
+        swarm: true,
+        settle: Duration::from_millis(100),
+        timeout: Duration::from_secs(120),
+        progress: true,
+    };
+    let report = engine::run(&params).await.expect("engine run");
+    println!("{report}");
+
+    let [row] = &report.rows[..] else {
+        panic!("one row per container count: {:?}", report.rows);
+    };
+    let mut systems = vec![System::Orch, System::Direct];
+    if report.swarm_skipped.is_none() {
+        systems.push(System::Swarm);
+    }
+    for system in systems {
+        let (_, samples) = row
+            .samples
+            .iter()
+            .find(|(s, _)| *s == system)
+            .unwrap_or_else(|| panic!("{} was measured", system.name()));
+        assert_eq!(samples.len(), 1, "{}", system.name());
+        assert_eq!(samples[0].starts.len(), 2, "{} started both", system.name());
+    }
+    let single = report.single.as_ref().expect("single-task runs");
+    assert_eq!((single.orch.len(), single.bare.len()), (1, 1));
+
+    assert_eq!(in_swarm(&docker).await, swarm_before, "swarm mode as found");
+    let filters = std::collections::HashMap::from([("label", vec![engine::docker::LABEL])]);
+    let left = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .expect("list containers");
+    assert!(left.is_empty(), "containers left behind: {left:?}");
 }
