@@ -114,6 +114,39 @@ impl DockerRuntime {
         Ok(())
     }
 
+    /// Creates the attempt's container. In the common case that is one call
+    /// to the engine: the image is looked for (and pulled) only when create
+    /// says it is missing (404), and a container of the same name is removed
+    /// only when create says the name is taken (409). Such a container is
+    /// left over from an earlier try of the same attempt that crashed between
+    /// create and reporting; it is ours and must go.
+    async fn create(&self, req: &StartRequest) -> Result<String, RuntimeError> {
+        let name = container_name(req.task_id, req.attempt);
+        let (mut pulled, mut removed) = (false, false);
+        loop {
+            let options = CreateContainerOptionsBuilder::new().name(&name).build();
+            let err = match self
+                .docker
+                .create_container(Some(options), create_body(req))
+                .await
+            {
+                Ok(created) => return Ok(created.id),
+                Err(err) => err,
+            };
+            match status(&err) {
+                Some(404) if !pulled => {
+                    self.ensure_image(&req.spec.image).await?;
+                    pulled = true;
+                }
+                Some(409) if !removed => {
+                    self.force_remove(&name).await?;
+                    removed = true;
+                }
+                _ => return Err(runtime_error(Call::Start, err)),
+            }
+        }
+    }
+
     /// Removes a container by id or name, killing it if it runs. Already gone
     /// is fine.
     async fn force_remove(&self, container: &str) -> Result<(), RuntimeError> {
@@ -144,22 +177,7 @@ impl DockerRuntime {
 
 impl Runtime for DockerRuntime {
     async fn start(&self, req: &StartRequest) -> Result<String, RuntimeError> {
-        let spec = &req.spec;
-        self.ensure_image(&spec.image).await?;
-
-        // A container with this name is left over from an earlier try of the
-        // same attempt that crashed between create and reporting; it is ours
-        // and must go, or create fails with a name conflict.
-        let name = container_name(req.task_id, req.attempt);
-        self.force_remove(&name).await?;
-
-        let options = CreateContainerOptionsBuilder::new().name(&name).build();
-        let created = self
-            .docker
-            .create_container(Some(options), create_body(req))
-            .await
-            .map_err(|e| runtime_error(Call::Start, e))?;
-        let id = created.id;
+        let id = self.create(req).await?;
 
         if let Err(e) = self.docker.start_container(&id, None).await {
             let err = runtime_error(Call::Start, e);
