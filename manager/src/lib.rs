@@ -214,10 +214,13 @@ async fn housekeeping(shared: Arc<Shared>, liveness: Liveness) {
         .clamp(Duration::from_millis(10), Duration::from_millis(250));
     loop {
         let now = tokio::time::Instant::now();
-        let next = shared
-            .lock()
-            .next_due()
-            .map_or(now + poll, |due| due.min(now + poll));
+        let next = match shared.lock().next_due() {
+            Some(due) if due > now => due.min(now + poll),
+            // Due already, right after a tick: something a tick cannot clear
+            // must not turn this loop into a spin.
+            Some(_) => now + Duration::from_millis(10),
+            None => now + poll,
+        };
         tokio::time::sleep_until(next).await;
         shared.lock().tick(tokio::time::Instant::now());
     }
