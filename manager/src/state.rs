@@ -783,9 +783,6 @@ impl State {
         let mut writes = Vec::new();
         let live = self.live_state(i);
         self.set_node_state(i, live, "worker connected", &mut writes);
-        // A node that reconnects within the deadline keeps its state, but
-        // takes tasks again.
-        self.refresh_placeable(i);
         self.retry_pending(&mut writes);
         self.committer.queue(writes);
         Ok(())
@@ -801,12 +798,16 @@ impl State {
         self.nodes[i].ready = entry.node.state() == NodeState::Ready && entry.session.is_some();
     }
 
+    /// Sets node `i`'s state and whether it takes tasks; a change of state is
+    /// persisted and becomes an event. Whether it takes tasks can change with
+    /// the state unchanged: a worker that reconnects within the deadline.
     fn set_node_state(&mut self, i: usize, state: NodeState, why: &str, writes: &mut Vec<Write>) {
-        if self.entries[i].node.state() == state {
-            return;
-        }
+        let changed = self.entries[i].node.state() != state;
         self.entries[i].node.set_state(state);
         self.refresh_placeable(i);
+        if !changed {
+            return;
+        }
         tracing::info!(node = %self.nodes[i].id, name = %self.nodes[i].name, state = ?state, why, "node state");
         self.node_changed(i, why, writes);
     }
@@ -1055,7 +1056,6 @@ impl State {
             "no heartbeat within the deadline",
             writes,
         );
-        self.refresh_placeable(i);
     }
 
     /// The tasks of a down node are lost and placed again elsewhere as new
