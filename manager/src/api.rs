@@ -20,7 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::state::State;
+use crate::engine::Engine;
 use crate::{Error, Shared};
 
 /// Most specs in one `SubmitTasks` call.
@@ -42,7 +42,7 @@ impl ClusterApi {
 
     /// Stores new tasks durably, then schedules them.
     async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<orch::v1::Task>, Error> {
-        let tasks = State::new_tasks(specs);
+        let tasks = Engine::new_tasks(specs, self.shared.now().wall);
         let created = tasks
             .iter()
             .cloned()

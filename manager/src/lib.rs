@@ -1,21 +1,28 @@
 //! The orch manager: accepts tasks, stores them, schedules them onto workers,
 //! pushes work down the workers' sessions and tracks what they report.
 //!
-//! Modules, from the edge inwards:
+//! Components, from the edge inwards (data flows one way: API → engine →
+//! state → store, and engine → sessions → workers; reports come back in
+//! through the dispatcher):
 //! - [`api`]: the `Cluster` gRPC service (clients);
-//! - [`dispatcher`]: the `Dispatcher` gRPC service (workers); the only module
-//!   that touches a worker's stream;
-//! - [`state`]: the live state and every rule about how it changes;
+//! - [`dispatcher`]: the `Dispatcher` gRPC service (workers), the only code
+//!   that touches a worker's stream, and [`dispatcher::sessions`], the
+//!   sessions and liveness deadlines;
+//! - [`engine`]: the one lock; applies the components' decisions;
 //! - [`scheduler`]: pure placement decisions over node snapshots;
-//! - [`reconciler`]: pure restart decisions (policy and backoff);
-//! - [`persist`]: group commit of state changes to the [`store`];
-//! - [`store`]: durable state (redb, or memory in unit tests).
+//! - [`orchestrator`]: pure reconcilers (restart, drain);
+//! - [`state`]: the live objects in memory and their change feed;
+//! - [`persist`]: group commit of the state's changes to the [`store`];
+//! - [`store`]: durable state (redb, or memory in unit tests);
+//! - [`clock`]: the one place that reads the time.
 
 pub mod api;
+pub mod clock;
 pub mod dispatcher;
+pub mod engine;
 mod error;
+pub mod orchestrator;
 pub mod persist;
-pub mod reconciler;
 pub mod scheduler;
 pub mod state;
 pub mod store;
@@ -31,10 +38,11 @@ use orch::v1::dispatcher_server::DispatcherServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::dispatcher::sessions::Liveness;
+use crate::engine::Engine;
 pub use crate::error::Error;
 use crate::persist::Committer;
 use crate::scheduler::{Scheduler, Strategy};
-use crate::state::{Liveness, State};
 use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 
 /// The redb file's name inside the data directory.
@@ -92,14 +100,21 @@ pub enum ServeError {
 /// The state shared by the gRPC services, behind one lock that is never held
 /// across an await.
 pub struct Shared {
-    state: Mutex<State>,
+    engine: Mutex<Engine>,
+    /// The engine's clock, readable without the lock.
+    clock: clock::Clock,
 }
 
 impl Shared {
-    /// Locks the state. A panic while the lock was held leaves the state as the
-    /// panicking thread left it; the manager keeps going rather than wedge.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// Locks the engine. A panic while the lock was held leaves the state as
+    /// the panicking thread left it; the manager keeps going rather than wedge.
+    pub fn lock(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The time now, on the engine's clock.
+    pub fn now(&self) -> clock::Now {
+        self.clock.now()
     }
 }
 
@@ -141,15 +156,16 @@ pub async fn run(
         missed_heartbeats: config.missed_heartbeats,
     };
     let tasks = snapshot.tasks.len();
-    let state = State::restore(
+    let engine = Engine::restore(
         snapshot,
         Scheduler::new(config.strategy),
         committer.clone(),
         liveness,
     );
-    tracing::info!(cluster = %state.cluster_id(), tasks, strategy = %config.strategy, "manager state loaded");
+    tracing::info!(cluster = %engine.cluster_id(), tasks, strategy = %config.strategy, "manager state loaded");
     let shared = Arc::new(Shared {
-        state: Mutex::new(state),
+        clock: engine.clock(),
+        engine: Mutex::new(engine),
     });
 
     let liveness_task = tokio::spawn(housekeeping(shared.clone(), liveness));

@@ -155,6 +155,49 @@ pub struct NodeSnapshot {
     pub memory_total_bytes: i64,
 }
 
+impl NodeSnapshot {
+    /// A node with nothing placed on it, not yet taking tasks.
+    pub fn new(
+        id: uuid::Uuid,
+        name: String,
+        labels: HashMap<String, String>,
+        capacity: Resources,
+    ) -> Self {
+        NodeSnapshot {
+            id,
+            name,
+            ready: false,
+            labels,
+            capacity,
+            allocated: Resources::default(),
+            task_count: 0,
+            ports_in_use: HashSet::new(),
+            cpu_percent: 0.0,
+            memory_used_bytes: 0,
+            memory_total_bytes: 0,
+        }
+    }
+
+    /// Records a placed task's reservation on this node: its resources,
+    /// one more task and its host ports. The scheduler never calls it; the
+    /// manager does, right after a placement and when it reloads its tasks.
+    pub fn reserve(&mut self, demand: &Demand) {
+        self.allocated += demand.resources;
+        self.task_count += 1;
+        self.ports_in_use.extend(demand.ports.iter().copied());
+    }
+
+    /// Gives back what [`NodeSnapshot::reserve`] took for a task that ended
+    /// or moved away. The caller releases each reservation once.
+    pub fn release(&mut self, demand: &Demand) {
+        self.allocated -= demand.resources;
+        self.task_count = self.task_count.saturating_sub(1);
+        for p in &demand.ports {
+            self.ports_in_use.remove(p);
+        }
+    }
+}
+
 /// What a task needs from a node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Demand {

@@ -1,6 +1,6 @@
 //! Data-driven tests: nodes built from a few words, one `check` per case.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use orch::v1::{PortMapping, Protocol, TaskSpec};
 
@@ -12,17 +12,13 @@ const GIB: i64 = 1 << 30;
 /// A ready node with 4 cpus, 8 GiB of memory and 100 GiB of disk, empty.
 fn node(name: &str) -> NodeSnapshot {
     NodeSnapshot {
-        id: uuid::Uuid::new_v4(),
-        name: name.to_owned(),
         ready: true,
-        labels: HashMap::new(),
-        capacity: res(4000, 8 * GIB, 100 * GIB),
-        allocated: Resources::default(),
-        task_count: 0,
-        ports_in_use: HashSet::new(),
-        cpu_percent: 0.0,
-        memory_used_bytes: 0,
-        memory_total_bytes: 0,
+        ..NodeSnapshot::new(
+            uuid::Uuid::new_v4(),
+            name.to_owned(),
+            HashMap::new(),
+            res(4000, 8 * GIB, 100 * GIB),
+        )
     }
 }
 
@@ -138,18 +134,6 @@ fn check_with(
     assert_eq!(got, expected, "strategy {strategy}, demand {demand:?}");
 }
 
-/// Records a placement in the snapshot, as the manager does.
-fn apply(demand: &Demand, node: &mut NodeSnapshot) {
-    node.allocated += demand.resources;
-    node.task_count += 1;
-    node.ports_in_use.extend(
-        demand
-            .ports
-            .iter()
-            .map(|&(p, proto)| (p, normal_protocol(proto))),
-    );
-}
-
 /// Places `expected.len()` tasks in a row with one scheduler, applying each
 /// placement; "-" expects the task to fit nowhere.
 fn check_sequence(
@@ -164,7 +148,7 @@ fn check_sequence(
         match scheduler.place(&demand, &nodes) {
             Ok(i) => {
                 got.push(nodes[i].name.clone());
-                apply(&demand, &mut nodes[i]);
+                nodes[i].reserve(&demand);
             }
             Err(_) => got.push("-".to_owned()),
         }
@@ -570,7 +554,7 @@ fn repeated_placements_never_over_commit() {
             match scheduler.place(&d, &nodes) {
                 Ok(n) => {
                     assert!(nodes[n].ready);
-                    apply(&d, &mut nodes[n]);
+                    nodes[n].reserve(&d);
                     placed += 1;
                 }
                 // Refused only when truly no ready node has room.

@@ -1,14 +1,22 @@
-//! What to do when a task's attempt ends: restart it, and after how long.
+//! The restart reconciler: what to do when a task's attempt ends (restart
+//! it, and after how long), and the bookkeeping of restarts waiting out their
+//! backoff.
 //!
-//! Pure decisions over plain data (no clock reads, no I/O, no state): the
-//! [`State`](crate::state::State) calls [`after_exit`] when a worker reports an
-//! attempt ended and applies the answer. Restarts wait out an exponential
+//! [`after_exit`] and [`replace_unhealthy`] are pure decisions over plain data
+//! (no clock reads, no I/O, no state): the engine calls them when a worker
+//! reports an attempt ended or unhealthy, with the time handed in as how long
+//! the attempt ran, and applies the answer. Restarts wait out an exponential
 //! backoff (1 s doubling to 60 s), so a crashing task does not spin; the
 //! backoff starts over once an attempt has run stably for a while.
+//! [`Backoffs`] only remembers: which restarts are due when, and each
+//! restarting task's streak.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use orch::v1::{RestartCondition, RestartPolicy, TaskState};
+use tokio::time::Instant;
+use uuid::Uuid;
 
 /// The first restart's delay.
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
@@ -69,6 +77,48 @@ pub fn after_exit(
 /// replace it would turn a degraded task into none.
 pub fn replace_unhealthy(policy: Option<&RestartPolicy>, restarts: u32) -> bool {
     after_exit(policy, TaskState::Failed, restarts, 0, None).is_some()
+}
+
+/// Restarts waiting out their backoff, and the backoff streak of each
+/// restarting task. Kept in memory only: after a manager restart, backoffs
+/// start over and a waiting restart is placed at once.
+#[derive(Debug, Default)]
+pub struct Backoffs {
+    /// By when each restart is due.
+    delayed: BTreeSet<(Instant, Uuid)>,
+    streaks: HashMap<Uuid, u32>,
+}
+
+impl Backoffs {
+    /// How many short-lived attempts in a row task `id` has had.
+    pub fn streak(&self, id: Uuid) -> u32 {
+        self.streaks.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Remembers a restart decision: its streak, and that it is due at `due`.
+    pub fn wait(&mut self, id: Uuid, restart: Restart, due: Instant) {
+        self.streaks.insert(id, restart.streak);
+        self.delayed.insert((due, id));
+    }
+
+    /// Task `id` will not restart again (for now): its streak is forgotten.
+    pub fn forget(&mut self, id: Uuid) {
+        self.streaks.remove(&id);
+    }
+
+    /// When the first waiting restart is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.delayed.first().map(|&(due, _)| due)
+    }
+
+    /// The next restart due at `now` or before, taken off the queue.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Uuid> {
+        let &(due, id) = self.delayed.first()?;
+        (due <= now).then(|| {
+            self.delayed.pop_first();
+            id
+        })
+    }
 }
 
 #[cfg(test)]

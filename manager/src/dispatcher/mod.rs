@@ -1,8 +1,12 @@
 //! The `Dispatcher` gRPC service: worker registration and sessions.
 //!
 //! Only this module touches a worker's stream. It turns incoming worker
-//! messages into calls on the [`State`](crate::state::State) and forwards what
-//! the state pushes on the session's channel; it makes no decision itself.
+//! messages into calls on the [`Engine`](crate::engine::Engine) and turns what
+//! the engine pushes on the session's channel ([`sessions::Push`]) into the
+//! stream's messages; it makes no decision itself. [`sessions`] keeps the
+//! sessions themselves and the liveness deadlines.
+
+pub mod sessions;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,13 +14,16 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use orch::v1::dispatcher_server::Dispatcher;
-use orch::v1::{ManagerMessage, RegisterRequest, RegisterResponse, WorkerMessage, worker_message};
+use orch::v1::{
+    ManagerMessage, RegisterRequest, RegisterResponse, WorkerMessage, manager_message,
+    worker_message,
+};
 use orch::validate;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use self::sessions::Push;
 use crate::{Error, Shared};
 
 /// How long a new stream may take to send its `open` message.
@@ -79,8 +86,28 @@ impl Dispatcher for DispatcherApi {
             session_id,
             inbound,
         ));
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(outbound(rx))))
     }
+}
+
+/// The response stream of a session: each push as a message, and an end
+/// the manager decided as an `UNAVAILABLE` status, after which the stream
+/// ends. It also ends when the engine drops the session's sender.
+fn outbound(
+    rx: mpsc::UnboundedReceiver<Push>,
+) -> impl Stream<Item = Result<ManagerMessage, Status>> + Send + 'static {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await? {
+            Push::Assignments(a) => Some((
+                Ok(ManagerMessage {
+                    kind: Some(manager_message::Kind::Assignments(a)),
+                }),
+                Some(rx),
+            )),
+            Push::End(why) => Some((Err(Status::unavailable(why)), None)),
+        }
+    })
 }
 
 /// Reads a session's messages until the stream ends, then closes the session.

@@ -1,6 +1,6 @@
-//! Unit tests for [`State`]: plain data in, worker messages and store writes out.
+//! Unit tests for the [`Engine`]: plain data in, worker messages and store writes out.
 //!
-//! Each test builds a `State` over a [`MemoryStore`], plays the workers through
+//! Each test builds an `Engine` over a [`MemoryStore`], plays the workers through
 //! `register`, `open_session` and `report`, and reads back exactly what the
 //! manager pushed down each session's channel and what became durable. There is
 //! no network and no Docker, and no test sleeps: liveness tests pause tokio's
@@ -11,19 +11,18 @@ use std::time::Duration;
 
 use orch::time::duration;
 use orch::v1::{
-    Assignments, DesiredState, HealthState, ManagerMessage, Node, NodeMetrics, NodeState,
-    RegisterRequest, Resources, Task, TaskSpec, TaskState, TaskStatus, TaskStop, event,
-    manager_message,
+    Assignments, DesiredState, HealthState, Node, NodeMetrics, NodeState, RegisterRequest,
+    Resources, Task, TaskSpec, TaskState, TaskStatus, TaskStop, event,
 };
 use prost_types::Timestamp;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::{Instant, advance};
-use tonic::{Code, Status};
 use uuid::Uuid;
 
-use super::{Liveness, State};
+use super::Engine;
 use crate::Error;
+use crate::dispatcher::sessions::{Liveness, Push};
 use crate::persist::Committer;
 use crate::scheduler::{Scheduler, Strategy};
 use crate::store::{MemoryStore, Snapshot, Store, Write};
@@ -36,7 +35,7 @@ const LIVENESS: Liveness = Liveness {
 
 /// A manager's state over an in-memory store the test can read back.
 struct Fixture {
-    state: State,
+    state: Engine,
     store: Arc<MemoryStore>,
 }
 
@@ -44,7 +43,7 @@ struct Fixture {
 struct Worker {
     node: Uuid,
     session: Uuid,
-    rx: mpsc::UnboundedReceiver<Result<ManagerMessage, Status>>,
+    rx: mpsc::UnboundedReceiver<Push>,
 }
 
 impl Fixture {
@@ -56,7 +55,7 @@ impl Fixture {
     /// manager builds it.
     fn over(store: Arc<MemoryStore>) -> Self {
         let snapshot = store.load().expect("load the store");
-        let state = State::restore(
+        let state = Engine::restore(
             snapshot,
             Scheduler::with_seed(Strategy::Spread, 1),
             Committer::start(store.clone()),
@@ -76,7 +75,7 @@ impl Fixture {
     /// (A status written for a task the store never saw created would make
     /// the store corrupt, and `durable` would fail.)
     fn submit(&mut self, specs: Vec<TaskSpec>) -> Vec<Task> {
-        let tasks = State::new_tasks(specs);
+        let tasks = Engine::new_tasks(specs, self.state.clock().now().wall);
         let created = tasks
             .iter()
             .cloned()
@@ -130,6 +129,12 @@ impl Fixture {
         self.state.report(worker.node, worker.session, vec![status])
     }
 
+    /// A heartbeat from `worker`, as a sign of life.
+    fn heartbeat(&mut self, worker: &Worker) -> bool {
+        self.state
+            .heartbeat(worker.node, worker.session, NodeMetrics::default())
+    }
+
     /// The task as the state holds it now.
     fn task(&self, task: &Task) -> Task {
         self.state.task(id(task)).cloned().expect("task exists")
@@ -149,9 +154,7 @@ impl Worker {
     /// The next message, which must be an `Assignments`.
     fn next(&mut self) -> Assignments {
         match self.rx.try_recv() {
-            Ok(Ok(ManagerMessage {
-                kind: Some(manager_message::Kind::Assignments(a)),
-            })) => a,
+            Ok(Push::Assignments(a)) => a,
             other => panic!("node {}: expected assignments, got {other:?}", self.node),
         }
     }
@@ -418,7 +421,8 @@ async fn reports_move_a_task_forward_and_record_what_the_worker_saw() {
 async fn a_report_about_an_older_attempt_is_ignored_and_a_live_container_is_told_to_stop() {
     // A task at its second attempt can only come from the store: seed it.
     let store = Arc::new(MemoryStore::new());
-    let mut task = State::new_tasks(vec![cpu_spec("web", 100)]).remove(0);
+    let mut task =
+        Engine::new_tasks(vec![cpu_spec("web", 100)], std::time::SystemTime::now()).remove(0);
     task.attempt = 2;
     store
         .commit(&[Write::TaskCreated(Box::new(task.clone()))])
@@ -862,7 +866,7 @@ async fn closing_a_superseded_session_changes_nothing() {
 /// Two nodes connect; 2s later `alive` shows a sign of life through `signal`.
 /// 1ms before 3s `quiet` is still ready; at 3s it has been silent for the
 /// whole deadline and is declared down, and `alive` (silent for only 1s) is not.
-async fn check_liveness(signal: fn(&mut State, &Worker) -> bool) {
+async fn check_liveness(signal: fn(&mut Engine, &Worker) -> bool) {
     tokio::time::pause();
     let mut f = Fixture::new();
     let mut quiet = f.join("quiet", 0);
@@ -891,8 +895,8 @@ async fn check_liveness(signal: fn(&mut State, &Worker) -> bool) {
     );
     // The worker learns why its stream ended, then the stream ends.
     match quiet.rx.try_recv() {
-        Ok(Err(status)) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
-        other => panic!("expected an error status, got {other:?}"),
+        Ok(Push::End(why)) => assert!(why.contains("no heartbeat"), "{why}"),
+        other => panic!("expected the end of the session, got {other:?}"),
     }
     assert_eq!(quiet.rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
     assert!(
@@ -1016,10 +1020,13 @@ async fn event_numbers_continue_after_a_restart() {
 #[tokio::test]
 async fn a_stale_attempt_is_stopped_with_the_tasks_grace_period() {
     let store = Arc::new(MemoryStore::new());
-    let mut task = State::new_tasks(vec![TaskSpec {
-        stop_grace_period: Some(duration(Duration::from_secs(60))),
-        ..spec("db")
-    }])
+    let mut task = Engine::new_tasks(
+        vec![TaskSpec {
+            stop_grace_period: Some(duration(Duration::from_secs(60))),
+            ..spec("db")
+        }],
+        std::time::SystemTime::now(),
+    )
     .remove(0);
     task.attempt = 2;
     store
@@ -1303,7 +1310,7 @@ async fn an_unhealthy_task_with_no_restarts_left_keeps_running() {
     if let Some(r) = spec.restart.as_mut() {
         r.max_restarts = 1;
     }
-    let mut task = State::new_tasks(vec![spec]).remove(0);
+    let mut task = Engine::new_tasks(vec![spec], std::time::SystemTime::now()).remove(0);
     task.attempt = 2;
     task.restart_count = 1;
     store
@@ -1349,4 +1356,61 @@ async fn a_task_that_exits_while_unhealthy_ends_as_its_exit_says_and_without_hea
     );
     assert_eq!(now.message, "container exited with code 3");
     worker.expect_quiet();
+}
+
+// ---- restart backoff -----------------------------------------------------
+
+/// Runs attempt after attempt of a task that always restarts; each one runs
+/// for the given time (on the paused clock) and then fails. Returns the
+/// backoff the manager chose after each, in seconds.
+async fn backoffs_after_runs(runs: &[Duration]) -> Vec<u64> {
+    tokio::time::pause();
+    let mut f = Fixture::new();
+    let mut worker = f.join("w", 1000);
+    worker.full_set();
+    let task = f.submit_one(TaskSpec {
+        restart: Some(orch::v1::RestartPolicy {
+            condition: orch::v1::RestartCondition::Always as i32,
+            max_restarts: 0,
+        }),
+        ..spec("crashy")
+    });
+    let mut delays = Vec::new();
+    for &ran in runs {
+        let current = f.task(&task);
+        worker.expect_run(&current);
+        // No worker time: the manager stamps `started_at` on its own clock.
+        assert!(f.report(&worker, &current, TaskState::Running));
+        advance(ran).await;
+        assert!(f.heartbeat(&worker));
+        assert!(f.report_status(
+            &worker,
+            TaskStatus {
+                exit_code: Some(1),
+                ..status(&current, TaskState::Failed)
+            }
+        ));
+        let waiting = f.task(&task);
+        let due = waiting.restart_at.expect("a restart waits");
+        let delay = orch::time::system_time(&due)
+            .duration_since(orch::time::system_time(
+                waiting.updated_at.as_ref().expect("stamped"),
+            ))
+            .expect("due after now");
+        delays.push(delay.as_secs());
+        advance(delay).await;
+        assert!(f.heartbeat(&worker));
+        f.state.tick(Instant::now());
+    }
+    delays
+}
+
+#[tokio::test]
+async fn the_restart_backoff_doubles_for_short_runs_and_starts_over_after_a_stable_one() {
+    let short = Duration::from_secs(2);
+    let stable = crate::orchestrator::restart::STABLE_AFTER;
+    assert_eq!(
+        backoffs_after_runs(&[short, short, short, stable, short]).await,
+        vec![1, 2, 4, 1, 2]
+    );
 }

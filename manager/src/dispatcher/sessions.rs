@@ -1,0 +1,288 @@
+//! The workers' sessions as the manager's core sees them: which node has an
+//! open stream, which session `Register` handed out, when each node was last
+//! heard from, and the liveness deadline that follows.
+//!
+//! `Sessions` owns the sending half of every session's channel; the
+//! dispatcher's gRPC code owns the receiving half and turns each [`Push`] into
+//! a stream message. Nothing here knows tonic or the network: a push is a
+//! plain value on a channel, so the core never holds the state lock across
+//! I/O. It decides nothing about tasks; whether a silent node goes down, and
+//! what happens to its tasks, is the engine's call.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use orch::v1::Assignments;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// What the manager sends down a worker's session. The dispatcher turns it
+/// into the stream's messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Push {
+    /// Tasks to run and to stop.
+    Assignments(Assignments),
+    /// The manager ends the session, for this reason; the worker registers again.
+    End(String),
+}
+
+/// The sending half of a session's stream.
+pub type SessionTx = mpsc::UnboundedSender<Push>;
+
+/// Liveness settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// How often workers send heartbeats.
+    pub heartbeat_period: Duration,
+    /// A node is down once this many periods pass without a heartbeat.
+    pub missed_heartbeats: u32,
+}
+
+impl Liveness {
+    /// How long a node may stay silent before it is declared down.
+    pub fn deadline(&self) -> Duration {
+        self.heartbeat_period * self.missed_heartbeats
+    }
+}
+
+/// One node's session bookkeeping.
+struct Entry {
+    /// The open session and its stream, if the worker is connected.
+    open: Option<(Uuid, SessionTx)>,
+    /// A session id handed out by `Register` and not yet opened.
+    registered: Option<Uuid>,
+    /// When the worker was last heard from (tokio's clock, so tests can pause it).
+    last_seen: Instant,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("session {session} of node {node} is unknown or superseded; register again")]
+pub struct StaleSession {
+    /// The node named by the worker.
+    pub node: Uuid,
+    /// The session named by the worker.
+    pub session: Uuid,
+}
+
+/// Every node's session. See the module documentation.
+pub struct Sessions {
+    entries: HashMap<Uuid, Entry>,
+    liveness: Liveness,
+}
+
+impl Sessions {
+    /// No sessions yet.
+    pub fn new(liveness: Liveness) -> Self {
+        Self {
+            entries: HashMap::new(),
+            liveness,
+        }
+    }
+
+    /// The liveness settings.
+    pub fn liveness(&self) -> Liveness {
+        self.liveness
+    }
+
+    /// Hands out a new session id for `node`, to be opened next. A session
+    /// handed out before and not opened is forgotten; an open one stays open
+    /// until the new one opens.
+    pub fn register(&mut self, node: Uuid, now: Instant) -> Uuid {
+        let session = Uuid::new_v4();
+        self.track(node, now);
+        if let Some(entry) = self.entries.get_mut(&node) {
+            entry.registered = Some(session);
+        }
+        session
+    }
+
+    /// Opens the session `Register` handed out: from now on pushes to `node`
+    /// go to `tx`, and the node counts as heard from. A previous session of
+    /// the node is replaced, which closes its stream.
+    ///
+    /// # Errors
+    /// [`StaleSession`] if `session` is not the one last handed out for `node`.
+    pub fn open(
+        &mut self,
+        node: Uuid,
+        session: Uuid,
+        tx: SessionTx,
+        now: Instant,
+    ) -> Result<(), StaleSession> {
+        let entry = self
+            .entries
+            .get_mut(&node)
+            .filter(|e| e.registered == Some(session))
+            .ok_or(StaleSession { node, session })?;
+        entry.registered = None;
+        entry.open = Some((session, tx));
+        entry.last_seen = now;
+        Ok(())
+    }
+
+    /// The stream of `session` ended. Returns whether it was the node's
+    /// current session (a superseded one changes nothing).
+    pub fn close(&mut self, node: Uuid, session: Uuid) -> bool {
+        match self.entries.get_mut(&node) {
+            Some(entry) if entry.open.as_ref().map(|s| s.0) == Some(session) => {
+                entry.open = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `session` is `node`'s open session.
+    pub fn is_current(&self, node: Uuid, session: Uuid) -> bool {
+        self.entries
+            .get(&node)
+            .and_then(|e| e.open.as_ref())
+            .is_some_and(|s| s.0 == session)
+    }
+
+    /// Whether `node`'s worker is connected.
+    pub fn connected(&self, node: Uuid) -> bool {
+        self.entries.get(&node).is_some_and(|e| e.open.is_some())
+    }
+
+    /// The worker of `node` was heard from at `now`.
+    pub fn seen(&mut self, node: Uuid, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(&node) {
+            entry.last_seen = now;
+        }
+    }
+
+    /// Starts counting `node`'s liveness from `now`, unless it is counted
+    /// already. A node loaded from the store gets a whole deadline for its
+    /// worker to come back to a restarted manager.
+    pub fn track(&mut self, node: Uuid, now: Instant) {
+        self.entries.entry(node).or_insert(Entry {
+            open: None,
+            registered: None,
+            last_seen: now,
+        });
+    }
+
+    /// When `node` is due to be declared down unless it is heard from first;
+    /// `None` for a node not tracked.
+    pub fn deadline(&self, node: Uuid) -> Option<Instant> {
+        self.entries
+            .get(&node)
+            .map(|e| e.last_seen + self.liveness.deadline())
+    }
+
+    /// Sends `assignments` down `node`'s session, if it has one. A worker
+    /// that has gone away is no error: its next session opens with the full set.
+    pub fn push(&self, node: Uuid, assignments: Assignments) {
+        if let Some((_, tx)) = self.entries.get(&node).and_then(|e| e.open.as_ref()) {
+            let _ = tx.send(Push::Assignments(assignments));
+        }
+    }
+
+    /// Ends `node`'s open session, telling the worker `why`.
+    pub fn end(&mut self, node: Uuid, why: &str) {
+        if let Some((_, tx)) = self.entries.get_mut(&node).and_then(|e| e.open.take()) {
+            let _ = tx.send(Push::End(why.to_owned()));
+        }
+    }
+
+    /// Drops every session's sender, so that every stream ends: for a
+    /// graceful shutdown, which would otherwise wait on streams that never end.
+    pub fn close_all(&mut self) {
+        for entry in self.entries.values_mut() {
+            entry.open = None;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly, where it fails"
+)]
+mod tests {
+    use tokio::sync::mpsc::error::TryRecvError;
+
+    use super::*;
+
+    const LIVENESS: Liveness = Liveness {
+        heartbeat_period: Duration::from_secs(1),
+        missed_heartbeats: 3,
+    };
+
+    #[test]
+    fn only_the_session_last_handed_out_opens() {
+        let now = Instant::now();
+        let mut s = Sessions::new(LIVENESS);
+        let node = Uuid::new_v4();
+        let first = s.register(node, now);
+        let second = s.register(node, now);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        assert_eq!(
+            s.open(node, first, tx.clone(), now),
+            Err(StaleSession {
+                node,
+                session: first
+            })
+        );
+        assert!(s.open(Uuid::new_v4(), second, tx.clone(), now).is_err());
+        s.open(node, second, tx.clone(), now).unwrap();
+        assert!(s.is_current(node, second) && s.connected(node));
+        // A session opens once.
+        assert!(s.open(node, second, tx, now).is_err());
+    }
+
+    #[test]
+    fn a_new_session_replaces_the_old_whose_close_then_changes_nothing() {
+        let now = Instant::now();
+        let mut s = Sessions::new(LIVENESS);
+        let node = Uuid::new_v4();
+        let old = s.register(node, now);
+        let (old_tx, mut old_rx) = mpsc::unbounded_channel();
+        s.open(node, old, old_tx, now).unwrap();
+        let new = s.register(node, now);
+        let (new_tx, mut new_rx) = mpsc::unbounded_channel();
+        s.open(node, new, new_tx, now).unwrap();
+        assert_eq!(old_rx.try_recv(), Err(TryRecvError::Disconnected));
+        assert!(!s.close(node, old), "superseded");
+        assert!(s.is_current(node, new));
+        s.push(node, Assignments::default());
+        assert_eq!(
+            new_rx.try_recv(),
+            Ok(Push::Assignments(Assignments::default()))
+        );
+        assert!(s.close(node, new));
+        assert!(!s.connected(node));
+    }
+
+    #[test]
+    fn ending_a_session_tells_the_worker_why_then_closes_its_stream() {
+        let now = Instant::now();
+        let mut s = Sessions::new(LIVENESS);
+        let node = Uuid::new_v4();
+        let session = s.register(node, now);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        s.open(node, session, tx, now).unwrap();
+        s.end(node, "no heartbeat");
+        assert_eq!(rx.try_recv(), Ok(Push::End("no heartbeat".into())));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+        assert!(!s.connected(node));
+    }
+
+    #[test]
+    fn the_deadline_follows_the_last_sign_of_life() {
+        let start = Instant::now();
+        let mut s = Sessions::new(LIVENESS);
+        let node = Uuid::new_v4();
+        assert_eq!(s.deadline(node), None);
+        s.track(node, start);
+        assert_eq!(s.deadline(node), Some(start + Duration::from_secs(3)));
+        s.seen(node, start + Duration::from_secs(2));
+        assert_eq!(s.deadline(node), Some(start + Duration::from_secs(5)));
+        // Tracking again does not reset the count.
+        s.track(node, start + Duration::from_secs(4));
+        assert_eq!(s.deadline(node), Some(start + Duration::from_secs(5)));
+    }
+}

@@ -1,0 +1,136 @@
+//! The API's node operations (drain, activate, list) and the rules of a
+//! node's state that every caller shares.
+
+use orch::v1::{Node, NodeState};
+use uuid::Uuid;
+
+use super::{Engine, stop_of};
+use crate::Error;
+use crate::orchestrator::drain;
+use crate::persist::Durable;
+use crate::state::demand_of;
+
+impl Engine {
+    /// Every node, as `ListNodes` shows it.
+    pub fn list_nodes(&self) -> Vec<Node> {
+        self.state.list_nodes()
+    }
+
+    fn node_by_id(&self, id: Uuid) -> Result<usize, Error> {
+        self.state
+            .node_index(id)
+            .ok_or_else(|| Error::NotFound(format!("node {id} not found")))
+    }
+
+    /// The state a live node shows: draining if drained, else ready.
+    pub(super) fn live_state(&self, i: usize) -> NodeState {
+        if self.state.record(i).node.draining {
+            NodeState::Draining
+        } else {
+            NodeState::Ready
+        }
+    }
+
+    /// Whether the scheduler may place tasks on node `i`: it is `ready` (not
+    /// down, not draining) and its worker is connected. A worker whose stream
+    /// broke is most likely gone; tasks placed on it would wait out the
+    /// liveness deadline, and when many nodes fail together they would be
+    /// bounced from one dying node to the next.
+    pub(super) fn refresh_placeable(&mut self, i: usize) {
+        let connected = self.sessions.connected(self.state.node_id(i));
+        let (node, snapshot) = self.state.node_mut(i);
+        snapshot.ready = node.state() == NodeState::Ready && connected;
+    }
+
+    /// Sets node `i`'s state and whether it takes tasks; a change of state is
+    /// persisted and becomes an event. Whether it takes tasks can change with
+    /// the state unchanged: a worker that reconnects within the deadline.
+    pub(super) fn set_node_state(&mut self, i: usize, state: NodeState, why: &str) {
+        let (node, _) = self.state.node_mut(i);
+        let changed = node.state() != state;
+        node.set_state(state);
+        self.refresh_placeable(i);
+        if !changed {
+            return;
+        }
+        tracing::info!(node = %self.state.node_id(i), name = %self.state.node_name(i), state = ?state, why, "node state");
+        self.state.node_changed(i, why);
+    }
+
+    /// Drains a node: no new tasks go there, and each of its tasks moves to
+    /// another node as a new attempt (see `orchestrator::drain`). Returns the
+    /// node and a [`Durable`] for the change.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown node.
+    pub fn drain(&mut self, node_id: Uuid) -> Result<(Node, Durable), Error> {
+        self.begin();
+        let i = self.node_by_id(node_id)?;
+        if !self.state.record(i).node.draining {
+            self.state.node_mut(i).0.draining = true;
+            let state = match self.state.record(i).node.state() {
+                NodeState::Down => NodeState::Down,
+                _ => NodeState::Draining,
+            };
+            // The flag is persisted even when the visible state does not change.
+            self.state.node_written(i);
+            self.set_node_state(i, state, "drained");
+            let on_node = self.state.tasks_on(i);
+            let moves = drain::moves(
+                on_node
+                    .iter()
+                    .filter_map(|&id| self.state.task(id).map(|t| (id, t))),
+            );
+            let name = self.state.node_name(i).to_owned();
+            for mv in moves {
+                self.move_off(i, mv, &name);
+            }
+        }
+        Ok((self.state.node_view(i), self.flush_durable()))
+    }
+
+    /// Moves one task off draining node `i`: a new attempt is placed
+    /// elsewhere while the old one keeps running (a handoff), or, with no
+    /// room elsewhere, the old one stops now and the task waits, pending.
+    fn move_off(&mut self, i: usize, mv: drain::Move, node_name: &str) {
+        let Some(task) = self.state.task(mv.task) else {
+            return;
+        };
+        let demand = demand_of(task);
+        self.state.release(i, mv.task, &demand);
+        self.state.begin_attempt(mv.task);
+        if let Some(task) = self.state.task_mut(mv.task) {
+            task.message = format!("moving off drained node {node_name}");
+        }
+        self.state.task_changed(mv.task);
+        let node = self.state.node_id(i);
+        if self.place(mv.task) {
+            self.handoffs.begin(node, mv);
+        } else {
+            self.push(
+                node,
+                vec![],
+                vec![stop_of(&mv.task.to_string(), mv.attempt, mv.grace)],
+            );
+        }
+    }
+
+    /// Undoes [`Engine::drain`]: the node takes new tasks again, and pending
+    /// tasks are tried on it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown node.
+    pub fn activate(&mut self, node_id: Uuid) -> Result<(Node, Durable), Error> {
+        self.begin();
+        let i = self.node_by_id(node_id)?;
+        if self.state.record(i).node.draining {
+            self.state.node_mut(i).0.draining = false;
+            self.state.node_written(i);
+            if self.state.record(i).node.state() == NodeState::Draining {
+                self.set_node_state(i, NodeState::Ready, "activated");
+            }
+            self.retry_pending();
+        }
+        Ok((self.state.node_view(i), self.flush_durable()))
+    }
+}

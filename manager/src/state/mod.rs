@@ -1,0 +1,517 @@
+//! The manager's live objects, in memory, with their change feed: every task
+//! and node, the queue of tasks waiting for a node, the per-node snapshots the
+//! scheduler reads, and the numbered events.
+//!
+//! `State` decides nothing: it holds the objects, keeps its indexes (tasks by
+//! node, pending tasks, node snapshots) consistent, and turns every change it
+//! is told about into the matching store [`Write`]s and [`Event`]s. Writes pile
+//! up until the engine takes them ([`State::take_writes`]) and queues them on
+//! the committer, in order; events are broadcast at once to `WatchEvents`.
+//! Each change of a task's observed state goes through
+//! [`State::set_task_state`], which refuses any move the transition table
+//! (`orch::task_state::TRANSITIONS`) does not list, whether a worker reported
+//! it or the manager made it itself.
+//!
+//! It does no I/O and reads no clock: the time it stamps on changes is set by
+//! the engine ([`State::set_time`]) at the start of each operation.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::SystemTime;
+
+use orch::task_state::{self, TransitionError};
+use orch::time::timestamp;
+use orch::v1::{Event, HealthState, Node, NodeEvent, NodeState, Task, TaskEvent, TaskState, event};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::scheduler::{Demand, NodeSnapshot, Resources};
+use crate::store::{Snapshot, Write};
+
+/// How many events a slow `WatchEvents` client may fall behind before it is cut off.
+const EVENT_BUFFER: usize = 65_536;
+
+/// What the manager keeps of a node beside its scheduling snapshot.
+pub struct NodeRecord {
+    /// The node as stored and listed (its `allocated` and `task_count` are
+    /// filled in from the snapshot when listed).
+    pub node: Node,
+    /// Active tasks placed on the node.
+    pub tasks: HashSet<Uuid>,
+}
+
+/// The live objects. See the module documentation.
+pub struct State {
+    cluster_id: String,
+    tasks: BTreeMap<Uuid, Box<Task>>,
+    /// Tasks waiting for a node, in submission order (v7 ids sort by time).
+    pending: BTreeSet<Uuid>,
+    /// Scheduling snapshots, one per node, in registration order.
+    snapshots: Vec<NodeSnapshot>,
+    /// The rest of each node, same index as `snapshots`.
+    records: Vec<NodeRecord>,
+    node_index: HashMap<Uuid, usize>,
+    last_event: u64,
+    events: broadcast::Sender<Event>,
+    /// Changes not yet handed to the committer, in the order they were made.
+    writes: Vec<Write>,
+    /// The time stamped on changes.
+    now: SystemTime,
+}
+
+/// A task's id as a UUID; the manager mints every id, so a bad one is a bug
+/// that maps to the nil id rather than a panic.
+pub fn task_uuid(task: &Task) -> Uuid {
+    Uuid::parse_str(&task.id).unwrap_or_default()
+}
+
+/// What a task reserves on its node.
+pub fn demand_of(task: &Task) -> Demand {
+    task.spec.as_ref().map(Demand::of).unwrap_or_default()
+}
+
+impl State {
+    /// Rebuilds the objects from what the store holds. Nodes come back
+    /// `down` until their workers reconnect (a write each, queued); pending
+    /// tasks go back in the queue; active tasks reserve their resources again.
+    pub fn restore(snapshot: Snapshot, now: SystemTime) -> Self {
+        let mut writes = Vec::new();
+        let cluster_id = snapshot.cluster_id.unwrap_or_else(|| {
+            let id = Uuid::new_v4().to_string();
+            writes.push(Write::ClusterId(id.clone()));
+            id
+        });
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let mut state = Self {
+            cluster_id,
+            tasks: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            snapshots: Vec::new(),
+            records: Vec::new(),
+            node_index: HashMap::new(),
+            last_event: snapshot.last_event_sequence,
+            events,
+            writes,
+            now,
+        };
+        for mut node in snapshot.nodes {
+            if node.state() != NodeState::Down {
+                node.set_state(NodeState::Down);
+                state.writes.push(Write::Node(Box::new(node.clone())));
+            }
+            state.add_node(node);
+        }
+        for task in snapshot.tasks {
+            let id = task_uuid(&task);
+            if task.state() == TaskState::Pending {
+                state.pending.insert(id);
+            } else if task_state::is_active(task.state())
+                && let Some(i) = state.node_of(&task)
+            {
+                state.bind(i, id, &demand_of(&task));
+            }
+            state.tasks.insert(id, Box::new(task));
+        }
+        state
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Sets the time stamped on the changes that follow.
+    pub fn set_time(&mut self, now: SystemTime) {
+        self.now = now;
+    }
+
+    /// The time stamped on changes, as a protobuf timestamp.
+    pub fn stamp(&self) -> prost_types::Timestamp {
+        timestamp(self.now)
+    }
+
+    /// The writes of every change since the last call, in order.
+    pub fn take_writes(&mut self) -> Vec<Write> {
+        std::mem::take(&mut self.writes)
+    }
+
+    /// Queues a write of its own (one that is not a task or node change).
+    pub fn write(&mut self, write: Write) {
+        self.writes.push(write);
+    }
+
+    /// A receiver of every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Ends every `WatchEvents` stream (at shutdown): dropping the sender
+    /// closes them.
+    pub fn close_events(&mut self) {
+        self.events = broadcast::channel(EVENT_BUFFER).0;
+    }
+
+    // ---- tasks ------------------------------------------------------------
+
+    /// One task.
+    pub fn task(&self, id: Uuid) -> Option<&Task> {
+        self.tasks.get(&id).map(Box::as_ref)
+    }
+
+    /// One task, to change. The caller reports the change with
+    /// [`State::task_changed`]; its observed state changes only through
+    /// [`State::set_task_state`] or [`State::begin_attempt`].
+    pub fn task_mut(&mut self, id: Uuid) -> Option<&mut Task> {
+        self.tasks.get_mut(&id).map(Box::as_mut)
+    }
+
+    /// Adds a new task (already durable) as it is: pending, or whatever it was stored as.
+    pub fn insert_task(&mut self, task: Task) -> Uuid {
+        let id = task_uuid(&task);
+        if task.state() == TaskState::Pending {
+            self.pending.insert(id);
+        }
+        self.tasks.insert(id, Box::new(task));
+        id
+    }
+
+    /// Tasks after `after` (exclusive), in id order (submission order).
+    pub fn tasks_after(&self, after: Option<Uuid>) -> impl Iterator<Item = &Task> {
+        let range = match after {
+            Some(a) => self
+                .tasks
+                .range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.tasks.range(..),
+        };
+        range.map(|(_, t)| t.as_ref())
+    }
+
+    /// Moves a task's observed state within its attempt, if the transition
+    /// table allows it. Leaving `pending` takes the task off the queue.
+    ///
+    /// # Errors
+    /// [`TransitionError::NotAllowed`] if the table does not list the move;
+    /// nothing changes then. A task that does not exist changes nothing either.
+    pub fn set_task_state(&mut self, id: Uuid, to: TaskState) -> Result<(), TransitionError> {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Ok(());
+        };
+        task_state::check_transition(task.state(), to)?;
+        task.set_state(to);
+        if to != TaskState::Pending {
+            self.pending.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Starts a task's next attempt: pending, on no node, with nothing
+    /// observed yet. Every message about the old attempt is stale from here
+    /// on. The caller releases the old attempt's reservation first, and
+    /// queues the task ([`State::enqueue`]) once it may be placed: a restart
+    /// waits out its backoff off the queue.
+    pub fn begin_attempt(&mut self, id: Uuid) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        task.attempt += 1;
+        task.set_state(TaskState::Pending);
+        task.node_id.clear();
+        task.container_id.clear();
+        task.exit_code = None;
+        task.started_at = None;
+        task.finished_at = None;
+        task.health = HealthState::Unspecified as i32;
+    }
+
+    /// Queues a pending task for placement (retried whenever room appears).
+    pub fn enqueue(&mut self, id: Uuid) {
+        if self
+            .task(id)
+            .is_some_and(|t| t.state() == TaskState::Pending)
+        {
+            self.pending.insert(id);
+        }
+    }
+
+    /// Whether a task waits in the queue for a node.
+    pub fn is_pending(&self, id: Uuid) -> bool {
+        self.pending.contains(&id)
+    }
+
+    /// Every queued task, oldest first.
+    pub fn pending(&self) -> Vec<Uuid> {
+        self.pending.iter().copied().collect()
+    }
+
+    /// Whether any task waits for a node.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Records a change of a task: stamps it, queues its write (without the
+    /// spec, which the store never rewrites) and emits its event.
+    pub fn task_changed(&mut self, id: Uuid) {
+        let now = self.stamp();
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        task.updated_at = Some(now);
+        let kind = event::Kind::Task(TaskEvent {
+            task_id: task.id.clone(),
+            attempt: task.attempt,
+            state: task.state,
+            desired_state: task.desired_state,
+            node_id: task.node_id.clone(),
+            message: task.message.clone(),
+            health: task.health,
+        });
+        // No copy of the spec to make, queue and drop for every change of state.
+        let spec = task.spec.take();
+        self.writes
+            .push(Write::TaskUpdated(Box::new(Task::clone(task))));
+        task.spec = spec;
+        self.emit(kind);
+    }
+
+    // ---- nodes ------------------------------------------------------------
+
+    /// Every node's scheduling snapshot, in registration order.
+    pub fn snapshots(&self) -> &[NodeSnapshot] {
+        &self.snapshots
+    }
+
+    /// How many nodes there are.
+    pub fn node_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The index of a node.
+    pub fn node_index(&self, id: Uuid) -> Option<usize> {
+        self.node_index.get(&id).copied()
+    }
+
+    /// The index of the node a task's current attempt is placed on.
+    pub fn node_of(&self, task: &Task) -> Option<usize> {
+        Uuid::parse_str(&task.node_id)
+            .ok()
+            .and_then(|n| self.node_index(n))
+    }
+
+    /// Node `i`'s record.
+    pub fn record(&self, i: usize) -> &NodeRecord {
+        &self.records[i]
+    }
+
+    /// Node `i`'s id.
+    pub fn node_id(&self, i: usize) -> Uuid {
+        self.snapshots[i].id
+    }
+
+    /// Node `i`'s name.
+    pub fn node_name(&self, i: usize) -> &str {
+        &self.snapshots[i].name
+    }
+
+    /// Node `i`'s record and snapshot, to change (with [`State::node_changed`]
+    /// or [`State::node_written`] after).
+    pub fn node_mut(&mut self, i: usize) -> (&mut Node, &mut NodeSnapshot) {
+        (&mut self.records[i].node, &mut self.snapshots[i])
+    }
+
+    /// Adds a node and returns its index.
+    pub fn add_node(&mut self, node: Node) -> usize {
+        let id = Uuid::parse_str(&node.id).unwrap_or_default();
+        let capacity = node
+            .capacity
+            .as_ref()
+            .map(Resources::from)
+            .unwrap_or_default();
+        self.snapshots.push(NodeSnapshot::new(
+            id,
+            node.name.clone(),
+            node.labels.clone(),
+            capacity,
+        ));
+        self.records.push(NodeRecord {
+            node,
+            tasks: HashSet::new(),
+        });
+        let i = self.records.len() - 1;
+        self.node_index.insert(id, i);
+        i
+    }
+
+    /// The active tasks placed on node `i`, in id order.
+    pub fn tasks_on(&self, i: usize) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self.records[i].tasks.iter().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Reserves `demand` for task `id` on node `i`.
+    pub fn bind(&mut self, i: usize, id: Uuid, demand: &Demand) {
+        if self.records[i].tasks.insert(id) {
+            self.snapshots[i].reserve(demand);
+        }
+    }
+
+    /// Gives back what task `id` reserved on node `i`, if it holds a reservation there.
+    pub fn release(&mut self, i: usize, id: Uuid, demand: &Demand) {
+        if self.records[i].tasks.remove(&id) {
+            self.snapshots[i].release(demand);
+        }
+    }
+
+    /// Queues the write of node `i`'s record, with no event (a change people
+    /// need not see, such as the draining flag of a node that stays down).
+    pub fn node_written(&mut self, i: usize) {
+        let node = self.records[i].node.clone();
+        self.writes.push(Write::Node(Box::new(node)));
+    }
+
+    /// Records a change of node `i`'s state: its write and an event saying `why`.
+    pub fn node_changed(&mut self, i: usize, why: &str) {
+        let node = &self.records[i].node;
+        let kind = event::Kind::Node(NodeEvent {
+            node_id: node.id.clone(),
+            name: node.name.clone(),
+            state: node.state,
+            message: why.to_string(),
+        });
+        self.node_written(i);
+        self.emit(kind);
+    }
+
+    /// Node `i` as `ListNodes` shows it.
+    pub fn node_view(&self, i: usize) -> Node {
+        let snap = &self.snapshots[i];
+        let mut node = self.records[i].node.clone();
+        node.allocated = Some(snap.allocated.into());
+        node.task_count = snap.task_count;
+        node
+    }
+
+    /// Every node, as `ListNodes` shows it.
+    pub fn list_nodes(&self) -> Vec<Node> {
+        (0..self.records.len()).map(|i| self.node_view(i)).collect()
+    }
+
+    // ---- events -----------------------------------------------------------
+
+    fn emit(&mut self, kind: event::Kind) {
+        self.last_event += 1;
+        let e = Event {
+            sequence: self.last_event,
+            time: Some(self.stamp()),
+            kind: Some(kind),
+        };
+        self.writes.push(Write::Event(Box::new(e.clone())));
+        // No receivers is fine: nobody is watching.
+        let _ = self.events.send(e);
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly, where it fails"
+)]
+mod tests {
+    use orch::v1::TaskSpec;
+
+    use super::*;
+
+    fn state() -> State {
+        State::restore(Snapshot::default(), SystemTime::UNIX_EPOCH)
+    }
+
+    fn pending_task() -> Task {
+        Task {
+            id: Uuid::now_v7().to_string(),
+            spec: Some(TaskSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            state: TaskState::Pending as i32,
+            attempt: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_managers_own_moves_are_checked_by_the_transition_table() {
+        let mut s = state();
+        let id = s.insert_task(pending_task());
+        assert!(s.is_pending(id));
+        // A pending task cannot be lost or running: it is on no node.
+        assert!(s.set_task_state(id, TaskState::Lost).is_err());
+        assert!(s.set_task_state(id, TaskState::Running).is_err());
+        assert_eq!(s.task(id).unwrap().state(), TaskState::Pending);
+        assert!(s.is_pending(id), "a refused move changes nothing");
+        s.set_task_state(id, TaskState::Scheduled).unwrap();
+        assert!(!s.is_pending(id));
+        s.set_task_state(id, TaskState::Lost).unwrap();
+        // Nothing leaves a terminal state within the attempt.
+        assert!(s.set_task_state(id, TaskState::Scheduled).is_err());
+        // A new attempt starts over, pending, and waits off the queue
+        // until it is queued.
+        s.begin_attempt(id);
+        let task = s.task(id).unwrap();
+        assert_eq!((task.attempt, task.state()), (2, TaskState::Pending));
+        assert!(!s.is_pending(id));
+        s.enqueue(id);
+        assert!(s.is_pending(id));
+    }
+
+    #[test]
+    fn every_change_becomes_a_write_and_a_numbered_event() {
+        let mut s = state();
+        let mut events = s.subscribe();
+        let id = s.insert_task(pending_task());
+        s.set_task_state(id, TaskState::Scheduled).unwrap();
+        s.task_changed(id);
+        let i = s.add_node(Node {
+            id: Uuid::now_v7().to_string(),
+            ..Default::default()
+        });
+        s.node_changed(i, "worker connected");
+        let writes = s.take_writes();
+        assert!(matches!(
+            &writes[..],
+            [
+                Write::ClusterId(_),
+                Write::TaskUpdated(t),
+                Write::Event(_),
+                Write::Node(_),
+                Write::Event(_)
+            ] if t.spec.is_none() && t.state() == TaskState::Scheduled
+        ));
+        assert_eq!(events.try_recv().unwrap().sequence, 1);
+        assert_eq!(events.try_recv().unwrap().sequence, 2);
+        assert!(s.take_writes().is_empty());
+    }
+
+    #[test]
+    fn a_reservation_is_taken_and_given_back_once() {
+        let mut s = state();
+        let i = s.add_node(Node {
+            id: Uuid::now_v7().to_string(),
+            ..Default::default()
+        });
+        let task = Uuid::now_v7();
+        let demand = Demand {
+            resources: Resources {
+                milli_cpus: 500,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        s.bind(i, task, &demand);
+        s.bind(i, task, &demand);
+        assert_eq!(s.snapshots()[i].allocated.milli_cpus, 500);
+        assert_eq!(s.tasks_on(i), vec![task]);
+        s.release(i, task, &demand);
+        s.release(i, task, &demand);
+        assert_eq!(s.snapshots()[i].allocated.milli_cpus, 0);
+        assert_eq!(s.snapshots()[i].task_count, 0);
+    }
+}
