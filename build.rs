@@ -11,6 +11,7 @@ use prost::Message as _;
 const PROTOS: &[&str] = &[
     "orch/v1/types.proto",
     "orch/v1/service.proto",
+    "orch/v1/events.proto",
     "orch/v1/cluster.proto",
     "orch/v1/dispatcher.proto",
 ];

@@ -1,13 +1,14 @@
 //! How `orchctl` prints tasks, nodes and events: aligned tables for people,
 //! and JSON with stable field names for scripts (the names are part of the
-//! CLI's contract; see DESIGN.md).
+//! CLI's contract, listed in README.md).
 
 use std::time::SystemTime;
 
 use orch::quantity::{format_bytes, format_milli_cpus};
 use orch::task_state;
 use orch::v1::{
-    DesiredState, Event, Node, NodeMetrics, NodeState, Resources, Task, TaskState, event,
+    DesiredState, Event, Node, NodeMetrics, NodeState, Resources, RolloutState, Task, TaskState,
+    event,
 };
 use serde_json::{Value, json};
 
@@ -131,9 +132,29 @@ pub fn event_json(e: &Event) -> Value {
             v["state"] = node_state_name(n.state()).into();
             v["message"] = n.message.clone().into();
         }
+        Some(event::Kind::Service(sv)) => {
+            v["type"] = "service".into();
+            v["name"] = sv.name.clone().into();
+            v["version"] = sv.version.into();
+            v["rollout_state"] = rollout_state_name(sv.rollout_state()).into();
+            v["message"] = sv.message.clone().into();
+            v["deleted"] = sv.deleted.into();
+        }
         None => {}
     }
     v
+}
+
+/// The lowercase word for a rollout state, as JSON and tables show it.
+pub fn rollout_state_name(s: RolloutState) -> &'static str {
+    match s {
+        RolloutState::Unspecified => "none",
+        RolloutState::RollingOut => "rolling_out",
+        RolloutState::Completed => "completed",
+        RolloutState::Paused => "paused",
+        RolloutState::RollingBack => "rolling_back",
+        RolloutState::RolledBack => "rolled_back",
+    }
 }
 
 /// An event as one line for people.
@@ -169,6 +190,21 @@ pub fn event_line(e: &Event) -> String {
                 String::new()
             } else {
                 format!(": {}", n.message)
+            }
+        ),
+        Some(event::Kind::Service(sv)) => format!(
+            "{time} service {} version {} {}{}",
+            sv.name,
+            sv.version,
+            if sv.deleted {
+                "deleted"
+            } else {
+                rollout_state_name(sv.rollout_state())
+            },
+            if sv.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", sv.message)
             }
         ),
         None => format!("{time} (unknown event)"),

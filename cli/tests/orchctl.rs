@@ -1,7 +1,7 @@
 //! End-to-end tests of the `orchctl` binary as a person or a script runs it:
 //! the real executable, against a real manager and worker (the cluster
-//! harness) with the real Docker engine. They pin the orchctl contract in
-//! DESIGN.md: what goes to stdout, what goes to stderr, exit codes, and the
+//! harness) with the real Docker engine. They pin the orchctl contract (the
+//! README's command table): what goes to stdout, what goes to stderr, exit codes, and the
 //! JSON field names.
 //!
 //! Every child runs with `ORCH_MANAGER` and `ORCH_LOG` removed from its

@@ -263,6 +263,8 @@ impl State {
             node_id: task.node_id.clone(),
             message: task.message.clone(),
             health: task.health,
+            service: task.service.clone(),
+            slot: task.slot,
         });
         // No copy of the spec to make, queue and drop for every change of state.
         let spec = task.spec.take();

@@ -366,6 +366,8 @@ mod checks {
                 node_id: id(1_001),
                 message: "container started".to_owned(),
                 health: orch::v1::HealthState::Healthy.into(),
+                service: "web".to_owned(),
+                slot: 2,
             })
         } else {
             event::Kind::Node(NodeEvent {

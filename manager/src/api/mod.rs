@@ -10,10 +10,14 @@ use std::sync::Arc;
 use futures::Stream;
 use orch::v1::cluster_server::Cluster;
 use orch::v1::{
-    ActivateNodeRequest, ActivateNodeResponse, DrainNodeRequest, DrainNodeResponse, Event,
-    GetTaskRequest, GetTaskResponse, ListNodesRequest, ListNodesResponse, ListTasksRequest,
-    ListTasksResponse, StopTaskRequest, StopTaskResponse, SubmitTaskRequest, SubmitTaskResponse,
-    SubmitTasksRequest, SubmitTasksResponse, TaskSpec, TaskState, WatchEventsRequest,
+    ActivateNodeRequest, ActivateNodeResponse, ApplyServiceRequest, ApplyServiceResponse,
+    DeleteServiceRequest, DeleteServiceResponse, DrainNodeRequest, DrainNodeResponse, Event,
+    GetServiceRequest, GetServiceResponse, GetTaskRequest, GetTaskResponse, ListNodesRequest,
+    ListNodesResponse, ListServiceVersionsRequest, ListServiceVersionsResponse,
+    ListServicesRequest, ListServicesResponse, ListTasksRequest, ListTasksResponse,
+    RollbackServiceRequest, RollbackServiceResponse, ScaleServiceRequest, ScaleServiceResponse,
+    StopTaskRequest, StopTaskResponse, SubmitTaskRequest, SubmitTaskResponse, SubmitTasksRequest,
+    SubmitTasksResponse, TaskSpec, TaskState, WatchEventsRequest,
 };
 use orch::validate::{self, FieldError};
 use tokio::sync::broadcast::error::RecvError;
@@ -21,6 +25,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::engine::Engine;
+
+mod services;
 use crate::{Error, Shared};
 
 /// Most specs in one `SubmitTasks` call.
@@ -202,6 +208,69 @@ impl Cluster for ClusterApi {
         let (node, durable) = self.shared.lock().activate(id)?;
         durable.wait().await.map_err(Error::from)?;
         Ok(Response::new(ActivateNodeResponse { node: Some(node) }))
+    }
+
+    async fn apply_service(
+        &self,
+        request: Request<ApplyServiceRequest>,
+    ) -> Result<Response<ApplyServiceResponse>, Status> {
+        services::apply(&self.shared, request.into_inner(), services::How::Apply).await
+    }
+
+    async fn create_service(
+        &self,
+        request: Request<ApplyServiceRequest>,
+    ) -> Result<Response<ApplyServiceResponse>, Status> {
+        services::apply(&self.shared, request.into_inner(), services::How::Create).await
+    }
+
+    async fn update_service(
+        &self,
+        request: Request<ApplyServiceRequest>,
+    ) -> Result<Response<ApplyServiceResponse>, Status> {
+        services::apply(&self.shared, request.into_inner(), services::How::Update).await
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<GetServiceRequest>,
+    ) -> Result<Response<GetServiceResponse>, Status> {
+        services::get(&self.shared, request.into_inner())
+    }
+
+    async fn list_services(
+        &self,
+        _request: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        services::list(&self.shared)
+    }
+
+    async fn scale_service(
+        &self,
+        request: Request<ScaleServiceRequest>,
+    ) -> Result<Response<ScaleServiceResponse>, Status> {
+        services::scale(&self.shared, request.into_inner()).await
+    }
+
+    async fn rollback_service(
+        &self,
+        request: Request<RollbackServiceRequest>,
+    ) -> Result<Response<RollbackServiceResponse>, Status> {
+        services::rollback(&self.shared, request.into_inner()).await
+    }
+
+    async fn delete_service(
+        &self,
+        request: Request<DeleteServiceRequest>,
+    ) -> Result<Response<DeleteServiceResponse>, Status> {
+        services::delete(&self.shared, request.into_inner()).await
+    }
+
+    async fn list_service_versions(
+        &self,
+        request: Request<ListServiceVersionsRequest>,
+    ) -> Result<Response<ListServiceVersionsResponse>, Status> {
+        services::versions(&self.shared, request.into_inner())
     }
 
     type WatchEventsStream = EventStream;
