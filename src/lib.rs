@@ -1,6 +1,8 @@
 //! orch core: the public gRPC API (generated from `proto/` by `build.rs`) and
 //! the domain every component shares: the task state machine, spec validation,
-//! resource quantities and the labels orch puts on containers.
+//! resource quantities and the labels orch puts on containers, the defaults of
+//! a service spec ([`service`]) and the YAML manifest `orchctl apply` reads
+//! into service specs ([`manifest`]).
 //!
 //! This crate does no I/O: no network, no files, no clock reads beyond
 //! converting times handed to it. The manager, the worker and `orchctl` all
@@ -8,7 +10,9 @@
 
 pub mod health;
 pub mod labels;
+pub mod manifest;
 pub mod quantity;
+pub mod service;
 pub mod task_state;
 pub mod time;
 pub mod validate;

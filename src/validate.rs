@@ -11,7 +11,10 @@ use uuid::Uuid;
 
 use crate::health;
 use crate::labels::RESERVED_PREFIX;
-use crate::v1::{HealthCheck, Protocol, RegisterRequest, RestartCondition, TaskSpec, health_check};
+use crate::v1::{
+    FailureAction, HealthCheck, Placement, Protocol, RegisterRequest, RestartCondition,
+    ServiceSpec, TaskSpec, UpdateConfig, UpdateOrder, health_check, service_spec,
+};
 
 /// Docker refuses memory limits below 6 MiB.
 pub const MIN_MEMORY_BYTES: i64 = 6 << 20;
@@ -19,6 +22,15 @@ pub const MIN_MEMORY_BYTES: i64 = 6 << 20;
 pub const MAX_STOP_GRACE: Duration = Duration::from_secs(3600);
 /// The stop grace period of a task that does not set one.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+/// The most tasks a replicated service may ask for.
+pub const MAX_REPLICAS: u32 = 1_000_000;
+/// The most completions a batch service may ask for.
+pub const MAX_COMPLETIONS: u32 = 1_000_000;
+/// The longest an update may wait between batches (`delay`) or watch a new
+/// task (`monitor`).
+pub const MAX_UPDATE_WAIT: Duration = Duration::from_secs(3600);
+/// The longest service name: a DNS label.
+pub const MAX_SERVICE_NAME: usize = 63;
 
 /// A broken rule: which field, and what the rule is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,6 +363,167 @@ pub fn stop_grace(spec: &TaskSpec) -> Duration {
         .unwrap_or(DEFAULT_STOP_GRACE)
 }
 
+/// Whether `name` is a DNS label: 1-63 characters of `[a-z0-9-]`, starting
+/// with a letter and not ending with '-'.
+fn is_dns_label(name: &str) -> bool {
+    name.len() <= MAX_SERVICE_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Checks a service spec; field paths are relative to the spec (`name`,
+/// `replicated.replicas`, `task.image`, `update.monitor`). The task template
+/// is checked by [`task_spec`], its errors prefixed `task.`.
+///
+/// # Errors
+/// The first rule the spec breaks, in the order of the spec's fields.
+pub fn service_spec(spec: &ServiceSpec) -> Result<(), FieldError> {
+    if spec.name.is_empty() {
+        return Err(FieldError::new("name", "is required"));
+    }
+    if !is_dns_label(&spec.name) {
+        return Err(FieldError::new(
+            "name",
+            format!(
+                "{:?} must be 1-63 characters of lowercase letters, digits and '-', starting with a letter and not ending with '-'",
+                spec.name
+            ),
+        ));
+    }
+    let at_least_one = "must be at least 1 (leave it unset for 1)";
+    match &spec.mode {
+        None => {
+            return Err(FieldError::new(
+                "mode",
+                "is required: one of replicated, global or batch",
+            ));
+        }
+        Some(service_spec::Mode::Replicated(r)) => {
+            if let Some(n) = r.replicas
+                && n > MAX_REPLICAS
+            {
+                return Err(FieldError::new(
+                    "replicated.replicas",
+                    format!("{n} must be at most {MAX_REPLICAS}"),
+                ));
+            }
+        }
+        Some(service_spec::Mode::Global(_)) => {}
+        Some(service_spec::Mode::Batch(b)) => {
+            match b.completions {
+                Some(0) => return Err(FieldError::new("batch.completions", at_least_one)),
+                Some(n) if n > MAX_COMPLETIONS => {
+                    return Err(FieldError::new(
+                        "batch.completions",
+                        format!("{n} must be at most {MAX_COMPLETIONS}"),
+                    ));
+                }
+                _ => {}
+            }
+            if b.parallelism == Some(0) {
+                return Err(FieldError::new("batch.parallelism", at_least_one));
+            }
+        }
+    }
+    let Some(task) = &spec.task else {
+        return Err(FieldError::new("task", "is required"));
+    };
+    if !task.name.is_empty() {
+        return Err(FieldError::new(
+            "task.name",
+            "must be empty: orch names a service's tasks NAME.SLOT",
+        ));
+    }
+    if !task.node_selector.is_empty() {
+        return Err(FieldError::new(
+            "task.node_selector",
+            "must be empty (use placement.constraints)",
+        ));
+    }
+    task_spec(task).map_err(|e| e.within("task"))?;
+    if matches!(spec.mode, Some(service_spec::Mode::Batch(_)))
+        && task
+            .restart
+            .as_ref()
+            .is_some_and(|r| r.condition() == RestartCondition::Always)
+    {
+        return Err(FieldError::new(
+            "task.restart.condition",
+            "a batch task may not restart always: it would never complete (use on-failure or never)",
+        ));
+    }
+    if let Some(p) = &spec.placement {
+        placement(p).map_err(|e| e.within("placement"))?;
+    }
+    if let Some(u) = &spec.update {
+        update_config(u).map_err(|e| e.within("update"))?;
+    }
+    Ok(())
+}
+
+/// Checks a service's placement; field paths are relative to it (`constraints`).
+///
+/// # Errors
+/// The first rule the placement breaks.
+pub fn placement(placement: &Placement) -> Result<(), FieldError> {
+    if placement.constraints.keys().any(String::is_empty) {
+        return Err(FieldError::new("constraints", "keys must be non-empty"));
+    }
+    Ok(())
+}
+
+/// Checks a service's update config; field paths are relative to it
+/// (`parallelism`, `monitor`).
+///
+/// # Errors
+/// The first rule the config breaks.
+pub fn update_config(update: &UpdateConfig) -> Result<(), FieldError> {
+    if update.parallelism == Some(0) {
+        return Err(FieldError::new(
+            "parallelism",
+            "must be at least 1 (leave it unset for 1)",
+        ));
+    }
+    for (field, d) in [("delay", &update.delay), ("monitor", &update.monitor)] {
+        if let Some(d) = d
+            && crate::time::std_duration(d).is_none_or(|d| d > MAX_UPDATE_WAIT)
+        {
+            return Err(FieldError::new(field, "must be between 0 and 1 hour"));
+        }
+    }
+    UpdateOrder::try_from(update.order).map_err(|_| {
+        FieldError::new(
+            "order",
+            format!(
+                "{} is not an update order (stop-first or start-first)",
+                update.order
+            ),
+        )
+    })?;
+    FailureAction::try_from(update.failure_action).map_err(|_| {
+        FieldError::new(
+            "failure_action",
+            format!(
+                "{} is not a failure action (pause, rollback or continue)",
+                update.failure_action
+            ),
+        )
+    })?;
+    if let Some(r) = update.max_failure_ratio
+        && !(0.0..=1.0).contains(&r)
+    {
+        // NaN is not in the range either.
+        return Err(FieldError::new(
+            "max_failure_ratio",
+            format!("{r} must be between 0 and 1"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a worker's registration.
 ///
 /// # Errors
@@ -631,6 +804,196 @@ mod tests {
             protocol: Protocol::Udp as i32,
         });
         assert_eq!(task_spec(&spec), Ok(()));
+    }
+
+    fn service(mode: service_spec::Mode) -> ServiceSpec {
+        ServiceSpec {
+            name: "web-2".into(),
+            mode: Some(mode),
+            task: Some(TaskSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            placement: Some(Placement {
+                constraints: [("zone".to_string(), "a".to_string())].into(),
+            }),
+            update: Some(UpdateConfig {
+                parallelism: Some(2),
+                delay: ms(0),
+                order: UpdateOrder::StartFirst as i32,
+                monitor: ms(3_600_000),
+                failure_action: FailureAction::Continue as i32,
+                max_failure_ratio: Some(1.0),
+            }),
+        }
+    }
+
+    fn replicated(replicas: Option<u32>) -> service_spec::Mode {
+        service_spec::Mode::Replicated(crate::v1::ReplicatedMode { replicas })
+    }
+
+    fn batch(completions: Option<u32>, parallelism: Option<u32>) -> service_spec::Mode {
+        service_spec::Mode::Batch(crate::v1::BatchMode {
+            completions,
+            parallelism,
+        })
+    }
+
+    /// Applies `edit` to a valid replicated service and checks the error names `field`.
+    fn check_service(edit: impl FnOnce(&mut ServiceSpec), field: &str) {
+        let mut spec = service(replicated(Some(3)));
+        edit(&mut spec);
+        let err = service_spec(&spec).expect_err(field);
+        assert_eq!(err.field, field, "{err}");
+        assert!(!err.rule.is_empty());
+    }
+
+    fn task(s: &mut ServiceSpec) -> &mut TaskSpec {
+        s.task.get_or_insert_default()
+    }
+
+    fn update(s: &mut ServiceSpec) -> &mut UpdateConfig {
+        s.update.get_or_insert_default()
+    }
+
+    #[test]
+    fn valid_services_of_each_mode_pass() {
+        let global = service_spec::Mode::Global(crate::v1::GlobalMode {});
+        for mode in [
+            replicated(Some(3)),
+            replicated(Some(0)),
+            replicated(Some(MAX_REPLICAS)),
+            replicated(None),
+            global,
+            batch(Some(5), Some(2)),
+            batch(Some(MAX_COMPLETIONS), None),
+            batch(None, None),
+        ] {
+            let spec = service(mode);
+            assert_eq!(service_spec(&spec), Ok(()), "{spec:?}");
+        }
+        // The least a service needs.
+        let spec = ServiceSpec {
+            name: "a".into(),
+            mode: Some(replicated(None)),
+            task: Some(TaskSpec {
+                image: "x".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(service_spec(&spec), Ok(()));
+        // A batch task may restart on failure or never.
+        for condition in [RestartCondition::OnFailure, RestartCondition::Never] {
+            let mut spec = service(batch(None, None));
+            task(&mut spec).restart = Some(RestartPolicy {
+                condition: condition as i32,
+                max_restarts: 0,
+            });
+            assert_eq!(service_spec(&spec), Ok(()));
+        }
+    }
+
+    #[test]
+    fn service_names_are_dns_labels() {
+        for good in ["a", "web", "web-2", "a1", &"a".repeat(63)] {
+            let mut spec = service(replicated(None));
+            spec.name = good.to_string();
+            assert_eq!(service_spec(&spec), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "Web",
+            "1web",
+            "-web",
+            "web-",
+            "web_2",
+            "web.2",
+            "wéb",
+            "web 2",
+            &"a".repeat(64),
+        ] {
+            check_service(|s| s.name = bad.to_string(), "name");
+        }
+    }
+
+    #[test]
+    fn each_service_rule_names_its_field() {
+        check_service(|s| s.mode = None, "mode");
+        check_service(
+            |s| s.mode = Some(replicated(Some(MAX_REPLICAS + 1))),
+            "replicated.replicas",
+        );
+        check_service(|s| s.mode = Some(batch(Some(0), None)), "batch.completions");
+        check_service(
+            |s| s.mode = Some(batch(Some(MAX_COMPLETIONS + 1), None)),
+            "batch.completions",
+        );
+        check_service(|s| s.mode = Some(batch(None, Some(0))), "batch.parallelism");
+        check_service(|s| s.task = None, "task");
+        check_service(|s| task(s).image.clear(), "task.image");
+        check_service(|s| task(s).name = "web.1".into(), "task.name");
+        check_service(
+            |s| {
+                task(s).node_selector.insert("zone".into(), "a".into());
+            },
+            "task.node_selector",
+        );
+        check_service(|s| task(s).memory_bytes = Some(1), "task.memory_bytes");
+        check_service(
+            |s| {
+                task(s).health_check = Some(HealthCheck::default());
+            },
+            "task.health_check.probe",
+        );
+        check_service(
+            |s| {
+                s.mode = Some(batch(None, None));
+                task(s).restart = Some(RestartPolicy {
+                    condition: RestartCondition::Always as i32,
+                    max_restarts: 0,
+                });
+            },
+            "task.restart.condition",
+        );
+        check_service(
+            |s| {
+                s.placement
+                    .get_or_insert_default()
+                    .constraints
+                    .insert(String::new(), "a".into());
+            },
+            "placement.constraints",
+        );
+        check_service(|s| update(s).parallelism = Some(0), "update.parallelism");
+        check_service(|s| update(s).delay = ms(3_600_001), "update.delay");
+        check_service(
+            |s| {
+                update(s).delay = Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                })
+            },
+            "update.delay",
+        );
+        check_service(|s| update(s).monitor = ms(3_600_001), "update.monitor");
+        check_service(
+            |s| {
+                update(s).monitor = Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: -1,
+                })
+            },
+            "update.monitor",
+        );
+        check_service(|s| update(s).order = 3, "update.order");
+        check_service(|s| update(s).failure_action = 4, "update.failure_action");
+        for ratio in [-0.1, 1.01, f64::NAN, f64::INFINITY] {
+            check_service(
+                |s| update(s).max_failure_ratio = Some(ratio),
+                "update.max_failure_ratio",
+            );
+        }
     }
 
     #[test]
