@@ -1,13 +1,14 @@
 //! [`MemoryStore`]: a [`Store`] that keeps everything in ordered maps behind
 //! a mutex, for the manager's unit tests. It follows the same rules as
 //! [`RedbStore`](super::RedbStore) (coalescing, event pruning, a status
-//! without a spec is corrupt) but holds nothing durable.
+//! without a spec is corrupt, a service's delete takes all its versions) but
+//! holds nothing durable.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
-use orch::v1::{Event, Node, Task, TaskSpec};
+use orch::v1::{Event, Node, Service, ServiceVersion, Task, TaskSpec};
 
 use super::{
     Batch, Snapshot, Store, StoreError, Write, events_prune_bound, join_task, status_record,
@@ -27,6 +28,8 @@ struct State {
     statuses: BTreeMap<u128, Task>,
     nodes: BTreeMap<u128, Node>,
     events: BTreeMap<u64, Event>,
+    services: BTreeMap<String, Service>,
+    service_versions: BTreeMap<(String, u64), ServiceVersion>,
 }
 
 impl MemoryStore {
@@ -58,6 +61,8 @@ impl Store for MemoryStore {
             tasks,
             nodes: state.nodes.values().cloned().collect(),
             last_event_sequence: state.events.last_key_value().map_or(0, |(seq, _)| *seq),
+            services: state.services.values().cloned().collect(),
+            service_versions: state.service_versions.values().cloned().collect(),
         })
     }
 
@@ -80,6 +85,32 @@ impl Store for MemoryStore {
         }
         for (key, node) in batch.nodes {
             state.nodes.insert(key, node.clone());
+        }
+        for name in batch.services_deleted {
+            // The keys of `name`'s versions, and of no other service's: the
+            // name is compared whole, so `web2`'s sort after `(web, MAX)`.
+            let range = (name.to_owned(), 0)..=(name.to_owned(), u64::MAX);
+            let stored: Vec<_> = state
+                .service_versions
+                .range(range)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in stored {
+                state.service_versions.remove(&key);
+            }
+        }
+        for (name, service) in batch.services {
+            match service {
+                Some(service) => state.services.insert(name.to_owned(), service.clone()),
+                None => state.services.remove(name),
+            };
+        }
+        for ((name, number), version) in batch.service_versions {
+            let key = (name.to_owned(), number);
+            match version {
+                Some(version) => state.service_versions.insert(key, version.clone()),
+                None => state.service_versions.remove(&key),
+            };
         }
         if !batch.events.is_empty() {
             for (seq, event) in batch.events {
@@ -158,5 +189,30 @@ mod tests {
     #[test]
     fn memory_status_without_spec_is_corrupt() {
         checks::check_status_without_spec_is_corrupt(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_service_replaces() {
+        checks::check_service_replaces(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_service_delete() {
+        checks::check_service_delete(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_service_delete_then_recreate() {
+        checks::check_service_delete_then_recreate(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_service_version_delete() {
+        checks::check_service_version_delete(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_empty_service_name_refuses_batch() {
+        checks::check_empty_service_name_refuses_batch(&MemoryStore::new());
     }
 }

@@ -9,19 +9,22 @@
 //! Layout (redb): tasks are keyed by their UUID v7 bytes, so keys arrive in
 //! time order and inserts append. A task's spec is written once, when it is
 //! created, apart from its status, which changes often and stays small.
+//! Services are keyed by their name and their versions by (name, version), so
+//! that a service's versions sit together and its delete is one range delete.
 //!
 //! Both implementations share the rules that are real logic, written once
-//! here: how a batch is coalesced (`Batch`), how ids become keys, how a task
-//! is joined back from its spec and status, and which events are pruned.
+//! here: how a batch is coalesced (`Batch`, deletes included), how ids become
+//! keys and which names are refused, how a task is joined back from its spec
+//! and status, and which events are pruned.
 
 pub mod memory;
 pub mod redb;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
-use orch::v1::{Event, Node, Task, TaskSpec};
+use orch::v1::{Event, Node, Service, ServiceVersion, Task, TaskSpec};
 use uuid::Uuid;
 
 pub use self::memory::MemoryStore;
@@ -32,11 +35,11 @@ pub use self::redb::RedbStore;
 pub const EVENTS_KEPT: u64 = 10_000;
 
 /// One change to durable state.
-#[derive(Debug, Clone, PartialEq)]
 ///
 /// The records are boxed: a batch of writes is a vector that the manager
 /// grows, moves and frees by the ten thousand, and a write that is a pointer
 /// rather than a 700-byte task keeps that cheap.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     /// A new task: its spec and its first status. The spec is never written again.
     TaskCreated(Box<Task>),
@@ -48,6 +51,19 @@ pub enum Write {
     Event(Box<Event>),
     /// The cluster's id, written once when the manager first starts.
     ClusterId(String),
+    /// A service's record (spec, version, rollout), keyed by its name; replaces the stored one.
+    Service(Box<Service>),
+    /// One version of a service's template, keyed by (service name, version); written once.
+    ServiceVersion(Box<ServiceVersion>),
+    /// A service was deleted: its record and every stored version of it go.
+    ServiceDeleted(String),
+    /// One version of a service is no longer kept (the manager keeps the last 10).
+    ServiceVersionDeleted {
+        /// The service's name.
+        service: String,
+        /// The version that goes.
+        version: u64,
+    },
 }
 
 /// Everything the store holds, read back at start-up.
@@ -61,6 +77,10 @@ pub struct Snapshot {
     pub nodes: Vec<Node>,
     /// The highest event sequence number written, or 0.
     pub last_event_sequence: u64,
+    /// Every service, ordered by name.
+    pub services: Vec<Service>,
+    /// Every kept version, ordered by service name, then version.
+    pub service_versions: Vec<ServiceVersion>,
 }
 
 /// Why the store failed. Every store error is reported to clients as
@@ -111,6 +131,8 @@ const TASK_SPEC: &str = "task_spec";
 const TASK_STATUS: &str = "task_status";
 const NODES: &str = "nodes";
 const EVENTS: &str = "events";
+const SERVICES: &str = "services";
+const SERVICE_VERSIONS: &str = "service_versions";
 
 /// The spec stored for a `TaskCreated` whose task carries none. The manager
 /// always sets one; storing an empty spec rather than failing keeps a commit
@@ -121,8 +143,14 @@ static EMPTY_SPEC: LazyLock<TaskSpec> = LazyLock::new(TaskSpec::default);
 /// the last one written. The manager writes a task's status at every step, so
 /// a busy batch often holds several statuses of one task; only the last counts.
 ///
-/// Building it checks every id first, so a batch with a bad id is refused
-/// before anything is written.
+/// Deletes coalesce the same way, as tombstones (`None`): a key's last write
+/// says whether it is stored or removed. A store applies a batch in this
+/// order: first the range deletes of `services_deleted`, then every other
+/// record and tombstone, which is the order of the writes once coalesced (a
+/// version written before its service's delete was dropped from the batch).
+///
+/// Building it checks every id and name first, so a batch with a bad one is
+/// refused before anything is written.
 #[derive(Debug, Default)]
 struct Batch<'a> {
     /// The cluster id, if the batch sets it.
@@ -136,6 +164,16 @@ struct Batch<'a> {
     nodes: BTreeMap<u128, &'a Node>,
     /// The events, by sequence.
     events: BTreeMap<u64, &'a Event>,
+    /// The services deleted in the batch, by name: every version of theirs
+    /// stored before the batch goes, whatever the batch writes after.
+    services_deleted: BTreeSet<&'a str>,
+    /// The last write of each service, by name: its record, or `None` if the
+    /// last write deleted it.
+    services: BTreeMap<&'a str, Option<&'a Service>>,
+    /// The last write of each version, by service name and version: the
+    /// record, or `None` if it was deleted. Holds only what was written after
+    /// the service's last `ServiceDeleted` in the batch.
+    service_versions: BTreeMap<(&'a str, u64), Option<&'a ServiceVersion>>,
 }
 
 impl<'a> Batch<'a> {
@@ -162,10 +200,57 @@ impl<'a> Batch<'a> {
                     batch.events.insert(event.sequence, event);
                 }
                 Write::ClusterId(id) => batch.cluster_id = Some(id),
+                Write::Service(service) => {
+                    let name = service.spec.as_ref().map_or("", |spec| spec.name.as_str());
+                    let name = service_name(name, || format!("service {:?}", service.id))?;
+                    batch.services.insert(name, Some(service));
+                }
+                Write::ServiceVersion(version) => {
+                    let name = service_name(&version.service, || {
+                        format!("version {} of a service", version.version)
+                    })?;
+                    batch
+                        .service_versions
+                        .insert((name, version.version), Some(version));
+                }
+                Write::ServiceDeleted(name) => {
+                    let name = service_name(name, || "a service delete".to_owned())?;
+                    batch.services.insert(name, None);
+                    batch.services_deleted.insert(name);
+                    // The versions this batch wrote so far go with the ones
+                    // stored; those written after the delete are kept.
+                    let written: Vec<_> = batch
+                        .service_versions
+                        .range((name, 0)..=(name, u64::MAX))
+                        .map(|(key, _)| *key)
+                        .collect();
+                    for key in written {
+                        batch.service_versions.remove(&key);
+                    }
+                }
+                Write::ServiceVersionDeleted { service, version } => {
+                    let name = service_name(service, || {
+                        format!("a delete of version {version} of a service")
+                    })?;
+                    batch.service_versions.insert((name, *version), None);
+                }
             }
         }
         Ok(batch)
     }
+}
+
+/// A service name as a key: any non-empty string. The store does not check
+/// the DNS-label rule (`orch::validate` does), only what would make the key
+/// meaningless. `what` names the write, for the error.
+fn service_name(name: &str, what: impl FnOnce() -> String) -> Result<&str, StoreError> {
+    if name.is_empty() {
+        return Err(StoreError::Backend(format!(
+            "{} has an empty service name",
+            what()
+        )));
+    }
+    Ok(name)
 }
 
 /// The key of a task or node: its UUID as a big-endian `u128`, so that keys
@@ -216,8 +301,10 @@ mod checks {
     use std::collections::HashMap;
 
     use orch::v1::{
-        DesiredState, NodeEvent, NodeMetrics, NodeState, PortMapping, Protocol, Resources,
-        RestartCondition, RestartPolicy, TaskEvent, TaskState, event,
+        DesiredState, FailureAction, NodeEvent, NodeMetrics, NodeState, Placement, PortMapping,
+        Protocol, ReplicatedMode, Resources, RestartCondition, RestartPolicy, Rollout,
+        RolloutState, ServiceSpec, TaskEvent, TaskState, UpdateConfig, UpdateOrder, event,
+        service_spec,
     };
     use prost_types::{Duration, Timestamp};
 
@@ -394,6 +481,97 @@ mod checks {
         events.iter().map(|event| event.sequence).collect()
     }
 
+    /// The template of `version` of a service: a task spec without a name or
+    /// node selector, its image telling the versions apart.
+    fn template(version: u64) -> TaskSpec {
+        TaskSpec {
+            name: String::new(),
+            image: format!("nginx:1.{version}"),
+            node_selector: HashMap::new(),
+            ..task(version).spec.unwrap()
+        }
+    }
+
+    fn placement() -> Placement {
+        Placement {
+            constraints: HashMap::from([("zone".to_owned(), "a".to_owned())]),
+        }
+    }
+
+    /// Service `name` (id `n`) at `version`, rolling out to it from the one
+    /// before.
+    fn service(n: u64, name: &str, version: u64) -> Service {
+        Service {
+            id: id(2_000 + n),
+            spec: Some(ServiceSpec {
+                name: name.to_owned(),
+                mode: Some(service_spec::Mode::Replicated(ReplicatedMode {
+                    replicas: Some(3),
+                })),
+                task: Some(template(version)),
+                placement: Some(placement()),
+                update: Some(UpdateConfig {
+                    parallelism: Some(2),
+                    delay: Some(Duration {
+                        seconds: 10,
+                        nanos: 0,
+                    }),
+                    order: UpdateOrder::StartFirst.into(),
+                    monitor: Some(Duration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                    failure_action: FailureAction::Rollback.into(),
+                    max_failure_ratio: Some(0.25),
+                }),
+            }),
+            version,
+            rollout: Some(Rollout {
+                state: RolloutState::RollingOut.into(),
+                message: "1 of 3 tasks updated".to_owned(),
+                from_version: version.saturating_sub(1),
+                to_version: version,
+                started_at: at(200),
+                finished_at: None,
+                updated: 1,
+                failed: 0,
+                total: 3,
+            }),
+            created_at: at(100),
+            updated_at: at(200),
+            desired: 3,
+            running: 3,
+            ..Service::default()
+        }
+    }
+
+    fn version(name: &str, version: u64) -> ServiceVersion {
+        ServiceVersion {
+            service: name.to_owned(),
+            version,
+            task: Some(template(version)),
+            placement: Some(placement()),
+            created_at: at(100 + i64::try_from(version).unwrap()),
+        }
+    }
+
+    fn service_write(n: u64, name: &str, number: u64) -> Write {
+        Write::Service(Box::new(service(n, name, number)))
+    }
+
+    fn version_write(name: &str, number: u64) -> Write {
+        Write::ServiceVersion(Box::new(version(name, number)))
+    }
+
+    /// The stored versions, as (service, version) pairs.
+    fn version_keys(snapshot: &Snapshot) -> Vec<(&str, u64)> {
+        snapshot
+            .service_versions
+            .iter()
+            .map(|version| (version.service.as_str(), version.version))
+            .collect()
+    }
+
     /// A new store is empty, and an empty batch changes nothing.
     pub(super) fn check_empty(store: &impl Store) {
         assert_eq!(store.load().unwrap(), Snapshot::default());
@@ -402,11 +580,14 @@ mod checks {
         assert_eq!(store.events_after(0, 10).unwrap(), Vec::<Event>::new());
     }
 
-    /// Writes a bit of everything (tasks written out of id order, in two
-    /// batches) and returns what `load` must give back.
+    /// Writes a bit of everything (tasks, services and versions written out
+    /// of order, in two batches) and returns what `load` must give back. The
+    /// services are `web` (versions 1, 2 and 10, which must order after 2)
+    /// and `web2`, whose name `web` is a prefix of.
     pub(super) fn write_everything(store: &impl Store) -> Snapshot {
         let (t1, t2, t3) = (task(1), task(2), task(3));
         let (n1, n2) = (node(1), node(2));
+        let (web, web2) = (service(1, "web", 10), service(2, "web2", 1));
         store
             .commit(&[
                 Write::ClusterId(id(0)),
@@ -415,6 +596,10 @@ mod checks {
                 Write::TaskCreated(Box::new(t1.clone())),
                 Write::Event(Box::new(event(1))),
                 Write::Event(Box::new(event(2))),
+                Write::Service(Box::new(web2.clone())),
+                version_write("web2", 1),
+                version_write("web", 10),
+                version_write("web", 2),
             ])
             .unwrap();
         store
@@ -422,6 +607,8 @@ mod checks {
                 Write::Node(Box::new(n1.clone())),
                 Write::TaskCreated(Box::new(t2.clone())),
                 Write::Event(Box::new(event(3))),
+                Write::Service(Box::new(web.clone())),
+                version_write("web", 1),
             ])
             .unwrap();
         Snapshot {
@@ -429,11 +616,19 @@ mod checks {
             tasks: vec![t1, t2, t3],
             nodes: vec![n1, n2],
             last_event_sequence: 3,
+            services: vec![web, web2],
+            service_versions: vec![
+                version("web", 1),
+                version("web", 2),
+                version("web", 10),
+                version("web2", 1),
+            ],
         }
     }
 
-    /// Tasks (with their specs), nodes, the cluster id and events come back
-    /// as written, tasks and nodes ordered by id.
+    /// Tasks (with their specs), nodes, the cluster id, events, services and
+    /// their versions come back as written: tasks and nodes ordered by id,
+    /// services by name, versions by service name, then version.
     pub(super) fn check_round_trip(store: &impl Store) {
         let expected = write_everything(store);
         assert_eq!(store.load().unwrap(), expected);
@@ -579,5 +774,196 @@ mod checks {
             ),
             "{result:?}"
         );
+    }
+
+    /// A later write of a service replaces its record, in a later batch or
+    /// in the same one; its versions are not touched.
+    pub(super) fn check_service_replaces(store: &impl Store) {
+        let before = write_everything(store);
+        let paused = Service {
+            rollout: Some(Rollout {
+                state: RolloutState::Paused.into(),
+                message: "2 tasks failed; paused".to_owned(),
+                finished_at: at(300),
+                failed: 2,
+                ..service(1, "web", 11).rollout.unwrap()
+            }),
+            ..service(1, "web", 11)
+        };
+        store
+            .commit(&[Write::Service(Box::new(paused.clone()))])
+            .unwrap();
+        let snapshot = store.load().unwrap();
+        assert_eq!(snapshot.services, vec![paused, before.services[1].clone()]);
+        assert_eq!(snapshot.service_versions, before.service_versions);
+
+        let scaled = Service {
+            desired: 5,
+            ..service(2, "web2", 1)
+        };
+        store
+            .commit(&[
+                service_write(2, "web2", 2),
+                Write::Service(Box::new(scaled.clone())),
+            ])
+            .unwrap();
+        assert_eq!(store.load().unwrap().services[1], scaled);
+    }
+
+    /// A delete takes the service and every version of it, and nothing of
+    /// `web2`, whose name `web` is a prefix of (nor the other way round).
+    /// Deleting a service that is not stored changes nothing.
+    pub(super) fn check_service_delete(store: &impl Store) {
+        /// A delete, in a batch of its own, and what stays after it.
+        struct Case {
+            deleted: &'static str,
+            services: &'static [&'static str],
+            versions: &'static [(&'static str, u64)],
+        }
+        let before = write_everything(store);
+        let cases = [
+            Case {
+                deleted: "we",
+                services: &["web", "web2"],
+                versions: &[("web", 1), ("web", 2), ("web", 10), ("web2", 1)],
+            },
+            Case {
+                deleted: "web",
+                services: &["web2"],
+                versions: &[("web2", 1)],
+            },
+            Case {
+                deleted: "web2",
+                services: &[],
+                versions: &[],
+            },
+        ];
+        for Case {
+            deleted,
+            services,
+            versions,
+        } in cases
+        {
+            store
+                .commit(&[Write::ServiceDeleted(deleted.to_owned())])
+                .unwrap();
+            let snapshot = store.load().unwrap();
+            let names: Vec<_> = snapshot
+                .services
+                .iter()
+                .map(|service| service.spec.as_ref().unwrap().name.as_str())
+                .collect();
+            assert_eq!(names, services, "after deleting {deleted}");
+            assert_eq!(
+                version_keys(&snapshot),
+                versions,
+                "after deleting {deleted}"
+            );
+            assert_eq!(snapshot.tasks, before.tasks);
+            assert_eq!(snapshot.nodes, before.nodes);
+        }
+
+        // The prefix the other way: deleting `web2` keeps `web`'s versions.
+        store
+            .commit(&[
+                service_write(1, "web", 1),
+                version_write("web", 1),
+                version_write("web2", 1),
+                Write::ServiceDeleted("web2".to_owned()),
+            ])
+            .unwrap();
+        let snapshot = store.load().unwrap();
+        assert_eq!(snapshot.services, vec![service(1, "web", 1)]);
+        assert_eq!(snapshot.service_versions, vec![version("web", 1)]);
+    }
+
+    /// Within one batch, writes apply in order: a delete after a write
+    /// removes the service, a write after a delete recreates it, and the
+    /// versions written after the delete are kept while those stored or
+    /// written before it go.
+    pub(super) fn check_service_delete_then_recreate(store: &impl Store) {
+        let before = write_everything(store);
+        let recreated = Service {
+            id: id(2_999),
+            ..service(1, "web", 1)
+        };
+        store
+            .commit(&[
+                version_write("web", 11),
+                Write::ServiceDeleted("web".to_owned()),
+                Write::Service(Box::new(recreated.clone())),
+                version_write("web", 1),
+                service_write(3, "api", 1),
+                version_write("api", 1),
+                Write::ServiceDeleted("api".to_owned()),
+            ])
+            .unwrap();
+        let snapshot = store.load().unwrap();
+        assert_eq!(
+            snapshot.services,
+            vec![recreated, before.services[1].clone()]
+        );
+        assert_eq!(version_keys(&snapshot), [("web", 1), ("web2", 1)]);
+    }
+
+    /// A version delete takes that one version, whether it was stored before
+    /// or written earlier in the batch; a version written after its delete
+    /// is kept, and deleting one that is not stored changes nothing.
+    pub(super) fn check_service_version_delete(store: &impl Store) {
+        let before = write_everything(store);
+        let delete = |version: u64| Write::ServiceVersionDeleted {
+            service: "web".to_owned(),
+            version,
+        };
+        store
+            .commit(&[
+                delete(1),
+                version_write("web", 11),
+                version_write("web", 12),
+                delete(11),
+                delete(2),
+                version_write("web", 2),
+                delete(7),
+            ])
+            .unwrap();
+        let snapshot = store.load().unwrap();
+        assert_eq!(
+            version_keys(&snapshot),
+            [("web", 2), ("web", 10), ("web", 12), ("web2", 1)]
+        );
+        assert_eq!(snapshot.services, before.services);
+    }
+
+    /// A service write with an empty name (or none) is refused with the
+    /// whole of its batch, and the store is left as it was.
+    pub(super) fn check_empty_service_name_refuses_batch(store: &impl Store) {
+        let before = write_everything(store);
+        let bad = [
+            service_write(4, "", 1),
+            Write::Service(Box::new(Service {
+                spec: None,
+                ..service(4, "db", 1)
+            })),
+            version_write("", 1),
+            Write::ServiceDeleted(String::new()),
+            Write::ServiceVersionDeleted {
+                service: String::new(),
+                version: 1,
+            },
+        ];
+        for bad in bad {
+            let result = store.commit(&[
+                Write::TaskCreated(Box::new(task(8))),
+                Write::Event(Box::new(event(4))),
+                Write::ServiceDeleted("web".to_owned()),
+                service_write(3, "api", 1),
+                bad.clone(),
+            ]);
+            assert!(
+                matches!(&result, Err(StoreError::Backend(detail)) if detail.contains("empty service name")),
+                "{bad:?}: {result:?}"
+            );
+            assert_eq!(store.load().unwrap(), before, "{bad:?}");
+        }
     }
 }

@@ -7,7 +7,13 @@
 //!   every update (kept small for that reason);
 //! - `nodes`: node key -> prost `Node`;
 //! - `events`: sequence -> prost `Event`; only the newest
-//!   [`EVENTS_KEPT`](super::EVENTS_KEPT) stay.
+//!   [`EVENTS_KEPT`](super::EVENTS_KEPT) stay;
+//! - `services`: service name (`&str`) -> prost `Service`, rewritten at every
+//!   change of the service;
+//! - `service_versions`: (service name, version) as `(&str, u64)` -> prost
+//!   `ServiceVersion`, written once; keys compare by the whole name, then the
+//!   version, so a service's versions are one key range, which its delete
+//!   removes.
 //!
 //! This module is the only one that knows redb: its errors become
 //! [`StoreError::Backend`] here, and nowhere else.
@@ -15,13 +21,13 @@
 use std::ops::Bound;
 use std::path::Path;
 
-use orch::v1::{Event, Node, Task, TaskSpec};
+use orch::v1::{Event, Node, Service, ServiceVersion, Task, TaskSpec};
 use prost::Message;
 use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    Batch, EVENTS, META, NODES, Snapshot, Store, StoreError, TASK_SPEC, TASK_STATUS, Write,
-    events_prune_bound, join_task, status_record,
+    Batch, EVENTS, META, NODES, SERVICE_VERSIONS, SERVICES, Snapshot, Store, StoreError, TASK_SPEC,
+    TASK_STATUS, Write, events_prune_bound, join_task, status_record,
 };
 
 /// redb's page cache. Its default (1 GiB) would let the manager's memory grow
@@ -33,6 +39,9 @@ const TASK_SPEC_TABLE: TableDefinition<u128, &[u8]> = TableDefinition::new(TASK_
 const TASK_STATUS_TABLE: TableDefinition<u128, &[u8]> = TableDefinition::new(TASK_STATUS);
 const NODES_TABLE: TableDefinition<u128, &[u8]> = TableDefinition::new(NODES);
 const EVENTS_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new(EVENTS);
+const SERVICES_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new(SERVICES);
+const SERVICE_VERSIONS_TABLE: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new(SERVICE_VERSIONS);
 
 /// The `meta` key of the cluster id.
 const CLUSTER_ID: &str = "cluster_id";
@@ -62,6 +71,8 @@ impl RedbStore {
         txn.open_table(TASK_STATUS_TABLE)?;
         txn.open_table(NODES_TABLE)?;
         txn.open_table(EVENTS_TABLE)?;
+        txn.open_table(SERVICES_TABLE)?;
+        txn.open_table(SERVICE_VERSIONS_TABLE)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -98,11 +109,24 @@ impl Store for RedbStore {
             .last()?
             .map_or(0, |(seq, _)| seq.value());
 
+        let services = txn
+            .open_table(SERVICES_TABLE)?
+            .iter()?
+            .map(|entry| decode::<Service>(SERVICES, entry?.1.value()))
+            .collect::<Result<_, _>>()?;
+        let service_versions = txn
+            .open_table(SERVICE_VERSIONS_TABLE)?
+            .iter()?
+            .map(|entry| decode::<ServiceVersion>(SERVICE_VERSIONS, entry?.1.value()))
+            .collect::<Result<_, _>>()?;
+
         Ok(Snapshot {
             cluster_id,
             tasks,
             nodes,
             last_event_sequence,
+            services,
+            service_versions,
         })
     }
 
@@ -133,6 +157,37 @@ impl Store for RedbStore {
             let mut table = txn.open_table(NODES_TABLE)?;
             for (key, node) in &batch.nodes {
                 table.insert(key, node.encode_to_vec().as_slice())?;
+            }
+        }
+        if !batch.services_deleted.is_empty() || !batch.service_versions.is_empty() {
+            let mut table = txn.open_table(SERVICE_VERSIONS_TABLE)?;
+            for name in &batch.services_deleted {
+                // A range delete over exactly `name`'s keys: `(web2, 0)`
+                // sorts after `(web, MAX)`, so `web2`'s versions stay.
+                table.retain_in((*name, 0)..=(*name, u64::MAX), |_, _| false)?;
+            }
+            for (key, version) in &batch.service_versions {
+                match version {
+                    Some(version) => {
+                        table.insert(key, version.encode_to_vec().as_slice())?;
+                    }
+                    None => {
+                        table.remove(key)?;
+                    }
+                }
+            }
+        }
+        if !batch.services.is_empty() {
+            let mut table = txn.open_table(SERVICES_TABLE)?;
+            for (name, service) in &batch.services {
+                match service {
+                    Some(service) => {
+                        table.insert(name, service.encode_to_vec().as_slice())?;
+                    }
+                    None => {
+                        table.remove(name)?;
+                    }
+                }
             }
         }
         if !batch.events.is_empty() {
@@ -255,6 +310,31 @@ mod tests {
     }
 
     #[test]
+    fn redb_service_replaces() {
+        checks::check_service_replaces(&new_store().1);
+    }
+
+    #[test]
+    fn redb_service_delete() {
+        checks::check_service_delete(&new_store().1);
+    }
+
+    #[test]
+    fn redb_service_delete_then_recreate() {
+        checks::check_service_delete_then_recreate(&new_store().1);
+    }
+
+    #[test]
+    fn redb_service_version_delete() {
+        checks::check_service_version_delete(&new_store().1);
+    }
+
+    #[test]
+    fn redb_empty_service_name_refuses_batch() {
+        checks::check_empty_service_name_refuses_batch(&new_store().1);
+    }
+
+    #[test]
     fn redb_everything_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orch.redb");
@@ -266,6 +346,29 @@ mod tests {
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(store.load().unwrap(), expected);
         assert_eq!(store.events_after(0, usize::MAX).unwrap(), events);
+    }
+
+    /// A service's delete is durable too: reopened, the store has neither
+    /// the service nor its versions, and still has the other service's.
+    #[test]
+    fn redb_service_delete_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.redb");
+        let store = RedbStore::open(&path).unwrap();
+        let mut expected = checks::write_everything(&store);
+        store
+            .commit(&[Write::ServiceDeleted("web".to_owned())])
+            .unwrap();
+        drop(store);
+
+        let store = RedbStore::open(&path).unwrap();
+        expected
+            .services
+            .retain(|service| service.spec.as_ref().unwrap().name != "web");
+        expected
+            .service_versions
+            .retain(|version| version.service != "web");
+        assert_eq!(store.load().unwrap(), expected);
     }
 
     #[test]
@@ -291,5 +394,31 @@ mod tests {
         let spec = txn.open_table(TASK_SPEC_TABLE).unwrap();
         let spec: TaskSpec = decode(TASK_SPEC, spec.get(key).unwrap().unwrap().value()).unwrap();
         assert_eq!(Some(spec), task.spec);
+    }
+
+    /// A service or version record that does not decode makes `load` fail,
+    /// naming its table.
+    #[test]
+    fn redb_undecodable_service_records_are_corrupt() {
+        /// Not a protobuf message: field 1 with the reserved wire type 7.
+        const GARBAGE: &[u8] = &[0x0f, 0xff];
+        for table in [SERVICES, SERVICE_VERSIONS] {
+            let (_dir, store) = new_store();
+            let txn = store.db.begin_write().unwrap();
+            if table == SERVICES {
+                let mut services = txn.open_table(SERVICES_TABLE).unwrap();
+                services.insert("web", GARBAGE).unwrap();
+            } else {
+                let mut versions = txn.open_table(SERVICE_VERSIONS_TABLE).unwrap();
+                versions.insert(("web", 1), GARBAGE).unwrap();
+            }
+            txn.commit().unwrap();
+
+            let result = store.load();
+            assert!(
+                matches!(result, Err(StoreError::Corrupt { table: t, .. }) if t == table),
+                "{table}: {result:?}"
+            );
+        }
     }
 }
