@@ -15,3 +15,7 @@ pub const ATTEMPT: &str = "orch.attempt";
 
 /// The prefix reserved for orch's own labels; user labels may not use it.
 pub const RESERVED_PREFIX: &str = "orch.";
+/// The name of the service the task belongs to, on a service task's
+/// container only. The manager puts it in the task's spec labels, so the
+/// worker sets it like any other label.
+pub const SERVICE: &str = "orch.service";

@@ -374,6 +374,25 @@ fn is_dns_label(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// Checks a service's name (field `name`): a DNS label.
+///
+/// # Errors
+/// If it is empty or not a DNS label.
+pub fn service_name(name: &str) -> Result<(), FieldError> {
+    if name.is_empty() {
+        return Err(FieldError::new("name", "is required"));
+    }
+    if !is_dns_label(name) {
+        return Err(FieldError::new(
+            "name",
+            format!(
+                "{name:?} must be 1-63 characters of lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a service spec; field paths are relative to the spec (`name`,
 /// `replicated.replicas`, `task.image`, `update.monitor`). The task template
 /// is checked by [`task_spec`], its errors prefixed `task.`.
@@ -381,18 +400,7 @@ fn is_dns_label(name: &str) -> bool {
 /// # Errors
 /// The first rule the spec breaks, in the order of the spec's fields.
 pub fn service_spec(spec: &ServiceSpec) -> Result<(), FieldError> {
-    if spec.name.is_empty() {
-        return Err(FieldError::new("name", "is required"));
-    }
-    if !is_dns_label(&spec.name) {
-        return Err(FieldError::new(
-            "name",
-            format!(
-                "{:?} must be 1-63 characters of lowercase letters, digits and '-', starting with a letter and not ending with '-'",
-                spec.name
-            ),
-        ));
-    }
+    service_name(&spec.name)?;
     let at_least_one = "must be at least 1 (leave it unset for 1)";
     match &spec.mode {
         None => {

@@ -72,21 +72,18 @@ impl fmt::Display for Table {
 fn nodes(n: usize) -> Vec<NodeSnapshot> {
     (0..n)
         .map(|i| NodeSnapshot {
-            id: uuid::Uuid::from_u128(i as u128 + 1),
-            name: format!("node-{i}"),
             ready: true,
-            labels: Default::default(),
-            capacity: Resources {
-                milli_cpus: 1_000_000,
-                memory_bytes: 16 << 40,
-                disk_bytes: 1 << 40,
-            },
-            allocated: Resources::default(),
-            task_count: 0,
-            ports_in_use: Default::default(),
-            cpu_percent: 0.0,
-            memory_used_bytes: 0,
             memory_total_bytes: 16 << 40,
+            ..NodeSnapshot::new(
+                uuid::Uuid::from_u128(i as u128 + 1),
+                format!("node-{i}"),
+                Default::default(),
+                Resources {
+                    milli_cpus: 1_000_000,
+                    memory_bytes: 16 << 40,
+                    disk_bytes: 1 << 40,
+                },
+            )
         })
         .collect()
 }
@@ -107,9 +104,7 @@ fn time_one(mut scheduler: Scheduler, n: usize, decisions: usize) -> Duration {
         // Every node has room for 10,000 such tasks; in a tiny cluster a
         // refusal may happen, and is timed too.
         if let Ok(i) = scheduler.place(&demand, &nodes) {
-            let node = &mut nodes[i];
-            node.allocated += demand.resources;
-            node.task_count += 1;
+            nodes[i].reserve(&demand);
         }
     }
     Duration::from_secs_f64(start.elapsed().as_secs_f64() / decisions.max(1) as f64)

@@ -17,6 +17,9 @@ pub enum Error {
     /// The request does not fit the current state (for example an unknown session).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The object to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The store failed; the request was not stored and may be retried.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -28,6 +31,7 @@ impl From<Error> for Status {
             Error::Invalid(f) => Status::invalid_argument(f.to_string()),
             Error::NotFound(m) => Status::not_found(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
             Error::Store(s) => Status::unavailable(format!("{s}; nothing was stored, retry later")),
         }
     }

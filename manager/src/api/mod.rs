@@ -168,10 +168,22 @@ impl Cluster for ClusterApi {
         } else {
             req.page_size
         } as usize;
-        let (tasks, more) = self.shared.lock().list_tasks(after, limit, |t| {
+        let engine = self.shared.lock();
+        let service_id = if req.service.is_empty() {
+            None
+        } else {
+            Some(
+                engine
+                    .service_id(&req.service)
+                    .ok_or_else(|| Error::NotFound(format!("service {} not found", req.service)))?,
+            )
+        };
+        let (tasks, more) = engine.list_tasks(after, limit, |t| {
             (states.is_empty() || states.contains(&t.state()))
                 && (req.node_id.is_empty() || t.node_id == req.node_id)
+                && service_id.as_ref().is_none_or(|id| t.service_id == *id)
         });
+        drop(engine);
         let next_page_token = match (more, tasks.last()) {
             (true, Some(last)) => last.id.clone(),
             _ => String::new(),

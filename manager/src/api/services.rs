@@ -1,5 +1,7 @@
-//! The `Cluster` service's service calls: apply, get, list, scale, roll
-//! back, delete, versions.
+//! The `Cluster` service's service calls: apply (create, update), get,
+//! list, scale, roll back, delete, versions. Each validates its request
+//! completely first, then asks the engine under the lock, then waits for
+//! durability after releasing it, as the task calls do.
 
 use orch::v1::{
     ApplyServiceRequest, ApplyServiceResponse, DeleteServiceRequest, DeleteServiceResponse,
@@ -7,68 +9,101 @@ use orch::v1::{
     ListServicesResponse, RollbackServiceRequest, RollbackServiceResponse, ScaleServiceRequest,
     ScaleServiceResponse,
 };
+use orch::validate::{self, FieldError};
 use tonic::{Response, Status};
 
-use crate::Shared;
+pub use crate::engine::How;
+use crate::{Error, Shared};
 
-/// Which of the three apply calls: whether the service may or must exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum How {
-    /// Create or update.
-    Apply,
-    /// Create; ALREADY_EXISTS if it exists.
-    Create,
-    /// Update; NOT_FOUND if it does not exist.
-    Update,
-}
-
-fn not_yet() -> Status {
-    Status::unimplemented("services are not served by this manager yet")
+/// A service name given to a call, checked as a spec's name is.
+fn name(field: &str, value: &str) -> Result<String, Error> {
+    if value.is_empty() {
+        return Err(FieldError::new(field, "is required").into());
+    }
+    validate::service_name(value).map_err(|e| FieldError::new(field, e.rule))?;
+    Ok(value.to_owned())
 }
 
 pub async fn apply(
-    _shared: &Shared,
-    _req: ApplyServiceRequest,
-    _how: How,
+    shared: &Shared,
+    req: ApplyServiceRequest,
+    how: How,
 ) -> Result<Response<ApplyServiceResponse>, Status> {
-    Err(not_yet())
+    let spec = req
+        .spec
+        .ok_or_else(|| Error::from(FieldError::new("spec", "is required")))?;
+    validate::service_spec(&spec).map_err(|e| Error::from(e.within("spec")))?;
+    let (service, change, durable) = shared.lock().apply_service(spec, how)?;
+    durable.wait().await.map_err(Error::from)?;
+    Ok(Response::new(ApplyServiceResponse {
+        service: Some(service),
+        change: change as i32,
+    }))
 }
 
 pub fn get(
-    _shared: &Shared,
-    _req: GetServiceRequest,
+    shared: &Shared,
+    req: GetServiceRequest,
 ) -> Result<Response<GetServiceResponse>, Status> {
-    Err(not_yet())
+    let name = name("name", &req.name)?;
+    let service = shared
+        .lock()
+        .service(&name)
+        .ok_or_else(|| Error::NotFound(format!("service {name} not found")))?;
+    Ok(Response::new(GetServiceResponse {
+        service: Some(service),
+    }))
 }
 
-pub fn list(_shared: &Shared) -> Result<Response<ListServicesResponse>, Status> {
-    Err(not_yet())
+pub fn list(shared: &Shared) -> Result<Response<ListServicesResponse>, Status> {
+    let services = shared.lock().list_services();
+    Ok(Response::new(ListServicesResponse { services }))
 }
 
 pub async fn scale(
-    _shared: &Shared,
-    _req: ScaleServiceRequest,
+    shared: &Shared,
+    req: ScaleServiceRequest,
 ) -> Result<Response<ScaleServiceResponse>, Status> {
-    Err(not_yet())
+    let name = name("name", &req.name)?;
+    let (service, durable) = shared.lock().scale_service(&name, req.count)?;
+    durable.wait().await.map_err(Error::from)?;
+    Ok(Response::new(ScaleServiceResponse {
+        service: Some(service),
+    }))
 }
 
 pub async fn rollback(
-    _shared: &Shared,
-    _req: RollbackServiceRequest,
+    shared: &Shared,
+    req: RollbackServiceRequest,
 ) -> Result<Response<RollbackServiceResponse>, Status> {
-    Err(not_yet())
+    let name = name("name", &req.name)?;
+    let (service, durable) = shared.lock().rollback_service(&name, req.to_version)?;
+    durable.wait().await.map_err(Error::from)?;
+    Ok(Response::new(RollbackServiceResponse {
+        service: Some(service),
+    }))
 }
 
 pub async fn delete(
-    _shared: &Shared,
-    _req: DeleteServiceRequest,
+    shared: &Shared,
+    req: DeleteServiceRequest,
 ) -> Result<Response<DeleteServiceResponse>, Status> {
-    Err(not_yet())
+    let name = name("name", &req.name)?;
+    let (service, durable) = shared.lock().delete_service(&name)?;
+    durable.wait().await.map_err(Error::from)?;
+    Ok(Response::new(DeleteServiceResponse {
+        service: Some(service),
+    }))
 }
 
 pub fn versions(
-    _shared: &Shared,
-    _req: ListServiceVersionsRequest,
+    shared: &Shared,
+    req: ListServiceVersionsRequest,
 ) -> Result<Response<ListServiceVersionsResponse>, Status> {
-    Err(not_yet())
+    let name = name("name", &req.name)?;
+    let (versions, current) = shared.lock().service_versions(&name)?;
+    Ok(Response::new(ListServiceVersionsResponse {
+        versions,
+        current,
+    }))
 }

@@ -17,9 +17,11 @@
 //! and liveness).
 
 mod nodes;
+mod services;
 mod tasks;
 mod workers;
 
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use orch::time::{duration, timestamp};
@@ -35,8 +37,8 @@ use crate::dispatcher::sessions::{Liveness, Sessions};
 use crate::orchestrator::drain::Handoffs;
 use crate::orchestrator::restart::{self, Backoffs};
 use crate::persist::{Committer, Durable};
-use crate::scheduler::Scheduler;
-use crate::state::{State, demand_of};
+use crate::scheduler::{Scheduler, Unplaceable};
+use crate::state::State;
 use crate::store::Snapshot;
 
 /// See the module documentation.
@@ -48,7 +50,16 @@ pub struct Engine {
     handoffs: Handoffs,
     committer: Committer,
     clock: Clock,
+    /// The time of the operation under way (set by `begin`).
+    now: Now,
+    /// Services to reconcile before the operation ends.
+    dirty: HashSet<String>,
+    /// When services want to be reconciled again by themselves (a new
+    /// task's monitor ends, an update's delay passes).
+    timers: BTreeSet<(tokio::time::Instant, String)>,
 }
+
+pub use self::services::How;
 
 impl Engine {
     /// Rebuilds the manager from what the store holds (see [`State::restore`]).
@@ -67,6 +78,10 @@ impl Engine {
         for i in 0..state.node_count() {
             sessions.track(state.node_id(i), now.at);
         }
+        let dirty = state
+            .services()
+            .filter_map(|e| e.service.spec.as_ref().map(|s| s.name.clone()))
+            .collect();
         let mut engine = Self {
             state,
             sessions,
@@ -75,7 +90,12 @@ impl Engine {
             handoffs: Handoffs::default(),
             committer,
             clock,
+            now,
+            dirty,
+            timers: BTreeSet::new(),
         };
+        // Every service is reconciled once: a rollout carries on, a count
+        // is restored.
         engine.flush();
         engine
     }
@@ -98,17 +118,26 @@ impl Engine {
     /// Reads the clock for an operation and stamps the state's changes with it.
     fn begin(&mut self) -> Now {
         let now = self.clock.now();
-        self.state.set_time(now.wall);
+        self.begin_at(now);
         now
     }
 
-    /// Queues the operation's writes, in order; nobody waits for them.
+    /// Starts an operation at `now`.
+    fn begin_at(&mut self, now: Now) {
+        self.now = now;
+        self.state.set_time(now.wall);
+    }
+
+    /// Ends an operation: settles the services it touched, then queues its
+    /// writes, in order; nobody waits for them.
     fn flush(&mut self) {
+        self.settle();
         self.committer.queue(self.state.take_writes());
     }
 
-    /// Queues the operation's writes and returns what resolves once they are durable.
+    /// As [`Engine::flush`], and returns what resolves once the writes are durable.
     fn flush_durable(&mut self) -> Durable {
+        self.settle();
         self.committer.queue_durable(self.state.take_writes())
     }
 
@@ -130,8 +159,19 @@ impl Engine {
         let Some(task) = self.state.task(id) else {
             return false;
         };
-        let demand = demand_of(task);
-        match self.scheduler.place(&demand, self.state.snapshots()) {
+        let demand = self.state.demand(task);
+        // A global service's task runs on its own node or nowhere.
+        let placed = match pinned_node(task).map(|n| self.state.node_index(n)) {
+            None => self.scheduler.place(&demand, self.state.snapshots()),
+            Some(Some(i)) => self
+                .scheduler
+                .check(&demand, &self.state.snapshots()[i])
+                .map(|()| i),
+            Some(None) => Err(Unplaceable {
+                reason: "its node is no longer known".to_owned(),
+            }),
+        };
+        match placed {
             Ok(i) => {
                 if let Err(e) = self.state.set_task_state(id, TaskState::Scheduled) {
                     tracing::error!(task = %id, error = %e, "placement refused by the state table");
@@ -187,16 +227,20 @@ impl Engine {
             return;
         }
         let stamp = timestamp(now.wall);
+        let Some(task) = self.state.task(id) else {
+            return;
+        };
+        let demand = self.state.demand(task);
+        if let Some(i) = self.state.node_of(task) {
+            self.state.release(i, id, &demand);
+        }
         let Some(task) = self.state.task_mut(id) else {
             return;
         };
         task.finished_at = Some(stamp);
         task.restart_at = None;
-        let demand = demand_of(task);
-        if let Some(i) = self.state.task(id).and_then(|t| self.state.node_of(t)) {
-            self.state.release(i, id, &demand);
-        }
         self.state.task_changed(id);
+        self.task_touched(id, true);
 
         let Some(task) = self.state.task(id) else {
             return;
@@ -277,6 +321,15 @@ impl Engine {
     }
 }
 
+/// The node a task is bound to (a global service's task), if any.
+fn pinned_node(task: &Task) -> Option<Uuid> {
+    if task.pinned_node_id.is_empty() {
+        return None;
+    }
+    // A pin that is not an id binds the task to no node at all.
+    Some(Uuid::parse_str(&task.pinned_node_id).unwrap_or_default())
+}
+
 /// The assignment that runs a task's current attempt.
 fn assignment(task: &Task) -> TaskAssignment {
     TaskAssignment {
@@ -324,5 +377,7 @@ fn stop_of(task: &str, attempt: u64, grace: Duration) -> TaskStop {
     }
 }
 
+#[cfg(test)]
+mod services_tests;
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,6 @@ use super::{Engine, stop_of};
 use crate::Error;
 use crate::orchestrator::drain;
 use crate::persist::Durable;
-use crate::state::demand_of;
 
 impl Engine {
     /// Every node, as `ListNodes` shows it.
@@ -55,6 +54,7 @@ impl Engine {
         }
         tracing::info!(node = %self.state.node_id(i), name = %self.state.node_name(i), state = ?state, why, "node state");
         self.state.node_changed(i, why);
+        self.nodes_touched();
     }
 
     /// Drains a node: no new tasks go there, and each of its tasks moves to
@@ -96,7 +96,7 @@ impl Engine {
         let Some(task) = self.state.task(mv.task) else {
             return;
         };
-        let demand = demand_of(task);
+        let demand = self.state.demand(task);
         self.state.release(i, mv.task, &demand);
         self.state.begin_attempt(mv.task);
         if let Some(task) = self.state.task_mut(mv.task) {

@@ -69,9 +69,34 @@ impl Engine {
         if task.desired_state() == DesiredState::Stopped || task_state::is_terminal(task.state()) {
             return Ok((task.clone(), Durable::done()));
         }
+        self.stop_now(id, "", now);
+        let task = self.state.task(id).cloned().unwrap_or_default();
+        Ok((task, self.flush_durable()))
+    }
+
+    /// Stops a task that should run: its desired state becomes stopped; a
+    /// pending one ends at once, a placed one is told to stop. `why`, if not
+    /// empty, becomes its message. A task that is not to run is left alone.
+    pub(super) fn stop_now(&mut self, id: Uuid, why: &str, now: crate::clock::Now) {
+        let Some(task) = self.state.task_mut(id) else {
+            return;
+        };
+        if task.desired_state() == DesiredState::Stopped || task_state::is_terminal(task.state()) {
+            if task.desired_state() == DesiredState::Running {
+                // Ended for good: it only stops counting as wanted.
+                task.set_desired_state(DesiredState::Stopped);
+                self.state.task_changed(id);
+            }
+            return;
+        }
         task.set_desired_state(DesiredState::Stopped);
+        if !why.is_empty() {
+            task.message = format!("stopping: {why}");
+        }
         if task.state() == TaskState::Pending {
-            task.message = "stopped before it was placed".into();
+            if why.is_empty() {
+                task.message = "stopped before it was placed".into();
+            }
             self.finish(id, TaskState::Stopped, now);
         } else {
             let grace = validate::stop_grace(task.spec.as_ref().unwrap_or(&TaskSpec::default()));
@@ -83,8 +108,6 @@ impl Engine {
             self.end_handoff(id);
             self.state.task_changed(id);
         }
-        let task = self.state.task(id).cloned().unwrap_or_default();
-        Ok((task, self.flush_durable()))
     }
 
     /// One task.

@@ -28,32 +28,32 @@ use crate::scheduler::{Scheduler, Strategy};
 use crate::store::{MemoryStore, Snapshot, Store, Write};
 
 /// One heartbeat a second, down after three missed: a 3s deadline.
-const LIVENESS: Liveness = Liveness {
+pub(super) const LIVENESS: Liveness = Liveness {
     heartbeat_period: Duration::from_secs(1),
     missed_heartbeats: 3,
 };
 
 /// A manager's state over an in-memory store the test can read back.
-struct Fixture {
-    state: Engine,
-    store: Arc<MemoryStore>,
+pub(super) struct Fixture {
+    pub(super) state: Engine,
+    pub(super) store: Arc<MemoryStore>,
 }
 
 /// One worker's end of a session: what the manager pushed to it.
-struct Worker {
-    node: Uuid,
-    session: Uuid,
-    rx: mpsc::UnboundedReceiver<Push>,
+pub(super) struct Worker {
+    pub(super) node: Uuid,
+    pub(super) session: Uuid,
+    pub(super) rx: mpsc::UnboundedReceiver<Push>,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::over(Arc::new(MemoryStore::new()))
     }
 
     /// A state restored from whatever `store` holds, as a (re)started
     /// manager builds it.
-    fn over(store: Arc<MemoryStore>) -> Self {
+    pub(super) fn over(store: Arc<MemoryStore>) -> Self {
         let snapshot = store.load().expect("load the store");
         let state = Engine::restore(
             snapshot,
@@ -66,7 +66,7 @@ impl Fixture {
 
     /// Waits until every write queued so far is committed, then reads the
     /// store back.
-    async fn durable(&self) -> Snapshot {
+    pub(super) async fn durable(&self) -> Snapshot {
         self.state.committer().flush().await.expect("flush");
         self.store.load().expect("load the store")
     }
@@ -85,13 +85,13 @@ impl Fixture {
         self.state.admit(tasks)
     }
 
-    fn submit_one(&mut self, spec: TaskSpec) -> Task {
+    pub(super) fn submit_one(&mut self, spec: TaskSpec) -> Task {
         self.submit(vec![spec]).remove(0)
     }
 
     /// Registers a worker (`node_id` may be empty) offering `milli_cpus`;
     /// returns its node and session ids.
-    fn register(&mut self, node_id: &str, name: &str, milli_cpus: i64) -> (Uuid, Uuid) {
+    pub(super) fn register(&mut self, node_id: &str, name: &str, milli_cpus: i64) -> (Uuid, Uuid) {
         let (reply, _durable) = self.state.register(RegisterRequest {
             node_id: node_id.to_owned(),
             name: name.to_owned(),
@@ -107,7 +107,7 @@ impl Fixture {
         )
     }
 
-    fn open(&mut self, node: Uuid, session: Uuid) -> Worker {
+    pub(super) fn open(&mut self, node: Uuid, session: Uuid) -> Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         self.state
             .open_session(node, session, tx)
@@ -116,32 +116,32 @@ impl Fixture {
     }
 
     /// A new node that registers and connects. Its full set is left unread.
-    fn join(&mut self, name: &str, milli_cpus: i64) -> Worker {
+    pub(super) fn join(&mut self, name: &str, milli_cpus: i64) -> Worker {
         let (node, session) = self.register("", name, milli_cpus);
         self.open(node, session)
     }
 
-    fn report(&mut self, worker: &Worker, task: &Task, state: TaskState) -> bool {
+    pub(super) fn report(&mut self, worker: &Worker, task: &Task, state: TaskState) -> bool {
         self.report_status(worker, status(task, state))
     }
 
-    fn report_status(&mut self, worker: &Worker, status: TaskStatus) -> bool {
+    pub(super) fn report_status(&mut self, worker: &Worker, status: TaskStatus) -> bool {
         self.state.report(worker.node, worker.session, vec![status])
     }
 
     /// A heartbeat from `worker`, as a sign of life.
-    fn heartbeat(&mut self, worker: &Worker) -> bool {
+    pub(super) fn heartbeat(&mut self, worker: &Worker) -> bool {
         self.state
             .heartbeat(worker.node, worker.session, NodeMetrics::default())
     }
 
     /// The task as the state holds it now.
-    fn task(&self, task: &Task) -> Task {
+    pub(super) fn task(&self, task: &Task) -> Task {
         self.state.task(id(task)).cloned().expect("task exists")
     }
 
     /// The node as `ListNodes` shows it now.
-    fn node(&self, node: Uuid) -> Node {
+    pub(super) fn node(&self, node: Uuid) -> Node {
         self.state
             .list_nodes()
             .into_iter()
@@ -152,7 +152,7 @@ impl Fixture {
 
 impl Worker {
     /// The next message, which must be an `Assignments`.
-    fn next(&mut self) -> Assignments {
+    pub(super) fn next(&mut self) -> Assignments {
         match self.rx.try_recv() {
             Ok(Push::Assignments(a)) => a,
             other => panic!("node {}: expected assignments, got {other:?}", self.node),
@@ -160,7 +160,7 @@ impl Worker {
     }
 
     /// The full set a session opens with, as task ids in any order, sorted.
-    fn full_set(&mut self) -> Vec<String> {
+    pub(super) fn full_set(&mut self) -> Vec<String> {
         let a = self.next();
         assert!(a.full, "expected a full set, got {a:?}");
         assert!(a.stop.is_empty(), "a full set stops nothing: {a:?}");
@@ -191,7 +191,7 @@ impl Worker {
     }
 
     /// Nothing more was pushed, and the session is still open.
-    fn expect_quiet(&mut self) {
+    pub(super) fn expect_quiet(&mut self) {
         match self.rx.try_recv() {
             Err(TryRecvError::Empty) => {}
             other => panic!("node {}: expected nothing, got {other:?}", self.node),
@@ -203,7 +203,7 @@ fn id(task: &Task) -> Uuid {
     task.id.parse().expect("task id")
 }
 
-fn spec(name: &str) -> TaskSpec {
+pub(super) fn spec(name: &str) -> TaskSpec {
     TaskSpec {
         name: name.to_owned(),
         image: "busybox".to_owned(),
@@ -219,7 +219,7 @@ fn cpu_spec(name: &str, milli_cpus: i64) -> TaskSpec {
 }
 
 /// A report about the task's current attempt.
-fn status(task: &Task, state: TaskState) -> TaskStatus {
+pub(super) fn status(task: &Task, state: TaskState) -> TaskStatus {
     TaskStatus {
         task_id: task.id.clone(),
         attempt: task.attempt,

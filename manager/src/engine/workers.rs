@@ -43,6 +43,8 @@ impl Engine {
         snapshot.capacity = Resources::from(&capacity);
         let node_id = node.id.clone();
         self.state.node_written(i);
+        // Its labels may have changed: global services look again.
+        self.nodes_touched();
         let session_id = self.sessions.register(self.state.node_id(i), now.at);
         let reply = RegisterResponse {
             node_id,
@@ -255,6 +257,7 @@ impl Engine {
             tracing::error!(task = %id, error = %e, "accepted report refused by the state table");
             return false;
         }
+        self.task_touched(id, false);
         if let Some(task) = self.state.task(id) {
             if task.desired_state() == DesiredState::Stopped {
                 // Level-triggered: a task that should stop and is still
@@ -290,6 +293,7 @@ impl Engine {
             };
             tracing::info!(task = %id, attempt = task.attempt, health = ?health, message = %task.message, "task health");
             self.state.task_changed(id);
+            self.task_touched(id, false);
         }
         unhealthy_stop(self.state.task(id)?)
     }
@@ -300,7 +304,8 @@ impl Engine {
     /// restarts whose backoff has passed. Returns how many nodes went down.
     pub fn tick(&mut self, at: Instant) -> usize {
         let now = self.clock.at(at);
-        self.state.set_time(now.wall);
+        self.begin_at(now);
+        self.wake_services(at);
         let silent: Vec<usize> = (0..self.state.node_count())
             .filter(|&i| self.liveness_deadline(i).is_some_and(|due| due <= at))
             .collect();
@@ -342,6 +347,7 @@ impl Engine {
         (0..self.state.node_count())
             .filter_map(|i| self.liveness_deadline(i))
             .chain(self.backoffs.next_due())
+            .chain(self.timers.first().map(|(due, _)| *due))
             .min()
     }
 

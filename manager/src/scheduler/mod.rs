@@ -15,7 +15,10 @@
 //!    carries a reason a person can act on ([`Unplaceable`]). Declared cpu and
 //!    memory are never over-committed.
 //! 2. a **scorer** ([`score`]) gives each feasible node a cost, by the
-//!    configured [`Strategy`];
+//!    configured [`Strategy`]; before any strategy's cost comes how many
+//!    tasks of the task's group (its service) the node has already, so the
+//!    replicas of a service spread over the nodes that can take them (in a
+//!    large cluster, over the sampled ones);
 //! 3. the **pick** takes the cheapest node, ties going to the lowest index, so
 //!    a decision is deterministic for a given seed.
 //!
@@ -153,6 +156,9 @@ pub struct NodeSnapshot {
     /// Total memory from the last heartbeat, in bytes; 0 before the first
     /// heartbeat, when scorers fall back to `capacity.memory_bytes`.
     pub memory_total_bytes: i64,
+    /// How many placed, unfinished tasks of each group (a service) the node
+    /// has; groups with none are absent.
+    pub groups: HashMap<u32, u32>,
 }
 
 impl NodeSnapshot {
@@ -175,7 +181,16 @@ impl NodeSnapshot {
             cpu_percent: 0.0,
             memory_used_bytes: 0,
             memory_total_bytes: 0,
+            groups: HashMap::new(),
         }
+    }
+
+    /// How many tasks of `demand`'s group the node has (0 without a group).
+    pub fn siblings(&self, demand: &Demand) -> u32 {
+        demand
+            .group
+            .and_then(|g| self.groups.get(&g).copied())
+            .unwrap_or(0)
     }
 
     /// Records a placed task's reservation on this node: its resources,
@@ -185,6 +200,9 @@ impl NodeSnapshot {
         self.allocated += demand.resources;
         self.task_count += 1;
         self.ports_in_use.extend(demand.ports.iter().copied());
+        if let Some(g) = demand.group {
+            *self.groups.entry(g).or_insert(0) += 1;
+        }
     }
 
     /// Gives back what [`NodeSnapshot::reserve`] took for a task that ended
@@ -194,6 +212,14 @@ impl NodeSnapshot {
         self.task_count = self.task_count.saturating_sub(1);
         for p in &demand.ports {
             self.ports_in_use.remove(p);
+        }
+        if let Some(g) = demand.group
+            && let Some(n) = self.groups.get_mut(&g)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.groups.remove(&g);
+            }
         }
     }
 }
@@ -208,6 +234,11 @@ pub struct Demand {
     pub ports: Vec<(u32, Protocol)>,
     /// Labels a node must carry, each with the same value.
     pub node_selector: HashMap<String, String>,
+    /// The group the task belongs to (its service, numbered by the
+    /// manager), whose tasks spread: the ranking strategies prefer the nodes
+    /// with the fewest tasks of the group above all else. `None` for a task
+    /// on its own.
+    pub group: Option<u32>,
 }
 
 impl Demand {
@@ -232,6 +263,7 @@ impl Demand {
                 })
                 .collect(),
             node_selector: spec.node_selector.clone(),
+            group: None,
         }
     }
 }
@@ -383,6 +415,24 @@ impl Scheduler {
             ranked => self.ranked(ranked, demand, nodes, &mut rejections),
         };
         chosen.ok_or_else(|| rejections.unplaceable(demand, nodes.len()))
+    }
+
+    /// Whether one given node can take a task needing `demand`: the filters
+    /// alone, with no ranking and no effect on later decisions. For a task
+    /// bound to its node (a global service's).
+    ///
+    /// # Errors
+    ///
+    /// [`Unplaceable`] naming the filter that refused the node.
+    pub fn check(&self, demand: &Demand, node: &NodeSnapshot) -> Result<(), Unplaceable> {
+        match filter::first_rejection(demand, node) {
+            None => Ok(()),
+            Some(f) => {
+                let mut rejections = Rejections::default();
+                rejections.count(f);
+                Err(rejections.unplaceable(demand, 1))
+            }
+        }
     }
 
     /// The first feasible node at or after the cursor, wrapping.

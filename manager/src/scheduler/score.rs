@@ -17,10 +17,13 @@ pub const EPVM_BASE: f64 = 1.539_600_717_839_002;
 /// by a factor of [`EPVM_BASE`].
 pub const EPVM_MAX_JOBS: f64 = 4.0;
 
-/// A node's cost for a task, compared lexicographically: `primary` first,
-/// then `secondary`. Lower is better.
+/// A node's cost for a task, compared lexicographically: `siblings` first,
+/// then `primary`, then `secondary`. Lower is better.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cost {
+    /// How many tasks of the task's group the node has: replicas of one
+    /// service spread before any strategy counts.
+    pub siblings: u32,
     /// The strategy's main criterion.
     pub primary: f64,
     /// The tie-breaker.
@@ -33,8 +36,9 @@ impl Cost {
     /// depend on the order the nodes were visited in. `total_cmp` keeps the
     /// order total even if a bad heartbeat smuggled in a NaN.
     pub fn better_than(&self, other: &Cost, i: usize, other_i: usize) -> bool {
-        self.primary
-            .total_cmp(&other.primary)
+        self.siblings
+            .cmp(&other.siblings)
+            .then(self.primary.total_cmp(&other.primary))
             .then(self.secondary.total_cmp(&other.secondary))
             .then(i.cmp(&other_i))
             == Ordering::Less
@@ -44,24 +48,17 @@ impl Cost {
 /// The cost of placing a task needing `demand` on `node`, by `strategy`.
 /// Round-robin does not rank nodes: every node costs the same.
 pub fn cost(strategy: Strategy, demand: &Demand, node: &NodeSnapshot) -> Cost {
-    match strategy {
-        Strategy::RoundRobin => Cost {
-            primary: 0.0,
-            secondary: 0.0,
-        },
-        Strategy::Epvm => Cost {
-            primary: epvm(demand, node),
-            secondary: 0.0,
-        },
-        Strategy::BestFit => Cost {
-            primary: free_after(demand, node),
-            secondary: 0.0,
-        },
+    let (primary, secondary) = match strategy {
+        Strategy::RoundRobin => (0.0, 0.0),
+        Strategy::Epvm => (epvm(demand, node), 0.0),
+        Strategy::BestFit => (free_after(demand, node), 0.0),
         // Fewest tasks first; among equals, the most free capacity.
-        Strategy::Spread => Cost {
-            primary: f64::from(node.task_count),
-            secondary: -free_after(demand, node),
-        },
+        Strategy::Spread => (f64::from(node.task_count), -free_after(demand, node)),
+    };
+    Cost {
+        siblings: node.siblings(demand),
+        primary,
+        secondary,
     }
 }
 

@@ -638,3 +638,59 @@ fn resources_arithmetic() {
     let api: orch::v1::Resources = a.into();
     assert_eq!(Resources::from(&api), a);
 }
+
+#[test]
+fn a_services_tasks_spread_over_nodes_before_any_strategy_counts() {
+    // Best-fit alone would pack every task onto the fullest node that fits,
+    // spread and E-PVM would avoid the busy node "c"; a group's tasks go one
+    // per node, then two per node, whatever the strategy.
+    let group = Demand {
+        group: Some(7),
+        ..demand(100, GIB)
+    };
+    for strategy in [Strategy::BestFit, Strategy::Epvm, Strategy::Spread] {
+        let mut nodes = vec![
+            node("a").alloc(res(3000, 6 * GIB, 0)),
+            node("b"),
+            node("c").tasks(9),
+        ];
+        let mut scheduler = Scheduler::with_seed(strategy, 3);
+        for round in 1..=2 {
+            for _ in 0..3 {
+                let i = scheduler.place(&group, &nodes).expect("fits");
+                nodes[i].reserve(&group);
+            }
+            for n in &nodes {
+                assert_eq!(n.siblings(&group), round, "{strategy}: node {}", n.name);
+            }
+        }
+        // Another group, or a task of none, does not count them.
+        let other = Demand {
+            group: Some(8),
+            ..demand(100, GIB)
+        };
+        assert!(nodes.iter().all(|n| n.siblings(&other) == 0));
+        // Releasing gives the count back, and an empty group leaves no entry.
+        for _ in 0..2 {
+            nodes[1].release(&group);
+        }
+        assert!(nodes[1].groups.is_empty());
+    }
+}
+
+#[test]
+fn checking_one_node_says_why_it_refuses() {
+    let scheduler = Scheduler::new(Strategy::Spread);
+    let d = demand(2000, GIB);
+    assert_eq!(scheduler.check(&d, &node("a")), Ok(()));
+    assert_eq!(
+        scheduler.check(&d, &node("a").down()).map_err(|e| e.reason),
+        Err("no node is ready (1 node down, draining or disconnected)".into())
+    );
+    assert_eq!(
+        scheduler
+            .check(&d, &node("a").alloc(res(3000, 0, 0)))
+            .map_err(|e| e.reason),
+        Err("no node fits: insufficient cpu on 1 node".into())
+    );
+}

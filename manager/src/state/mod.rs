@@ -12,6 +12,9 @@
 //! (`orch::task_state::TRANSITIONS`) does not list, whether a worker reported
 //! it or the manager made it itself.
 //!
+//! Services live here too (`services`): each one's record, kept versions
+//! and the index of its tasks.
+//!
 //! It does no I/O and reads no clock: the time it stamps on changes is set by
 //! the engine ([`State::set_time`]) at the start of each operation.
 
@@ -26,6 +29,10 @@ use uuid::Uuid;
 
 use crate::scheduler::{Demand, NodeSnapshot, Resources};
 use crate::store::{Snapshot, Write};
+
+mod services;
+
+pub use self::services::{ServiceEntry, VERSIONS_KEPT};
 
 /// How many events a slow `WatchEvents` client may fall behind before it is cut off.
 const EVENT_BUFFER: usize = 65_536;
@@ -56,17 +63,16 @@ pub struct State {
     writes: Vec<Write>,
     /// The time stamped on changes.
     now: SystemTime,
+    /// Every service, by name.
+    services: BTreeMap<String, ServiceEntry>,
+    /// The last scheduler group handed to a service.
+    next_group: u32,
 }
 
 /// A task's id as a UUID; the manager mints every id, so a bad one is a bug
 /// that maps to the nil id rather than a panic.
 pub fn task_uuid(task: &Task) -> Uuid {
     Uuid::parse_str(&task.id).unwrap_or_default()
-}
-
-/// What a task reserves on its node.
-pub fn demand_of(task: &Task) -> Demand {
-    task.spec.as_ref().map(Demand::of).unwrap_or_default()
 }
 
 impl State {
@@ -92,7 +98,22 @@ impl State {
             events,
             writes,
             now,
+            services: BTreeMap::new(),
+            next_group: 0,
         };
+        let mut versions: HashMap<String, Vec<orch::v1::ServiceVersion>> = HashMap::new();
+        for v in snapshot.service_versions {
+            versions.entry(v.service.clone()).or_default().push(v);
+        }
+        for service in snapshot.services {
+            let name = service
+                .spec
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            let kept = versions.remove(&name).unwrap_or_default();
+            state.insert_service(service, kept);
+        }
         for mut node in snapshot.nodes {
             if node.state() != NodeState::Down {
                 node.set_state(NodeState::Down);
@@ -107,8 +128,10 @@ impl State {
             } else if task_state::is_active(task.state())
                 && let Some(i) = state.node_of(&task)
             {
-                state.bind(i, id, &demand_of(&task));
+                let demand = state.demand(&task);
+                state.bind(i, id, &demand);
             }
+            state.index_task(id, &task);
             state.tasks.insert(id, Box::new(task));
         }
         state
@@ -164,14 +187,25 @@ impl State {
         self.tasks.get_mut(&id).map(Box::as_mut)
     }
 
-    /// Adds a new task (already durable) as it is: pending, or whatever it was stored as.
+    /// Adds a new task (already durable, or its creation queued first) as
+    /// it is: pending, or whatever it was stored as. A service's task joins
+    /// its service's index.
     pub fn insert_task(&mut self, task: Task) -> Uuid {
         let id = task_uuid(&task);
         if task.state() == TaskState::Pending {
             self.pending.insert(id);
         }
+        self.index_task(id, &task);
         self.tasks.insert(id, Box::new(task));
         id
+    }
+
+    /// What a task reserves on its node, and the group it spreads in (its
+    /// service's, if the service still exists).
+    pub fn demand(&self, task: &Task) -> Demand {
+        let mut demand = task.spec.as_ref().map(Demand::of).unwrap_or_default();
+        demand.group = self.service_of(task).map(|e| e.group);
+        demand
     }
 
     /// Tasks after `after` (exclusive), in id order (submission order).

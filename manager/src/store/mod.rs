@@ -536,6 +536,7 @@ mod checks {
                 updated: 1,
                 failed: 0,
                 total: 3,
+                reason: String::new(),
             }),
             created_at: at(100),
             updated_at: at(200),
