@@ -67,6 +67,11 @@ pub enum Command {
     Node(NodeCommand),
     /// Follow task and node state changes as they happen.
     Events,
+    /// Create or update services from a YAML file, and follow their rollouts.
+    Apply(ApplyArgs),
+    /// Create, list, inspect, scale, roll back and remove services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
@@ -186,7 +191,7 @@ pub struct DevArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Restart {
-    /// Never restart (the default, as with docker run).
+    /// Never restart.
     Never,
     /// Restart when the container exits non-zero.
     OnFailure,
@@ -199,6 +204,14 @@ pub struct RunArgs {
     /// A name for the task.
     #[arg(long)]
     pub name: Option<String>,
+    #[command(flatten)]
+    pub task: TaskArgs,
+}
+
+/// What to run and how: the flags of `orchctl run` that make a task spec,
+/// shared with `orchctl service create`, whose tasks are made from them.
+#[derive(Debug, Args)]
+pub struct TaskArgs {
     /// CPUs to reserve and limit to, like 0.5 or 250m (default: no limit).
     #[arg(long, value_parser = parse_cpus)]
     pub cpus: Option<i64>,
@@ -208,12 +221,14 @@ pub struct RunArgs {
     /// Disk to reserve on the node, like 1Gi (placement only).
     #[arg(long, value_parser = parse_bytes)]
     pub disk: Option<i64>,
-    /// When to restart the task after its container ends.
-    #[arg(long, value_enum, default_value_t = Restart::Never)]
-    pub restart: Restart,
-    /// Restart at most this many times (0: no limit).
-    #[arg(long, default_value_t = 0)]
-    pub max_restarts: u32,
+    /// When to restart the task after its container ends (default: never for
+    /// a task; for a service's tasks always, or on-failure for --batch).
+    #[arg(long, value_enum)]
+    pub restart: Option<Restart>,
+    /// Restart at most this many times (default 0: no limit; for --batch
+    /// without --restart, 3).
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
     /// Publish a port: HOST:CONTAINER[/udp]; repeat for more.
     #[arg(short = 'p', long = "publish", value_parser = parse_port)]
     pub ports: Vec<Port>,
@@ -326,6 +341,175 @@ pub struct StatusArgs {
     pub states: Vec<String>,
 }
 
+/// `orchctl apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The YAML file of the services, one per document (`---` between them);
+    /// `-` reads standard input.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: String,
+    /// Return once the services are applied, without following their rollouts.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+/// `orchctl service ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service from flags (as `docker service create`) and follow its rollout.
+    // Boxed: the task flags would make it many times the size of the others.
+    Create(Box<ServiceCreateArgs>),
+    /// List services: mode, version, running tasks, rollout.
+    Ls,
+    /// List a service's tasks, by slot.
+    Ps(ServiceNameArgs),
+    /// Show a service: its spec with defaults, version and rollout.
+    Inspect(ServiceNameArgs),
+    /// Change how many tasks a service runs: NAME=N.
+    Scale(ScaleArgs),
+    /// List a service's kept versions and what each changed.
+    History(ServiceNameArgs),
+    /// Go back to an earlier version (by default the one before) and follow the rollback.
+    Rollback(RollbackArgs),
+    /// Stop every task of a service and delete it.
+    Rm(ServiceNameArgs),
+}
+
+/// A command about one service.
+#[derive(Debug, Args)]
+pub struct ServiceNameArgs {
+    /// The service's name.
+    pub name: String,
+}
+
+/// `orchctl service create`.
+#[derive(Debug, Args)]
+pub struct ServiceCreateArgs {
+    /// The service's name: lowercase letters, digits and '-', starting with a letter.
+    pub name: String,
+    #[command(flatten)]
+    pub mode: ModeArgs,
+    // `requires` alone is waived when --batch conflicts with a present
+    // --global or --replicas: the conflicts say it.
+    /// With --batch: how many tasks must exit 0 for the job to complete (default 1).
+    #[arg(long, value_name = "C", requires = "batch",
+          conflicts_with_all = ["replicas", "global"],
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub completions: Option<u32>,
+    /// With --batch: how many tasks may run at once (default 1).
+    #[arg(long, value_name = "P", requires = "batch",
+          conflicts_with_all = ["replicas", "global"],
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub parallelism: Option<u32>,
+    #[command(flatten)]
+    pub update: UpdateArgs,
+    /// Return once the service is created, without following its rollout.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub task: TaskArgs,
+}
+
+/// How many tasks a service runs: at most one of the three (default
+/// replicated, 1 replica).
+#[derive(Debug, Args)]
+#[group(id = "mode", multiple = false)]
+pub struct ModeArgs {
+    /// Keep N tasks running, one per slot (replicated, the default; default 1).
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u32>,
+    /// Run one task on every ready node that matches the constraints.
+    #[arg(long)]
+    pub global: bool,
+    /// Run tasks to completion (a job): see --completions and --parallelism.
+    #[arg(long)]
+    pub batch: bool,
+}
+
+/// How a rolling update replaces a service's tasks; unset flags keep the
+/// manager's defaults.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Tasks replaced at once (default 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub update_parallelism: Option<u32>,
+    /// Wait between batches of replaced tasks, like 10s (default 0s).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub update_delay: Option<Duration>,
+    /// Stop the old task before starting the new one, or the other way round
+    /// (default stop-first).
+    #[arg(long, value_enum)]
+    pub update_order: Option<UpdateOrderArg>,
+    /// How long a new task must run (and be healthy) to count as updated (default 5s).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub update_monitor: Option<Duration>,
+    /// What to do when too many new tasks fail (default rollback).
+    #[arg(long, value_enum)]
+    pub update_failure_action: Option<FailureActionArg>,
+    /// The share of new tasks (0 to 1) that may fail before the failure action (default 0).
+    #[arg(long, value_name = "R", value_parser = parse_ratio)]
+    pub update_max_failure_ratio: Option<f64>,
+}
+
+/// `--update-order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpdateOrderArg {
+    /// Stop the old task, then start the new one.
+    StopFirst,
+    /// Start the new task, and stop the old one once the new one runs.
+    StartFirst,
+}
+
+/// `--update-failure-action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureActionArg {
+    /// Stop replacing tasks; the rollout stays paused.
+    Pause,
+    /// Go back to the version that ran before.
+    Rollback,
+    /// Go on as if nothing had failed.
+    Continue,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| format!("{s:?} is not a ratio between 0 and 1, like 0.25"))
+}
+
+/// `orchctl service scale`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// The service and its new count, like web=5.
+    #[arg(value_name = "NAME=N", value_parser = parse_scale)]
+    pub target: (String, u32),
+}
+
+/// `NAME=N`: a service name and a count.
+fn parse_scale(s: &str) -> Result<(String, u32), String> {
+    match s.split_once('=') {
+        Some((name, n)) if !name.is_empty() => n
+            .parse::<u32>()
+            .map(|n| (name.to_string(), n))
+            .map_err(|_| format!("{s:?}: {n:?} is not a count (a whole number, 0 or more)")),
+        _ => Err(format!("{s:?} is not NAME=N, for example web=5")),
+    }
+}
+
+/// `orchctl service rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The service's name.
+    pub name: String,
+    /// The kept version to go back to (default: the one before the current).
+    #[arg(long, value_name = "V", value_parser = clap::value_parser!(u64).range(1..))]
+    pub to_version: Option<u64>,
+    /// Return once the rollback is asked for, without following it.
+    #[arg(long)]
+    pub detach: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,13 +571,13 @@ mod tests {
         let Command::Run(run) = cli.command else {
             panic!("not run")
         };
-        assert_eq!(run.cpus, Some(500));
-        assert_eq!(run.memory, Some(64 << 20));
-        assert_eq!(run.env, vec![("A".into(), "1".into())]);
-        assert_eq!(run.ports.len(), 1);
-        assert_eq!(run.restart, Restart::OnFailure);
-        assert_eq!(run.image, "busybox");
-        assert_eq!(run.command, vec!["sh", "-c", "echo hi"]);
+        assert_eq!(run.task.cpus, Some(500));
+        assert_eq!(run.task.memory, Some(64 << 20));
+        assert_eq!(run.task.env, vec![("A".into(), "1".into())]);
+        assert_eq!(run.task.ports.len(), 1);
+        assert_eq!(run.task.restart, Some(Restart::OnFailure));
+        assert_eq!(run.task.image, "busybox");
+        assert_eq!(run.task.command, vec!["sh", "-c", "echo hi"]);
     }
 
     #[test]
@@ -403,7 +587,7 @@ mod tests {
             all.extend_from_slice(args);
             all.push("busybox");
             match Cli::try_parse_from(all).map(|c| c.command) {
-                Ok(Command::Run(run)) => Ok(*run.health),
+                Ok(Command::Run(run)) => Ok(*run.task.health),
                 Ok(other) => panic!("not run: {other:?}"),
                 Err(e) => Err(e),
             }
@@ -460,6 +644,196 @@ mod tests {
             vec!["orchctl", "-o", "yaml", "nodes"],
         ] {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
+        }
+    }
+
+    /// `orchctl service create ARGS... busybox`, parsed.
+    fn create(args: &[&str]) -> Result<ServiceCreateArgs, clap::Error> {
+        let mut all = vec!["orchctl", "service", "create"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).map(|c| c.command) {
+            Ok(Command::Service(ServiceCommand::Create(a))) => Ok(*a),
+            Ok(other) => panic!("not service create: {other:?}"),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[test]
+    fn service_create_takes_a_name_an_image_and_a_command() {
+        let a = create(&[
+            "--replicas",
+            "3",
+            "--constraint",
+            "zone=a",
+            "-e",
+            "A=1",
+            "web",
+            "busybox",
+            "sh",
+            "-c",
+            "echo hi",
+        ])
+        .expect("parses");
+        assert_eq!(a.name, "web");
+        assert_eq!(a.mode.replicas, Some(3));
+        assert!(!a.mode.global && !a.mode.batch);
+        assert_eq!(a.task.image, "busybox");
+        assert_eq!(a.task.command, vec!["sh", "-c", "echo hi"]);
+        assert_eq!(a.task.constraints, vec![("zone".into(), "a".into())]);
+        assert!(!a.detach);
+        // The image is required, and so is the name.
+        assert!(create(&["web"]).is_err());
+        assert!(create(&[]).is_err());
+    }
+
+    #[test]
+    fn service_modes_are_mutually_exclusive() {
+        for ok in [
+            &["web", "img"][..],
+            &["--replicas", "0", "web", "img"],
+            &["--global", "web", "img"],
+            &["--batch", "web", "img"],
+            &[
+                "--batch",
+                "--completions",
+                "5",
+                "--parallelism",
+                "2",
+                "web",
+                "img",
+            ],
+        ] {
+            assert!(create(ok).is_ok(), "{ok:?}");
+        }
+        let b = create(&[
+            "--batch",
+            "--completions",
+            "5",
+            "--parallelism",
+            "2",
+            "j",
+            "img",
+        ])
+        .expect("parses");
+        assert_eq!((b.completions, b.parallelism), (Some(5), Some(2)));
+        for bad in [
+            &["--replicas", "2", "--global", "web", "img"][..],
+            &["--global", "--batch", "web", "img"],
+            &["--replicas", "1", "--batch", "web", "img"],
+            // Counts of a job need --batch, and are at least 1.
+            &["--completions", "2", "web", "img"],
+            &["--parallelism", "2", "web", "img"],
+            &["--global", "--completions", "2", "web", "img"],
+            &["--batch", "--completions", "0", "web", "img"],
+            &["--batch", "--parallelism", "0", "web", "img"],
+            &["--replicas", "many", "web", "img"],
+        ] {
+            assert!(create(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn update_flags_are_read() {
+        let a = create(&[
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "10s",
+            "--update-order",
+            "start-first",
+            "--update-monitor",
+            "500ms",
+            "--update-failure-action",
+            "pause",
+            "--update-max-failure-ratio",
+            "0.25",
+            "--detach",
+            "web",
+            "img",
+        ])
+        .expect("parses");
+        let u = &a.update;
+        assert_eq!(u.update_parallelism, Some(2));
+        assert_eq!(u.update_delay, Some(Duration::from_secs(10)));
+        assert_eq!(u.update_order, Some(UpdateOrderArg::StartFirst));
+        assert_eq!(u.update_monitor, Some(Duration::from_millis(500)));
+        assert_eq!(u.update_failure_action, Some(FailureActionArg::Pause));
+        assert_eq!(u.update_max_failure_ratio, Some(0.25));
+        assert!(a.detach);
+        for bad in [
+            &["--update-parallelism", "0"][..],
+            &["--update-order", "random"],
+            &["--update-failure-action", "retry"],
+            &["--update-max-failure-ratio", "1.5"],
+            &["--update-max-failure-ratio", "-0.1"],
+            &["--update-max-failure-ratio", "NaN"],
+            &["--update-delay", "soon"],
+        ] {
+            let mut args = bad.to_vec();
+            args.extend(["web", "img"]);
+            assert!(create(&args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scale_takes_name_equals_count() {
+        let scale = |arg: &str| match Cli::try_parse_from(["orchctl", "service", "scale", arg])
+            .map(|c| c.command)
+        {
+            Ok(Command::Service(ServiceCommand::Scale(a))) => Ok(a.target),
+            Ok(other) => panic!("not service scale: {other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(scale("web=5").expect("parses"), ("web".into(), 5));
+        assert_eq!(scale("web=0").expect("parses"), ("web".into(), 0));
+        for bad in ["web", "web=x", "=3", "web=", "web=-1", "web=1.5", ""] {
+            assert!(scale(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_scale("a=b=1").map_err(|_| ()), Err(()));
+    }
+
+    #[test]
+    fn apply_and_the_other_service_commands_parse() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["orchctl"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map(|c| c.command)
+        };
+        match parse(&["apply", "-f", "web.yaml", "--detach"]) {
+            Ok(Command::Apply(a)) => assert_eq!((a.file.as_str(), a.detach), ("web.yaml", true)),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["apply", "-f", "-"]) {
+            Ok(Command::Apply(a)) => assert_eq!((a.file.as_str(), a.detach), ("-", false)),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["apply"]).is_err(), "apply needs -f");
+        match parse(&["service", "rollback", "web", "--to-version", "2"]) {
+            Ok(Command::Service(ServiceCommand::Rollback(a))) => {
+                assert_eq!(
+                    (a.name.as_str(), a.to_version, a.detach),
+                    ("web", Some(2), false)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["service", "rollback", "web", "--to-version", "0"]).is_err());
+        for ok in [
+            &["service", "ls"][..],
+            &["service", "ps", "web"],
+            &["service", "inspect", "web", "-o", "json"],
+            &["service", "history", "web"],
+            &["service", "rm", "web"],
+        ] {
+            assert!(parse(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            &["service", "ps"][..],
+            &["service", "inspect"],
+            &["service", "rm"],
+            &["service", "create", "--name", "x", "web", "img"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -1,4 +1,6 @@
-//! The client commands: `run`, `stop`, `status`, `nodes`, `events`.
+//! The client commands: `run`, `stop`, `status`, `nodes`, `node`, `events`;
+//! and what the service commands ([`crate::services`]) share with them: the
+//! connection, the errors, the task spec made from `run`'s flags.
 
 use orch::task_state;
 use orch::v1::cluster_client::ClusterClient;
@@ -11,11 +13,13 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::CliError;
-use crate::args::{HealthArgs, NodeCommand, Output, Restart, RunArgs, StatusArgs, StopArgs};
+use crate::args::{
+    HealthArgs, NodeCommand, Output, Restart, RunArgs, StatusArgs, StopArgs, TaskArgs,
+};
 use crate::output;
 
 /// Connects to the manager, or explains why not.
-async fn connect(manager: &str) -> Result<ClusterClient<Channel>, CliError> {
+pub async fn connect(manager: &str) -> Result<ClusterClient<Channel>, CliError> {
     let endpoint = tonic::transport::Endpoint::from_shared(manager.to_string())
         .map_err(|_| {
             CliError(format!(
@@ -37,12 +41,13 @@ async fn connect(manager: &str) -> Result<ClusterClient<Channel>, CliError> {
 }
 
 /// One line for a gRPC error: the code in words, then the manager's message.
-fn status_error(s: tonic::Status) -> CliError {
+pub fn status_error(s: tonic::Status) -> CliError {
     use tonic::Code;
     let what = match s.code() {
         Code::InvalidArgument => "invalid argument",
-        // The manager's message says what was not found.
-        Code::NotFound => return CliError(s.message().to_string()),
+        // The manager's message says what was not found, or what exists.
+        Code::NotFound | Code::AlreadyExists => return CliError(s.message().to_string()),
+        Code::Unimplemented => "not supported by this manager",
         Code::FailedPrecondition => "refused",
         Code::Unavailable => "manager unavailable",
         Code::DeadlineExceeded => "timed out",
@@ -93,6 +98,26 @@ async fn resolve(client: &mut ClusterClient<Channel>, key: &str) -> Result<Task,
     the_one(found, key, "task")
 }
 
+/// Every task `request` selects, all pages of them, oldest first.
+pub async fn list_tasks(
+    client: &mut ClusterClient<Channel>,
+    mut request: ListTasksRequest,
+) -> Result<Vec<Task>, CliError> {
+    let mut tasks = Vec::new();
+    loop {
+        let page = client
+            .list_tasks(request.clone())
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        tasks.extend(page.tasks);
+        if page.next_page_token.is_empty() {
+            return Ok(tasks);
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
 /// The single match of `key`, or an error saying there is none or several.
 fn the_one<T>(mut found: Vec<T>, key: &str, what: &str) -> Result<T, CliError> {
     match found.len() {
@@ -106,9 +131,27 @@ fn the_one<T>(mut found: Vec<T>, key: &str, what: &str) -> Result<T, CliError> {
     }
 }
 
-pub async fn run(manager: &str, a: RunArgs, out: Output) -> Result<(), CliError> {
-    let spec = TaskSpec {
-        name: a.name.unwrap_or_default(),
+/// The task spec that `run`'s flags ask for (shared by `service create`,
+/// whose task template they make), without a name. `--constraint`s go to
+/// the spec's `node_selector`, as a task's; a service moves them to its
+/// placement. Unless `--restart` or `--max-restarts` is given the restart
+/// policy stays unset, so the default of the task (never) or of the
+/// service's mode applies; with only `--max-restarts`, the condition is
+/// `default_restart`, and with only `--restart` there is no limit.
+pub fn task_spec(a: TaskArgs, default_restart: RestartCondition) -> TaskSpec {
+    let restart = match (a.restart, a.max_restarts) {
+        (None, None) => None,
+        (condition, max) => Some(RestartPolicy {
+            condition: condition.map_or(default_restart, |c| match c {
+                Restart::Never => RestartCondition::Never,
+                Restart::OnFailure => RestartCondition::OnFailure,
+                Restart::Always => RestartCondition::Always,
+            }) as i32,
+            max_restarts: max.unwrap_or(0),
+        }),
+    };
+    TaskSpec {
+        name: String::new(),
         image: a.image,
         command: a.command,
         env: a.env.into_iter().collect(),
@@ -124,18 +167,18 @@ pub async fn run(manager: &str, a: RunArgs, out: Output) -> Result<(), CliError>
                 protocol: if p.udp { Protocol::Udp } else { Protocol::Tcp } as i32,
             })
             .collect(),
-        restart: Some(RestartPolicy {
-            condition: match a.restart {
-                Restart::Never => RestartCondition::Never,
-                Restart::OnFailure => RestartCondition::OnFailure,
-                Restart::Always => RestartCondition::Always,
-            } as i32,
-            max_restarts: a.max_restarts,
-        }),
+        restart,
         labels: a.labels.into_iter().collect(),
         node_selector: a.constraints.into_iter().collect(),
         stop_grace_period: a.stop_timeout.map(orch::time::duration),
         health_check: health_check(&a.health),
+    }
+}
+
+pub async fn run(manager: &str, a: RunArgs, out: Output) -> Result<(), CliError> {
+    let spec = TaskSpec {
+        name: a.name.unwrap_or_default(),
+        ..task_spec(a.task, RestartCondition::Never)
     };
     let mut client = connect(manager).await?;
     let task = client
@@ -273,24 +316,14 @@ pub async fn status(manager: &str, a: StatusArgs, out: Output) -> Result<(), Cli
         })?;
         states.push(state as i32);
     }
-    let mut tasks = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_tasks(ListTasksRequest {
-                states: states.clone(),
-                page_token,
-                ..Default::default()
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        tasks.extend(page.tasks);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let tasks = list_tasks(
+        &mut client,
+        ListTasksRequest {
+            states,
+            ..Default::default()
+        },
+    )
+    .await?;
     match out {
         Output::Json => output::print_json(&serde_json::Value::Array(
             tasks.iter().map(output::task_json).collect(),

@@ -9,6 +9,7 @@ mod args;
 mod client;
 mod daemon;
 mod output;
+mod services;
 
 use std::process::ExitCode;
 
@@ -74,12 +75,24 @@ fn main() -> ExitCode {
 /// clap's error without its usage block, on one line, keeping the list of
 /// possible values when clap gives one.
 fn one_line(text: &str) -> String {
-    let mut line = text
-        .lines()
+    let mut lines = text.lines();
+    let mut line = lines
         .next()
         .unwrap_or("invalid arguments")
         .trim_start_matches("error: ")
         .to_string();
+    // "the following required arguments were not provided:" lists them on
+    // the indented lines after it.
+    if line.ends_with(':') {
+        let listed: Vec<&str> = lines
+            .take_while(|l| l.starts_with(' '))
+            .map(str::trim)
+            .collect();
+        if !listed.is_empty() {
+            line.push(' ');
+            line.push_str(&listed.join(", "));
+        }
+    }
     if let Some(values) = text
         .lines()
         .map(str::trim)
@@ -113,5 +126,37 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Nodes => client::nodes(&cli.manager, out).await,
         Command::Node(c) => client::node(&cli.manager, c, out).await,
         Command::Events => client::events(&cli.manager, out).await,
+        Command::Apply(a) => services::apply(&cli.manager, a, out).await,
+        Command::Service(c) => services::service(&cli.manager, c, out).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(args: &[&str]) -> String {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => panic!("parsed: {:?}", cli.command),
+            Err(e) => one_line(&e.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_usage_error_is_one_line_naming_what_is_missing() {
+        let line = refusal(&[
+            "orchctl",
+            "service",
+            "create",
+            "--completions",
+            "2",
+            "web",
+            "img",
+        ]);
+        assert!(line.ends_with("not provided: --batch"), "{line}");
+        let line = refusal(&["orchctl", "service", "scale", "web"]);
+        assert!(line.contains("\"web\" is not NAME=N"), "{line}");
+        let line = refusal(&["orchctl", "-o", "yaml", "nodes"]);
+        assert!(line.ends_with("[possible values: table, json]"), "{line}");
     }
 }

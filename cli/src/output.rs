@@ -1,4 +1,4 @@
-//! How `orchctl` prints tasks, nodes and events: aligned tables for people,
+//! How `orchctl` prints tasks, nodes, events and services: aligned tables for people,
 //! and JSON with stable field names for scripts (the names are part of the
 //! CLI's contract, listed in README.md).
 
@@ -7,8 +7,10 @@ use std::time::SystemTime;
 use orch::quantity::{format_bytes, format_milli_cpus};
 use orch::task_state;
 use orch::v1::{
-    DesiredState, Event, Node, NodeMetrics, NodeState, Resources, RolloutState, Task, TaskState,
-    event,
+    DesiredState, Event, FailureAction, HealthCheck, JobState, Node, NodeMetrics, NodeState,
+    PortMapping, Protocol, Resources, RestartCondition, RestartPolicy, RolloutState, Service,
+    ServiceSpec, ServiceVersion, Task, TaskSpec, TaskState, UpdateOrder, event, health_check,
+    service_spec,
 };
 use serde_json::{Value, json};
 
@@ -71,6 +73,9 @@ pub fn task_json(t: &Task) -> Value {
         "created_at": rfc3339(t.created_at.as_ref()),
         "restart_at": rfc3339(t.restart_at.as_ref()),
         "health": orch::health::name(t.health()),
+        "service": t.service,
+        "slot": t.slot,
+        "service_version": t.service_version,
     })
 }
 
@@ -373,4 +378,964 @@ pub fn print_nodes(nodes: &[Node]) {
         ],
         &rows,
     );
+}
+
+// ---------------------------------------------------------------------------
+// Services.
+
+/// The word for a service's mode: `replicated`, `global` or `batch`.
+pub fn mode_name(spec: &ServiceSpec) -> &'static str {
+    match spec.mode {
+        Some(service_spec::Mode::Replicated(_)) => "replicated",
+        Some(service_spec::Mode::Global(_)) => "global",
+        Some(service_spec::Mode::Batch(_)) => "batch",
+        None => "unknown",
+    }
+}
+
+/// The word for a batch service's job state; `None` for other services.
+pub fn job_state_name(s: JobState) -> Option<&'static str> {
+    match s {
+        JobState::Unspecified => None,
+        JobState::Running => Some("running"),
+        JobState::Completed => Some("completed"),
+        JobState::Failed => Some("failed"),
+    }
+}
+
+fn restart_name(c: RestartCondition) -> &'static str {
+    match c {
+        RestartCondition::Unspecified | RestartCondition::Never => "never",
+        RestartCondition::OnFailure => "on-failure",
+        RestartCondition::Always => "always",
+    }
+}
+
+fn order_name(o: UpdateOrder) -> &'static str {
+    match o {
+        UpdateOrder::Unspecified | UpdateOrder::StopFirst => "stop-first",
+        UpdateOrder::StartFirst => "start-first",
+    }
+}
+
+fn failure_action_name(a: FailureAction) -> &'static str {
+    match a {
+        FailureAction::Unspecified | FailureAction::Rollback => "rollback",
+        FailureAction::Pause => "pause",
+        FailureAction::Continue => "continue",
+    }
+}
+
+/// A duration as people write it: `5s`, `1m 30s`, `500ms`.
+fn duration_text(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn proto_duration(d: Option<&prost_types::Duration>) -> Value {
+    d.and_then(orch::time::std_duration)
+        .map_or(Value::Null, |d| duration_text(d).into())
+}
+
+/// A service's state of rollout: the state of its latest rollout, or
+/// unspecified if it has none.
+fn rollout_state(s: &Service) -> RolloutState {
+    s.rollout
+        .as_ref()
+        .map_or(RolloutState::Unspecified, |r| r.state())
+}
+
+/// A service as JSON: its name, mode, counts, version and rollout. The
+/// fields are the same for every mode; those of another mode are null
+/// (`replicas` for a global or batch service, `completions` and
+/// `parallelism` for all but batch, `job_state` for all but batch).
+pub fn service_json(s: &Service) -> Value {
+    let spec = s.spec.clone().unwrap_or_default();
+    let (replicas, completions, parallelism) = match &spec.mode {
+        Some(service_spec::Mode::Replicated(r)) => (
+            Value::from(orch::service::replicas(r)),
+            Value::Null,
+            Value::Null,
+        ),
+        Some(service_spec::Mode::Batch(b)) => (
+            Value::Null,
+            Value::from(orch::service::completions(b)),
+            Value::from(orch::service::batch_parallelism(b)),
+        ),
+        _ => (Value::Null, Value::Null, Value::Null),
+    };
+    let rollout = s.rollout.as_ref();
+    json!({
+        "name": spec.name,
+        "mode": mode_name(&spec),
+        "version": s.version,
+        "replicas": replicas,
+        "completions": completions,
+        "parallelism": parallelism,
+        "desired": s.desired,
+        "running": s.running,
+        "completed": s.completed,
+        "failed": s.failed,
+        "job_state": job_state_name(s.job_state()),
+        "rollout_state": rollout_state_name(rollout_state(s)),
+        "rollout_message": rollout.map(|r| r.message.as_str()).unwrap_or_default(),
+        "rollout": rollout.map_or(Value::Null, |r| json!({
+            "from_version": r.from_version,
+            "to_version": r.to_version,
+            "updated": r.updated,
+            "failed": r.failed,
+            "total": r.total,
+            "started_at": rfc3339(r.started_at.as_ref()),
+            "finished_at": rfc3339(r.finished_at.as_ref()),
+        })),
+        "created_at": rfc3339(s.created_at.as_ref()),
+        "updated_at": rfc3339(s.updated_at.as_ref()),
+    })
+}
+
+/// A service as `service inspect -o json` shows it: [`service_json`] and
+/// its `spec`, with the defaults of the restart policy, the stop timeout
+/// and the update config filled in.
+pub fn service_detail_json(s: &Service) -> Value {
+    let mut v = service_json(s);
+    let spec = s.spec.clone().unwrap_or_default();
+    let mut task = task_spec_json(&spec.task.clone().unwrap_or_default());
+    task["restart"] = restart_json(Some(&orch::service::restart_policy(&spec)));
+    task["stop_timeout"] = duration_text(orch::validate::stop_grace(
+        spec.task.as_ref().unwrap_or(&TaskSpec::default()),
+    ))
+    .into();
+    let update = orch::service::update_settings(spec.update.as_ref());
+    v["spec"] = json!({
+        "task": task,
+        "placement": {
+            "constraints": spec.placement.map(|p| p.constraints).unwrap_or_default(),
+        },
+        "update": {
+            "parallelism": update.parallelism,
+            "delay": duration_text(update.delay),
+            "order": order_name(update.order),
+            "monitor": duration_text(update.monitor),
+            "failure_action": failure_action_name(update.failure_action),
+            "max_failure_ratio": update.max_failure_ratio,
+        },
+    });
+    v
+}
+
+fn restart_json(r: Option<&RestartPolicy>) -> Value {
+    r.map_or(
+        Value::Null,
+        |r| json!({ "condition": restart_name(r.condition()), "max_restarts": r.max_restarts }),
+    )
+}
+
+fn port_text(p: &PortMapping) -> String {
+    let udp = orch::validate::normal_protocol(p.protocol()) == Protocol::Udp;
+    format!(
+        "{}:{}{}",
+        p.host_port,
+        p.container_port,
+        if udp { "/udp" } else { "" }
+    )
+}
+
+fn health_check_json(h: Option<&HealthCheck>) -> Value {
+    let Some(h) = h else { return Value::Null };
+    let mut v = json!({
+        "interval": proto_duration(h.interval.as_ref()),
+        "timeout": proto_duration(h.timeout.as_ref()),
+        "retries": h.retries,
+        "start_period": proto_duration(h.start_period.as_ref()),
+    });
+    match &h.probe {
+        Some(health_check::Probe::Http(p)) => {
+            v["http"] = json!({ "port": p.port, "path": p.path });
+        }
+        Some(health_check::Probe::Tcp(p)) => v["tcp"] = json!({ "port": p.port }),
+        Some(health_check::Probe::Exec(p)) => v["cmd"] = json!(p.command),
+        None => {}
+    }
+    v
+}
+
+/// A task template as JSON, as it was written: unset fields are null.
+/// Ports read as they are written on the command line, `8080:80/udp`.
+pub fn task_spec_json(t: &TaskSpec) -> Value {
+    json!({
+        "image": t.image,
+        "command": t.command,
+        "env": t.env,
+        "milli_cpus": t.milli_cpus,
+        "memory_bytes": t.memory_bytes,
+        "disk_bytes": t.disk_bytes,
+        "ports": t.ports.iter().map(port_text).collect::<Vec<_>>(),
+        "restart": restart_json(t.restart.as_ref()),
+        "labels": t.labels,
+        "stop_timeout": proto_duration(t.stop_grace_period.as_ref()),
+        "health_check": health_check_json(t.health_check.as_ref()),
+    })
+}
+
+/// The kept versions of a service as JSON, in the order given.
+pub fn history_json(versions: &[ServiceVersion], current: u64) -> Value {
+    Value::Array(
+        versions
+            .iter()
+            .map(|v| {
+                let task = v.task.clone().unwrap_or_default();
+                json!({
+                    "version": v.version,
+                    "current": v.version == current,
+                    "created_at": rfc3339(v.created_at.as_ref()),
+                    "image": task.image,
+                    "task": task_spec_json(&task),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The RUNNING cell: `running/desired`, or for a batch service
+/// `completed/completions`.
+fn running_cell(s: &Service) -> String {
+    match s.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+        Some(service_spec::Mode::Batch(_)) => format!("{}/{}", s.completed, s.desired),
+        _ => format!("{}/{}", s.running, s.desired),
+    }
+}
+
+/// The ROLLOUT cell: the rollout's state, with its progress while it goes
+/// on; for a batch service, its job's state.
+fn rollout_cell(s: &Service) -> String {
+    let state = rollout_state(s);
+    let word = rollout_state_name(state);
+    let progress = match (&s.rollout, state) {
+        (Some(r), RolloutState::RollingOut | RolloutState::RollingBack) => {
+            format!("{word} ({}/{})", r.updated, r.total)
+        }
+        _ => word.to_string(),
+    };
+    match (job_state_name(s.job_state()), state) {
+        (Some(job), RolloutState::Unspecified) => format!("job {job}"),
+        (Some(job), _) => format!("{progress}, job {job}"),
+        (None, _) => progress,
+    }
+}
+
+/// The service list.
+pub fn print_services(services: &[Service]) {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let spec = s.spec.clone().unwrap_or_default();
+            vec![
+                spec.name.clone(),
+                mode_name(&spec).into(),
+                s.version.to_string(),
+                running_cell(s),
+                rollout_cell(s),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "MODE", "VERSION", "RUNNING", "ROLLOUT"], &rows);
+}
+
+/// How a service's mode and counts read: `replicated, 3 replicas`,
+/// `global`, `batch, 5 completions, 2 at a time`.
+fn mode_text(spec: &ServiceSpec) -> String {
+    match &spec.mode {
+        Some(service_spec::Mode::Replicated(r)) => {
+            let n = orch::service::replicas(r);
+            format!("replicated, {n} replica{}", if n == 1 { "" } else { "s" })
+        }
+        Some(service_spec::Mode::Batch(b)) => {
+            let n = orch::service::completions(b);
+            format!(
+                "batch, {n} completion{}, {} at a time",
+                if n == 1 { "" } else { "s" },
+                orch::service::batch_parallelism(b)
+            )
+        }
+        _ => mode_name(spec).to_string(),
+    }
+}
+
+fn pairs_text(map: &std::collections::HashMap<String, String>) -> String {
+    let mut pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if pairs.is_empty() {
+        return "none".into();
+    }
+    pairs.sort();
+    pairs.join(", ")
+}
+
+fn restart_text(r: &RestartPolicy) -> String {
+    let word = restart_name(r.condition());
+    match (r.condition(), r.max_restarts) {
+        (RestartCondition::Unspecified | RestartCondition::Never, _) | (_, 0) => word.into(),
+        (_, max) => format!("{word}, at most {max} times"),
+    }
+}
+
+fn time_text(ts: Option<&prost_types::Timestamp>) -> String {
+    rfc3339(ts).as_str().unwrap_or("-").to_string()
+}
+
+/// One service, in detail: its spec with defaults, its counts and its rollout.
+pub fn print_service(s: &Service) {
+    let spec = s.spec.clone().unwrap_or_default();
+    let task = spec.task.clone().unwrap_or_default();
+    let limit =
+        |v: Option<i64>, f: fn(i64) -> String| v.map(f).unwrap_or_else(|| "no limit".into());
+    let update = orch::service::update_settings(spec.update.as_ref());
+    let mut lines = vec![
+        ("name", spec.name.clone()),
+        ("id", or_dash(&s.id)),
+        ("mode", mode_text(&spec)),
+        ("version", s.version.to_string()),
+        ("image", task.image.clone()),
+        (
+            "command",
+            if task.command.is_empty() {
+                "(image default)".into()
+            } else {
+                task.command.join(" ")
+            },
+        ),
+        ("cpus", limit(task.milli_cpus, format_milli_cpus)),
+        ("memory", limit(task.memory_bytes, format_bytes)),
+        (
+            "restart",
+            restart_text(&orch::service::restart_policy(&spec)),
+        ),
+        (
+            "constraints",
+            pairs_text(
+                &spec
+                    .placement
+                    .as_ref()
+                    .map(|p| p.constraints.clone())
+                    .unwrap_or_default(),
+            ),
+        ),
+    ];
+    // A batch service has no rolling updates: its template cannot change.
+    if !matches!(spec.mode, Some(service_spec::Mode::Batch(_))) {
+        lines.push((
+            "update",
+            format!(
+                "{} at a time, delay {}, {}, monitor {}, on failure {}, max failure ratio {}",
+                update.parallelism,
+                duration_text(update.delay),
+                order_name(update.order),
+                duration_text(update.monitor),
+                failure_action_name(update.failure_action),
+                update.max_failure_ratio
+            ),
+        ));
+    }
+    match job_state_name(s.job_state()) {
+        Some(job) => lines.push((
+            "job",
+            format!(
+                "{job}, {} of {} completed, {} failed, {} running",
+                s.completed, s.desired, s.failed, s.running
+            ),
+        )),
+        None => lines.push(("running", format!("{}/{}", s.running, s.desired))),
+    }
+    if let Some(r) = &s.rollout {
+        lines.push((
+            "rollout",
+            format!(
+                "{}, version {} -> {}, {} of {} updated, {} failed",
+                rollout_state_name(r.state()),
+                r.from_version,
+                r.to_version,
+                r.updated,
+                r.total,
+                r.failed
+            ),
+        ));
+        if !r.message.is_empty() {
+            lines.push(("message", r.message.clone()));
+        }
+        lines.push(("started", time_text(r.started_at.as_ref())));
+        if r.finished_at.is_some() {
+            lines.push(("finished", time_text(r.finished_at.as_ref())));
+        }
+    } else {
+        lines.push((
+            "rollout",
+            rollout_state_name(RolloutState::Unspecified).into(),
+        ));
+    }
+    lines.push(("created", time_text(s.created_at.as_ref())));
+    lines.push(("updated", time_text(s.updated_at.as_ref())));
+    for (k, v) in lines {
+        println!("{:<14} {v}", format!("{k}:"));
+    }
+}
+
+/// A service's task's state: as `ps` shows it, and `(stopping)` while a
+/// task that should stop has not yet.
+fn service_task_state(t: &Task) -> String {
+    let state = state_cell(t);
+    if t.desired_state() == DesiredState::Stopped && !task_state::is_terminal(t.state()) {
+        format!("{state} (stopping)")
+    } else {
+        state
+    }
+}
+
+/// The SLOT cell: the task's slot, or for a task of a global service the
+/// node it belongs to.
+fn slot_cell(t: &Task) -> String {
+    if t.slot > 0 {
+        t.slot.to_string()
+    } else {
+        or_dash(t.pinned_node_id.get(..8).unwrap_or(&t.pinned_node_id))
+    }
+}
+
+/// A service's tasks, by slot (or node), the newest of each slot first.
+pub fn print_service_tasks(tasks: &[Task]) {
+    let mut tasks: Vec<&Task> = tasks.iter().collect();
+    let created = |t: &Task| t.created_at.map(|c| (c.seconds, c.nanos));
+    tasks.sort_by(|a, b| {
+        (a.slot, &a.pinned_node_id)
+            .cmp(&(b.slot, &b.pinned_node_id))
+            .then_with(|| created(b).cmp(&created(a)))
+    });
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                slot_cell(t),
+                t.id.clone(),
+                service_task_state(t),
+                or_dash(t.node_id.get(..8).unwrap_or(&t.node_id)),
+                t.service_version.to_string(),
+                or_dash(&t.message),
+            ]
+        })
+        .collect();
+    print_table(
+        &["SLOT", "ID", "STATE", "NODE", "VERSION", "MESSAGE"],
+        &rows,
+    );
+}
+
+/// A service's kept versions, oldest first, the current one marked `*`,
+/// each with what it changed from the one before.
+pub fn print_history(versions: &[ServiceVersion], current: u64) {
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let previous = i.checked_sub(1).and_then(|p| versions.get(p));
+            vec![
+                format!(
+                    "{}{}",
+                    v.version,
+                    if v.version == current { "*" } else { "" }
+                ),
+                ago(v.created_at.as_ref()),
+                v.task.as_ref().map(|t| t.image.clone()).unwrap_or_default(),
+                version_diff(previous, v),
+            ]
+        })
+        .collect();
+    print_table(&["VERSION", "CREATED", "IMAGE", "CHANGES"], &rows);
+}
+
+/// At most `max` characters of `s`, with `...` if cut.
+fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let cut: String = s.chars().take(max.saturating_sub(3)).collect();
+    format!("{cut}...")
+}
+
+/// `+A -B ~C`: the keys added, removed and changed from `old` to `new`, or
+/// `None` if none.
+fn keys_diff(
+    old: &std::collections::HashMap<String, String>,
+    new: &std::collections::HashMap<String, String>,
+) -> Option<String> {
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let marks: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| match (old.get(k), new.get(k)) {
+            (None, Some(_)) => Some(format!("+{k}")),
+            (Some(_), None) => Some(format!("-{k}")),
+            (Some(a), Some(b)) if a != b => Some(format!("~{k}")),
+            _ => None,
+        })
+        .collect();
+    (!marks.is_empty()).then(|| marks.join(" "))
+}
+
+/// What `cur` changed from `prev`, the version before it, on one line for
+/// people (best effort): `image a -> b, command sleep 1 -> sleep 2, env +A
+/// -B ~C, memory 64Mi -> 128Mi`. `created` for version 1 with nothing
+/// before it, `-` for an older version whose predecessor is no longer kept,
+/// `no change` if nothing shown differs.
+pub fn version_diff(prev: Option<&ServiceVersion>, cur: &ServiceVersion) -> String {
+    let Some(prev) = prev else {
+        return if cur.version <= 1 { "created" } else { "-" }.into();
+    };
+    let (a, b) = (
+        prev.task.clone().unwrap_or_default(),
+        cur.task.clone().unwrap_or_default(),
+    );
+    let mut changes: Vec<String> = Vec::new();
+    let mut from_to = |what: &str, x: String, y: String| {
+        if x != y {
+            changes.push(format!("{what} {} -> {}", short(&x, 30), short(&y, 30)));
+        }
+    };
+    from_to("image", a.image.clone(), b.image.clone());
+    let command = |t: &TaskSpec| {
+        if t.command.is_empty() {
+            "(image default)".to_string()
+        } else {
+            t.command.join(" ")
+        }
+    };
+    from_to("command", command(&a), command(&b));
+    let limit = |v: Option<i64>, f: fn(i64) -> String| v.map_or_else(|| "none".into(), f);
+    from_to(
+        "cpus",
+        limit(a.milli_cpus, format_milli_cpus),
+        limit(b.milli_cpus, format_milli_cpus),
+    );
+    from_to(
+        "memory",
+        limit(a.memory_bytes, format_bytes),
+        limit(b.memory_bytes, format_bytes),
+    );
+    from_to(
+        "disk",
+        limit(a.disk_bytes, format_bytes),
+        limit(b.disk_bytes, format_bytes),
+    );
+    let ports = |t: &TaskSpec| {
+        if t.ports.is_empty() {
+            "none".to_string()
+        } else {
+            t.ports.iter().map(port_text).collect::<Vec<_>>().join(",")
+        }
+    };
+    from_to("ports", ports(&a), ports(&b));
+    let restart = |t: &TaskSpec| t.restart.as_ref().map_or("default".into(), restart_text);
+    from_to("restart", restart(&a), restart(&b));
+    from_to(
+        "stop timeout",
+        duration_text(orch::validate::stop_grace(&a)),
+        duration_text(orch::validate::stop_grace(&b)),
+    );
+    for (what, x, y) in [
+        ("env", &a.env, &b.env),
+        ("labels", &a.labels, &b.labels),
+        ("constraints", &constraints(prev), &constraints(cur)),
+    ] {
+        if let Some(d) = keys_diff(x, y) {
+            changes.push(format!("{what} {d}"));
+        }
+    }
+    match (&a.health_check, &b.health_check) {
+        (None, Some(_)) => changes.push("health check added".into()),
+        (Some(_), None) => changes.push("health check removed".into()),
+        (Some(x), Some(y)) if x != y => changes.push("health check changed".into()),
+        _ => {}
+    }
+    if changes.is_empty() {
+        "no change".into()
+    } else {
+        changes.join(", ")
+    }
+}
+
+fn constraints(v: &ServiceVersion) -> std::collections::HashMap<String, String> {
+    v.placement
+        .as_ref()
+        .map(|p| p.constraints.clone())
+        .unwrap_or_default()
+}
+
+/// A service's progress as one line: `web: rolling_out version 2: 1 of 3
+/// updated` (`, 1 failed` when some failed), or for a batch service `job:
+/// job running: 2 of 5 completed`.
+pub fn progress_line(s: &Service) -> String {
+    let name = s.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default();
+    let failed = |n: u32| {
+        if n > 0 {
+            format!(", {n} failed")
+        } else {
+            String::new()
+        }
+    };
+    if let Some(job) = job_state_name(s.job_state()) {
+        return format!(
+            "{name}: job {job}: {} of {} completed{}",
+            s.completed,
+            s.desired,
+            failed(s.failed)
+        );
+    }
+    match &s.rollout {
+        Some(r) => format!(
+            "{name}: {} version {}: {} of {} updated{}",
+            rollout_state_name(r.state()),
+            if r.to_version > 0 {
+                r.to_version
+            } else {
+                s.version
+            },
+            r.updated,
+            r.total,
+            failed(r.failed)
+        ),
+        None => format!("{name}: version {}: no rollout", s.version),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use orch::v1::{
+        BatchMode, GlobalMode, Placement, ReplicatedMode, Rollout, UpdateConfig, service_spec,
+    };
+
+    use super::*;
+
+    fn keys(v: &Value) -> Vec<String> {
+        let mut keys: Vec<String> = v
+            .as_object()
+            .unwrap_or_else(|| panic!("an object: {v}"))
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The field names of a service's JSON: a contract.
+    const SERVICE_FIELDS: &[&str] = &[
+        "completed",
+        "completions",
+        "created_at",
+        "desired",
+        "failed",
+        "job_state",
+        "mode",
+        "name",
+        "parallelism",
+        "replicas",
+        "rollout",
+        "rollout_message",
+        "rollout_state",
+        "running",
+        "updated_at",
+        "version",
+    ];
+
+    fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp { seconds, nanos: 0 })
+    }
+
+    fn web() -> Service {
+        Service {
+            id: "0198a0a0-0000-7000-8000-000000000000".into(),
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                mode: Some(service_spec::Mode::Replicated(ReplicatedMode {
+                    replicas: Some(3),
+                })),
+                task: Some(TaskSpec {
+                    image: "busybox".into(),
+                    command: vec!["sleep".into(), "3600".into()],
+                    ..Default::default()
+                }),
+                placement: Some(Placement {
+                    constraints: HashMap::from([("zone".into(), "a".into())]),
+                }),
+                update: Some(UpdateConfig {
+                    monitor: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+            }),
+            version: 2,
+            rollout: Some(Rollout {
+                state: RolloutState::RollingOut as i32,
+                message: "rolling out version 2: 1 of 3 updated".into(),
+                from_version: 1,
+                to_version: 2,
+                started_at: ts(1_700_000_000),
+                finished_at: None,
+                updated: 1,
+                failed: 0,
+                total: 3,
+            }),
+            created_at: ts(1_600_000_000),
+            updated_at: ts(1_700_000_000),
+            desired: 3,
+            running: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_service_as_json() {
+        let v = service_json(&web());
+        assert_eq!(keys(&v), SERVICE_FIELDS);
+        assert_eq!(v["name"], "web");
+        assert_eq!(v["mode"], "replicated");
+        assert_eq!(v["version"], 2);
+        assert_eq!(v["replicas"], 3);
+        assert_eq!(v["completions"], Value::Null);
+        assert_eq!(v["parallelism"], Value::Null);
+        assert_eq!(
+            (v["desired"].clone(), v["running"].clone()),
+            (3.into(), 3.into())
+        );
+        assert_eq!(v["job_state"], Value::Null);
+        assert_eq!(v["rollout_state"], "rolling_out");
+        assert_eq!(
+            v["rollout_message"],
+            "rolling out version 2: 1 of 3 updated"
+        );
+        assert_eq!(
+            keys(&v["rollout"]),
+            [
+                "failed",
+                "finished_at",
+                "from_version",
+                "started_at",
+                "to_version",
+                "total",
+                "updated"
+            ]
+        );
+        assert_eq!(v["rollout"]["from_version"], 1);
+        assert_eq!(v["rollout"]["to_version"], 2);
+        assert_eq!(v["rollout"]["updated"], 1);
+        assert_eq!(v["rollout"]["started_at"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(v["rollout"]["finished_at"], Value::Null);
+        assert_eq!(v["created_at"], "2020-09-13T12:26:40.000Z");
+    }
+
+    #[test]
+    fn a_batch_or_global_service_as_json() {
+        let mut job = web();
+        let spec = job.spec.as_mut().expect("spec");
+        spec.mode = Some(service_spec::Mode::Batch(BatchMode {
+            completions: Some(5),
+            parallelism: None,
+        }));
+        job.rollout = None;
+        job.job_state = JobState::Running as i32;
+        job.completed = 2;
+        job.failed = 1;
+        let v = service_json(&job);
+        assert_eq!(keys(&v), SERVICE_FIELDS);
+        assert_eq!(v["mode"], "batch");
+        assert_eq!(v["replicas"], Value::Null);
+        assert_eq!(v["completions"], 5);
+        assert_eq!(v["parallelism"], 1, "the default");
+        assert_eq!(v["job_state"], "running");
+        assert_eq!(
+            (v["completed"].clone(), v["failed"].clone()),
+            (2.into(), 1.into())
+        );
+        assert_eq!(v["rollout_state"], "none");
+        assert_eq!(v["rollout_message"], "");
+        assert_eq!(v["rollout"], Value::Null);
+
+        let mut global = web();
+        global.spec.as_mut().expect("spec").mode = Some(service_spec::Mode::Global(GlobalMode {}));
+        let v = service_json(&global);
+        assert_eq!(keys(&v), SERVICE_FIELDS);
+        assert_eq!(v["mode"], "global");
+        assert_eq!(v["replicas"], Value::Null);
+        assert_eq!(v["completions"], Value::Null);
+    }
+
+    #[test]
+    fn inspect_json_shows_the_spec_with_defaults() {
+        let v = service_detail_json(&web());
+        let mut want: Vec<&str> = SERVICE_FIELDS.to_vec();
+        want.push("spec");
+        want.sort_unstable();
+        assert_eq!(keys(&v), want);
+        let spec = &v["spec"];
+        assert_eq!(keys(spec), ["placement", "task", "update"]);
+        assert_eq!(spec["task"]["image"], "busybox");
+        assert_eq!(spec["task"]["command"], json!(["sleep", "3600"]));
+        assert_eq!(spec["task"]["milli_cpus"], Value::Null);
+        assert_eq!(
+            spec["task"]["restart"],
+            json!({"condition": "always", "max_restarts": 0})
+        );
+        assert_eq!(spec["task"]["stop_timeout"], "10s");
+        assert_eq!(spec["placement"]["constraints"], json!({"zone": "a"}));
+        assert_eq!(
+            spec["update"],
+            json!({
+                "parallelism": 1,
+                "delay": "0s",
+                "order": "stop-first",
+                "monitor": "1s",
+                "failure_action": "rollback",
+                "max_failure_ratio": 0.0,
+            })
+        );
+    }
+
+    #[test]
+    fn a_task_of_a_service_as_json() {
+        let task = Task {
+            id: "t".into(),
+            service: "web".into(),
+            slot: 2,
+            service_version: 3,
+            ..Default::default()
+        };
+        let v = task_json(&task);
+        assert_eq!(
+            (&v["service"], &v["slot"], &v["service_version"]),
+            (&json!("web"), &json!(2), &json!(3))
+        );
+        let alone = task_json(&Task::default());
+        assert_eq!(
+            (&alone["service"], &alone["slot"], &alone["service_version"]),
+            (&json!(""), &json!(0), &json!(0))
+        );
+    }
+
+    fn version(n: u64, task: TaskSpec, constraints: &[(&str, &str)]) -> ServiceVersion {
+        ServiceVersion {
+            service: "web".into(),
+            version: n,
+            task: Some(task),
+            placement: Some(Placement {
+                constraints: constraints
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }),
+            created_at: ts(1_700_000_000),
+        }
+    }
+
+    #[test]
+    fn the_history_line_says_what_changed() {
+        let base = TaskSpec {
+            image: "busybox:1".into(),
+            command: vec!["sleep".into(), "60".into()],
+            env: HashMap::from([("A".into(), "1".into()), ("B".into(), "2".into())]),
+            memory_bytes: Some(64 << 20),
+            ..Default::default()
+        };
+        let v1 = version(1, base.clone(), &[]);
+        assert_eq!(version_diff(None, &v1), "created");
+        assert_eq!(version_diff(None, &version(4, base.clone(), &[])), "-");
+        assert_eq!(
+            version_diff(Some(&v1), &version(2, base.clone(), &[])),
+            "no change"
+        );
+
+        let mut next = base.clone();
+        next.image = "busybox:2".into();
+        next.command = vec!["sleep".into(), "3600".into()];
+        next.env = HashMap::from([("A".into(), "9".into()), ("C".into(), "3".into())]);
+        next.memory_bytes = Some(128 << 20);
+        next.milli_cpus = Some(500);
+        let v2 = version(2, next, &[("zone", "a")]);
+        assert_eq!(
+            version_diff(Some(&v1), &v2),
+            "image busybox:1 -> busybox:2, command sleep 60 -> sleep 3600, cpus none -> 0.5, \
+             memory 64Mi -> 128Mi, env ~A -B +C, constraints +zone"
+        );
+
+        let mut checked = base.clone();
+        checked.health_check = Some(HealthCheck::default());
+        checked.stop_grace_period = Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        });
+        checked.restart = Some(RestartPolicy {
+            condition: RestartCondition::OnFailure as i32,
+            max_restarts: 3,
+        });
+        assert_eq!(
+            version_diff(Some(&v1), &version(2, checked, &[])),
+            "restart default -> on-failure, at most 3 times, stop timeout 10s -> 1s, health check added"
+        );
+        // Long commands are cut.
+        let mut long = base;
+        long.command = vec!["sh".into(), "-c".into(), "x".repeat(100)];
+        let line = version_diff(Some(&v1), &version(2, long, &[]));
+        assert!(line.starts_with("command sleep 60 -> sh -c xxx"), "{line}");
+        assert!(line.ends_with("..."), "{line}");
+        assert!(line.chars().count() < 60, "{line}");
+    }
+
+    #[test]
+    fn history_json_marks_the_current_version() {
+        let v = history_json(
+            &[
+                version(1, TaskSpec::default(), &[]),
+                version(
+                    2,
+                    TaskSpec {
+                        image: "busybox".into(),
+                        ..Default::default()
+                    },
+                    &[],
+                ),
+            ],
+            2,
+        );
+        let items = v.as_array().expect("an array");
+        assert_eq!(items.len(), 2);
+        for item in items {
+            assert_eq!(
+                keys(item),
+                ["created_at", "current", "image", "task", "version"]
+            );
+        }
+        assert_eq!(items[0]["current"], false);
+        assert_eq!(
+            (&items[1]["current"], &items[1]["image"]),
+            (&json!(true), &json!("busybox"))
+        );
+        assert_eq!(items[1]["task"]["image"], "busybox");
+    }
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(
+            progress_line(&web()),
+            "web: rolling_out version 2: 1 of 3 updated"
+        );
+        let mut failing = web();
+        if let Some(r) = failing.rollout.as_mut() {
+            r.failed = 1;
+        }
+        assert_eq!(
+            progress_line(&failing),
+            "web: rolling_out version 2: 1 of 3 updated, 1 failed"
+        );
+        assert_eq!(rollout_cell(&web()), "rolling_out (1/3)");
+        assert_eq!(running_cell(&web()), "3/3");
+    }
 }

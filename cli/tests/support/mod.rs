@@ -19,8 +19,8 @@
 //! kills the processes and removes this cluster's containers (task
 //! containers of its nodes, worker containers) and its network.
 //!
-//! Shared by `tests/failures.rs`, `tests/lifecycle.rs` and
-//! `benches/recovery.rs`; each uses a part of it.
+//! Shared by `tests/failures.rs`, `tests/lifecycle.rs`, `tests/services.rs`
+//! and `benches/recovery.rs`; each uses a part of it.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -531,6 +531,16 @@ impl Procs {
             .into_inner()
     }
 
+    /// Runs the client `orchctl --manager <this manager> ARGS` as a person
+    /// would; returns how it exited and what it printed. Panics if it has
+    /// not exited within `limit`.
+    pub async fn orchctl_within(&self, limit: Duration, args: &[&str]) -> Ran {
+        let url = self.url();
+        let mut all = vec!["--manager", url.as_str()];
+        all.extend_from_slice(args);
+        orchctl_within(limit, &all).await
+    }
+
     /// Runs the client `orchctl --manager <this manager> -o json ARGS` as a
     /// person would, and returns what it printed, parsed. Panics unless it
     /// exits 0 within the deadline.
@@ -724,6 +734,63 @@ impl Procs {
             // after a short while even if no event comes.
             let _ = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
         }
+    }
+}
+
+/// How one run of the orchctl client ended, and what it printed.
+#[derive(Debug)]
+pub struct Ran {
+    /// The exit code (`None` if a signal ended it).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Asserts a zero exit; returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, Some(0), "orchctl failed: {self:#?}");
+        &self.stdout
+    }
+
+    /// Asserts the shape of every refusal: a non-zero exit, nothing on
+    /// stdout, and exactly one line on stderr, starting `orchctl: `.
+    /// Returns that line.
+    #[track_caller]
+    pub fn refused(&self) -> &str {
+        assert!(
+            matches!(self.code, Some(c) if c != 0),
+            "expected a non-zero exit: {self:#?}"
+        );
+        assert_eq!(self.stdout, "", "nothing on stdout when refused: {self:#?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "exactly one line on stderr: {self:#?}");
+        assert!(
+            lines[0].starts_with("orchctl: "),
+            "stderr starts with `orchctl: `: {self:#?}"
+        );
+        lines[0]
+    }
+}
+
+/// Runs the client `orchctl ARGS`, without the orch variables of the
+/// environment it runs in; panics if it has not exited within `limit`.
+pub async fn orchctl_within(limit: Duration, args: &[&str]) -> Ran {
+    let mut cmd = Command::new(ORCHCTL);
+    cmd.args(args)
+        .env_remove("ORCH_MANAGER")
+        .env_remove("ORCH_LOG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(limit, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("orchctl {args:?} did not finish within {limit:?}"))
+        .expect("run orchctl");
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
