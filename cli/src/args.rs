@@ -187,6 +187,9 @@ pub struct DevArgs {
     /// How tasks are placed: round-robin, epvm, best-fit or spread.
     #[arg(long, default_value = "spread", value_parser = parse_strategy)]
     pub scheduler: Strategy,
+    /// A label of the local worker's node, KEY=VALUE; repeat for more.
+    #[arg(long = "label", value_parser = parse_pair)]
+    pub labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

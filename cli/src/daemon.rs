@@ -106,7 +106,7 @@ pub async fn dev(args: DevArgs) -> Result<(), CliError> {
         manager: format!("http://{addr}"),
         name: host_name(),
         address: String::new(),
-        labels: HashMap::new(),
+        labels: args.labels.into_iter().collect(),
         milli_cpus: None,
         memory_bytes: None,
         disk_bytes: None,

@@ -989,7 +989,7 @@ pub fn progress_line(s: &Service) -> String {
     }
     match &s.rollout {
         Some(r) => format!(
-            "{name}: {} version {}: {} of {} updated{}",
+            "{name}: {} version {}: {} of {} updated{}{}",
             rollout_state_name(r.state()),
             if r.to_version > 0 {
                 r.to_version
@@ -998,7 +998,12 @@ pub fn progress_line(s: &Service) -> String {
             },
             r.updated,
             r.total,
-            failed(r.failed)
+            failed(r.failed),
+            if r.waiting.is_empty() {
+                String::new()
+            } else {
+                format!(" (waiting: {})", r.waiting)
+            }
         ),
         None => format!("{name}: version {}: no rollout", s.version),
     }
@@ -1084,6 +1089,7 @@ mod tests {
                 updated: 1,
                 failed: 0,
                 total: 3,
+                ..Rollout::default()
             }),
             created_at: ts(1_600_000_000),
             updated_at: ts(1_700_000_000),

@@ -159,8 +159,16 @@ fn announce(name: &str, reply: ApplyServiceResponse, out: Output) -> Result<Foll
     if out == Output::Table {
         println!("{}", change_line(name, change, &service));
     }
+    // A rollout still under way (an apply of the same file while the last
+    // one rolls out) is followed too, whatever this apply changed.
+    let rolling = service.rollout.as_ref().is_some_and(|r| {
+        matches!(
+            r.state(),
+            orch::v1::RolloutState::RollingOut | orch::v1::RolloutState::RollingBack
+        )
+    });
     let mut followed = Followed::new(service, Some(change));
-    followed.done = !has_rollout(change);
+    followed.done = !has_rollout(change) && !rolling;
     Ok(followed)
 }
 

@@ -90,6 +90,7 @@ pub fn reconcile(
 
     let (mut done, mut in_flight, mut with_new, mut failures) = (0u32, 0u32, 0u32, 0u32);
     let mut first_failure = String::new();
+    let mut waiting = String::new();
     let mut last_done: Option<SystemTime> = None;
     let mut todo = Vec::new();
     for key in desired {
@@ -97,6 +98,12 @@ pub fn reconcile(
         let standing = match tasks.iter().find(|t| t.version == target && t.wanted) {
             Some(new) => {
                 with_new += 1;
+                if new.state == orch::v1::TaskState::Pending
+                    && waiting.is_empty()
+                    && !new.message.is_empty()
+                {
+                    waiting = new.message.clone();
+                }
                 let bad = failed(new);
                 if bad {
                     failures += 1;
@@ -150,6 +157,7 @@ pub fn reconcile(
     r.updated = done;
     r.failed = failures;
     r.total = total;
+    r.waiting = waiting;
 
     let too_many = failures > 0
         && !cont
@@ -167,6 +175,7 @@ pub fn reconcile(
                 format!("version {target} paused")
             };
             r.reason = reason;
+            r.waiting.clear();
             step.plan = Plan::default();
             step.next_check = None;
         } else {
@@ -194,6 +203,7 @@ pub fn reconcile(
             RolloutState::Completed
         });
         r.finished_at = Some(timestamp(now));
+        r.waiting.clear();
         r.message = if rolling_back {
             format!("rolled back to version {target}")
         } else {
@@ -563,6 +573,24 @@ mod tests {
         assert_eq!(step.next_check, Some(secs(15)));
         let step = reconcile(&s, &rolling(1, 2), &given, &keys(2), secs(15));
         assert_eq!(summary(&step), (vec![], uuids(&[2]), RollingOut, 1, 0));
+    }
+
+    #[test]
+    fn a_rollout_says_why_a_new_task_waits() {
+        let mut pending = task(11, 2, "pending");
+        pending.message = "no node fits: insufficient memory on 3 nodes".into();
+        let given = slots(vec![(1, vec![pending]), (2, vec![task(2, 1, "run")])]);
+        let step = reconcile(
+            &settings(UpdateOrder::StopFirst, 1),
+            &rolling(1, 2),
+            &given,
+            &keys(2),
+            secs(1),
+        );
+        assert_eq!(
+            step.rollout.waiting,
+            "no node fits: insufficient memory on 3 nodes"
+        );
     }
 
     #[test]

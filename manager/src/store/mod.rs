@@ -537,6 +537,7 @@ mod checks {
                 failed: 0,
                 total: 3,
                 reason: String::new(),
+                waiting: String::new(),
             }),
             created_at: at(100),
             updated_at: at(200),
