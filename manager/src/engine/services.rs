@@ -591,13 +591,19 @@ impl Engine {
             }
             None => return,
         };
+        // The rollout looks at the slots as the base plan leaves them, so
+        // that the tasks it just created count (and say why they wait).
+        self.apply_plan(name, &base, "scaled down", now);
+        let slots = match self.state.service(name) {
+            Some(entry) if !base.is_empty() => self.slots(entry),
+            _ => slots,
+        };
         let step = update::reconcile(&settings, &rollout, &slots, &desired, now.wall);
         let stop_reason = if rollout.state() == RolloutState::RollingBack {
             "rolled back"
         } else {
             "replaced by a new version"
         };
-        self.apply_plan(name, &base, "scaled down", now);
         self.apply_plan(name, &step.plan, stop_reason, now);
         if step.rollback {
             let version = self
