@@ -520,7 +520,7 @@ impl Engine {
                     Some(service_spec::Mode::Global(_))
                 )
             })
-            .map(|e| e.version_name())
+            .map(ServiceEntry::name)
             .collect();
         for name in global {
             self.mark_dirty(&name);
@@ -708,7 +708,7 @@ fn count<T>(items: impl Iterator<Item = T>) -> u32 {
 
 impl ServiceEntry {
     /// The service's name.
-    fn version_name(&self) -> String {
+    fn name(&self) -> String {
         self.service
             .spec
             .as_ref()

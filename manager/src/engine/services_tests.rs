@@ -450,3 +450,38 @@ async fn bad_changes_are_refused_and_change_nothing() {
     ));
     assert_eq!(f.state.service("web").map(|s| s.version), Some(1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_last_ten_versions_are_kept_and_the_one_in_force_always() {
+    let mut f = Fixture::new();
+    let mut workers = Workers::join(&mut f, 1);
+    for v in 1..=12 {
+        apply(&mut f, replicated("web", 1, &format!("v{v}")));
+        workers.wait(&mut f, Duration::from_secs(2)).await;
+        assert_eq!(rollout_state(&f, "web"), RolloutState::Completed, "v{v}");
+    }
+    let kept = |f: &Fixture| {
+        let (versions, current) = f.state.service_versions("web").expect("versions");
+        (
+            versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+            current,
+        )
+    };
+    assert_eq!(kept(&f), ((3..=12).collect(), 12));
+    // Back to the oldest kept: the next version pushes out 4, not 3, which
+    // is in force when it is made; the one after that pushes out 3.
+    f.state.rollback_service("web", 3).expect("rollback");
+    workers.wait(&mut f, Duration::from_secs(2)).await;
+    apply(&mut f, replicated("web", 1, "v13"));
+    let mut want: Vec<u64> = vec![3];
+    want.extend(5..=13);
+    assert_eq!(kept(&f), (want, 13));
+    workers.wait(&mut f, Duration::from_secs(2)).await;
+    apply(&mut f, replicated("web", 1, "v14"));
+    assert_eq!(kept(&f), ((5..=14).collect(), 14));
+    // The store holds the same.
+    let stored = f.durable().await;
+    let mut versions: Vec<u64> = stored.service_versions.iter().map(|v| v.version).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, kept(&f).0);
+}
