@@ -21,7 +21,7 @@ mod services;
 mod tasks;
 mod workers;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use orch::time::{duration, timestamp};
@@ -57,6 +57,8 @@ pub struct Engine {
     /// When services want to be reconciled again by themselves (a new
     /// task's monitor ends, an update's delay passes).
     timers: BTreeSet<(tokio::time::Instant, String)>,
+    /// Each service's one entry in `timers`.
+    wakes: HashMap<String, tokio::time::Instant>,
 }
 
 pub use self::services::How;
@@ -93,6 +95,7 @@ impl Engine {
             now,
             dirty,
             timers: BTreeSet::new(),
+            wakes: HashMap::new(),
         };
         // Every service is reconciled once: a rollout carries on, a count
         // is restored.

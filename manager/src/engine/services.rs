@@ -12,12 +12,12 @@
 //! new task's monitor ends (`timers`, through [`Engine::tick`]).
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use orch::time::timestamp;
 use orch::v1::{
-    DesiredState, JobState, NodeState, RolloutState, Service, ServiceChange, ServiceSpec,
-    ServiceVersion, Task, TaskState, service_spec,
+    DesiredState, HealthState, JobState, NodeState, RolloutState, Service, ServiceChange,
+    ServiceSpec, ServiceVersion, Task, TaskState, service_spec,
 };
 use orch::{labels, service, validate};
 use tokio::time::Instant;
@@ -29,6 +29,11 @@ use crate::orchestrator::global::Eligibility;
 use crate::orchestrator::{Plan, SlotKey, SlotTask, Slots, batch, global, replicated, update};
 use crate::persist::Durable;
 use crate::state::ServiceEntry;
+
+/// How long a rollout waits to count the reports of its new tasks: a
+/// reconcile reads every task of the service, so reports that arrive
+/// together are counted together. Well below any `monitor` people set.
+pub const ROLLOUT_SETTLE: Duration = Duration::from_millis(50);
 
 /// Which of the three apply calls: whether the service may or must exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +67,13 @@ fn slot_task(id: Uuid, task: &Task) -> SlotTask {
         checked: task.spec.as_ref().is_some_and(|s| s.health_check.is_some()),
         started_at: task.started_at.as_ref().map(orch::time::system_time),
         restarts: task.restart_count,
-        message: task.message.clone(),
+        // Only a waiting or failing task's message is read; a running one's
+        // is not copied, since a reconcile looks at every task.
+        message: if task.state() == TaskState::Running && task.health() != HealthState::Unhealthy {
+            String::new()
+        } else {
+            task.message.clone()
+        },
     }
 }
 
@@ -490,7 +501,9 @@ impl Engine {
     }
 
     /// Marks the service of task `id` dirty if what happened to the task
-    /// matters to it: the task ended, or its service is rolling out.
+    /// matters to it: at once if the task ended (its slot may need a task);
+    /// within [`ROLLOUT_SETTLE`] if its service is rolling out, so that a
+    /// rollout over many tasks counts a burst of reports in one pass.
     pub(super) fn task_touched(&mut self, id: Uuid, ended: bool) {
         let Some(task) = self.state.task(id) else {
             return;
@@ -503,9 +516,22 @@ impl Engine {
             .rollout
             .as_ref()
             .is_some_and(|r| update::is_active(r.state()));
-        if ended || rolling {
-            let name = task.service.clone();
+        // A task above the replica count ended (a scale down): nothing to
+        // fill, and a service scaled from 100,000 to 0 must not read all its
+        // tasks at every report.
+        let scaled_away = matches!(
+            entry.service.spec.as_ref().and_then(|s| s.mode.as_ref()),
+            Some(service_spec::Mode::Replicated(r)) if task.slot > service::replicas(r)
+        );
+        let name = task.service.clone();
+        if ended && scaled_away && !rolling {
+            return;
+        }
+        if ended {
             self.mark_dirty(&name);
+        } else if rolling {
+            let due = self.now.at + ROLLOUT_SETTLE;
+            self.wake_at(&name, due);
         }
     }
 
@@ -626,7 +652,7 @@ impl Engine {
         }
         if let Some(due) = step.next_check {
             let wait = due.duration_since(now.wall).unwrap_or_default();
-            self.timers.insert((now.at + wait, name.to_owned()));
+            self.wake_at(name, now.at + wait);
         }
     }
 
@@ -688,7 +714,19 @@ impl Engine {
         self.place(id);
     }
 
-    /// The services' next wake-ups due by `at`, taken off the timers and
+    /// Has service `name` reconciled at `due`, unless it already will be
+    /// by then: one timer per service, the earliest.
+    fn wake_at(&mut self, name: &str, due: Instant) {
+        if self.wakes.get(name).is_some_and(|&w| w <= due) {
+            return;
+        }
+        if let Some(old) = self.wakes.insert(name.to_owned(), due) {
+            self.timers.remove(&(old, name.to_owned()));
+        }
+        self.timers.insert((due, name.to_owned()));
+    }
+
+    /// The services' wake-ups due by `at`, taken off the timers and
     /// marked dirty.
     pub(super) fn wake_services(&mut self, at: Instant) {
         while let Some((due, _)) = self.timers.first() {
@@ -696,6 +734,7 @@ impl Engine {
                 break;
             }
             if let Some((_, name)) = self.timers.pop_first() {
+                self.wakes.remove(&name);
                 self.mark_dirty(&name);
             }
         }
