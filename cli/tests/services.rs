@@ -5,8 +5,6 @@
 //! checking, through the Docker API, the exact set of running task
 //! containers.
 //!
-//! These need a manager that serves services; until it lands, every test
-//! here but the one of a bad file fails with the manager's UNIMPLEMENTED.
 
 mod support;
 
@@ -381,4 +379,67 @@ async fn a_bad_file_is_refused_with_its_position_and_nothing_is_sent() {
         "{line}"
     );
     assert!(line.contains("unknown field"), "{line}");
+}
+
+/// A web server whose health endpoint answers `status` (see
+/// `orch_integration_tests::workloads::httpd`), checked every 300 ms, in
+/// the manifest format; a new task counts after 1 s healthy.
+fn web_manifest(image: &str, status: &str) -> String {
+    let script = orch_integration_tests::workloads::httpd(80, status)
+        .pop()
+        .unwrap_or_default()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    format!(
+        "name: web\n\
+         replicas: 2\n\
+         task:\n\
+         \x20 image: {image}\n\
+         \x20 command: [sh, -c, \"{script}\"]\n\
+         \x20 stop_timeout: 300ms\n\
+         \x20 health: {{http: {{port: 80, path: /cgi-bin/health}}, interval: 300ms, timeout: 300ms, retries: 2}}\n\
+         update: {{monitor: 1s}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_exits_non_zero_when_its_new_version_is_rolled_back() {
+    let cluster = Procs::start(Options::default(), 1).await;
+    let image = cluster.busybox().await;
+    let good = write(cluster.path(), "v1.yaml", &web_manifest(&image, "200 OK"));
+    cluster
+        .orchctl_within(ROLLOUT, &["apply", "-f", &good])
+        .await
+        .ok();
+    let v1 = wait_running(&cluster, "web", 2).await;
+
+    let bad = write(
+        cluster.path(),
+        "v2.yaml",
+        &web_manifest(&image, "500 Internal Server Error"),
+    );
+    let ran = cluster
+        .orchctl_within(ROLLOUT, &["apply", "-f", &bad])
+        .await;
+    assert_ne!(ran.code, Some(0), "{ran:#?}");
+    assert!(
+        ran.stdout.starts_with("service web updated to version 2"),
+        "{ran:#?}"
+    );
+    let err: Vec<&str> = ran.stderr.lines().collect();
+    assert_eq!(err.len(), 1, "one line: {ran:#?}");
+    assert!(
+        err[0].starts_with("orchctl: ") && err[0].contains("rolled_back"),
+        "{ran:#?}"
+    );
+    let web = listed(&cluster, "web").await;
+    assert_eq!(
+        (&web["version"], &web["rollout_state"]),
+        (&Value::from(1), &Value::from("rolled_back")),
+        "{web}"
+    );
+    // Version 1 runs again, in new tasks; no container of version 2 is left.
+    let back = wait_running(&cluster, "web", 2).await;
+    assert!(back.iter().all(|t| t.service_version == 1), "{back:#?}");
+    assert_ne!(attempts(&back), attempts(&v1), "replaced by new tasks");
 }
