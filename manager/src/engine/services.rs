@@ -619,7 +619,12 @@ impl Engine {
         };
         // The rollout looks at the slots as the base plan leaves them, so
         // that the tasks it just created count (and say why they wait).
-        self.apply_plan(name, &base, "scaled down", now);
+        let base_reason = if matches!(spec.mode, Some(service_spec::Mode::Global(_))) {
+            "its node is drained, gone or no longer matches the placement"
+        } else {
+            "scaled down"
+        };
+        self.apply_plan(name, &base, base_reason, now);
         let slots = match self.state.service(name) {
             Some(entry) if !base.is_empty() => self.slots(entry),
             _ => slots,

@@ -338,7 +338,20 @@ async fn a_global_service_runs_on_every_node_and_a_drained_nodes_task_stops_not_
     // A drained node's task is stopped, and nothing takes its place.
     let drained = workers.workers[0].node;
     f.state.drain(drained).expect("drained");
+    // Regression: it is stopped where it runs (same attempt, still on its
+    // node, running until its worker says it stopped), not moved off as a
+    // new attempt that then ends `stopped` while its container still runs.
+    let (on_drained, _) = f.state.list_tasks(None, 10, |t| {
+        t.service == "agent" && t.pinned_node_id == drained.to_string()
+    });
+    let t = &on_drained[0];
+    assert_eq!(
+        (t.attempt, t.state(), t.desired_state(), t.node_id.clone()),
+        (1, TaskState::Running, DesiredState::Stopped, drained.to_string())
+    );
     workers.pump(&mut f);
+    let t = f.task(t);
+    assert_eq!((t.attempt, t.state()), (1, TaskState::Stopped));
     let tasks = wanted(&f, "agent");
     assert_eq!(tasks.len(), 2);
     assert!(tasks.iter().all(|t| t.2 != drained.to_string()));

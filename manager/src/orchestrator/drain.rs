@@ -27,11 +27,13 @@ pub struct Move {
 }
 
 /// The tasks of a drained node that move: those that should still run, in
-/// the order given. A task being stopped is left to end where it is.
+/// the order given. A task being stopped is left to end where it is, and so
+/// is a task bound to the node (a global service's): it cannot move, and its
+/// service's reconciler stops it.
 pub fn moves<'a>(tasks: impl IntoIterator<Item = (Uuid, &'a Task)>) -> Vec<Move> {
     tasks
         .into_iter()
-        .filter(|(_, t)| t.desired_state() == DesiredState::Running)
+        .filter(|(_, t)| t.desired_state() == DesiredState::Running && t.pinned_node_id.is_empty())
         .map(|(id, t)| Move {
             task: id,
             attempt: t.attempt,
@@ -97,12 +99,16 @@ mod tests {
     }
 
     #[test]
-    fn tasks_that_should_run_move_with_their_attempt_and_grace_and_stopping_ones_stay() {
+    fn tasks_that_should_run_move_with_their_attempt_and_grace_and_stopping_or_bound_ones_stay() {
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let ta = task(3, DesiredState::Running, Some(30));
         let tb = task(1, DesiredState::Stopped, None);
         let tc = task(1, DesiredState::Running, None);
-        let got = moves([(a, &ta), (b, &tb), (c, &tc)]);
+        let pinned = Task {
+            pinned_node_id: Uuid::now_v7().to_string(),
+            ..task(1, DesiredState::Running, None)
+        };
+        let got = moves([(a, &ta), (b, &tb), (c, &tc), (Uuid::now_v7(), &pinned)]);
         assert_eq!(
             got,
             vec![
