@@ -347,7 +347,12 @@ async fn a_global_service_runs_on_every_node_and_a_drained_nodes_task_stops_not_
     let t = &on_drained[0];
     assert_eq!(
         (t.attempt, t.state(), t.desired_state(), t.node_id.clone()),
-        (1, TaskState::Running, DesiredState::Stopped, drained.to_string())
+        (
+            1,
+            TaskState::Running,
+            DesiredState::Stopped,
+            drained.to_string()
+        )
     );
     workers.pump(&mut f);
     let t = f.task(t);
@@ -497,4 +502,68 @@ async fn the_last_ten_versions_are_kept_and_the_one_in_force_always() {
     let mut versions: Vec<u64> = stored.service_versions.iter().map(|v| v.version).collect();
     versions.sort_unstable();
     assert_eq!(versions, kept(&f).0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn placement_constraints_keep_replicas_to_matching_nodes_and_say_why_they_wait() {
+    let mut f = Fixture::new();
+    let mut workers = Workers::join(&mut f, 1);
+    let mut spec = replicated("web", 2, "v1");
+    spec.placement = Some(orch::v1::Placement {
+        constraints: [("zone".to_owned(), "a".to_owned())].into(),
+    });
+    apply(&mut f, spec);
+    workers.pump(&mut f);
+    let (tasks, _) = f.state.list_tasks(None, 10, |t| t.service == "web");
+    assert!(
+        tasks.iter().all(|t| t.state() == TaskState::Pending
+            && t.message == "no node fits: node selector zone=a not matched on 1 node"),
+        "{tasks:#?}"
+    );
+    let rollout = f
+        .state
+        .service("web")
+        .and_then(|s| s.rollout)
+        .expect("rollout");
+    assert_eq!(
+        rollout.waiting,
+        "no node fits: node selector zone=a not matched on 1 node"
+    );
+    // A node labelled zone=a joins: both replicas go there (the only one that
+    // matches), and the rollout stops waiting.
+    let (node, session) = {
+        let (reply, _) = f.state.register(orch::v1::RegisterRequest {
+            name: "zoned".into(),
+            labels: [("zone".to_owned(), "a".to_owned())].into(),
+            capacity: Some(orch::v1::Resources {
+                milli_cpus: 4000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        (
+            reply.node_id.parse().expect("node id"),
+            reply.session_id.parse().expect("session id"),
+        )
+    };
+    let mut zoned = f.open(node, session);
+    zoned.full_set();
+    workers.workers.push(zoned);
+    workers.wait(&mut f, Duration::from_secs(2)).await;
+    let running = wanted(&f, "web");
+    assert_eq!(running.len(), 2);
+    assert!(
+        running
+            .iter()
+            .all(|t| t.2 == node.to_string() && t.3 == TaskState::Running)
+    );
+    let rollout = f
+        .state
+        .service("web")
+        .and_then(|s| s.rollout)
+        .expect("rollout");
+    assert_eq!(
+        (rollout.state(), rollout.waiting.as_str()),
+        (RolloutState::Completed, "")
+    );
 }
