@@ -567,3 +567,13 @@ async fn placement_constraints_keep_replicas_to_matching_nodes_and_say_why_they_
         (RolloutState::Completed, "")
     );
 }
+
+#[test]
+fn a_large_service_is_reconciled_less_often() {
+    use super::services::settle_delay;
+    assert_eq!(settle_delay(3), Duration::from_millis(50));
+    assert_eq!(settle_delay(2_500), Duration::from_millis(50));
+    assert_eq!(settle_delay(50_000), Duration::from_secs(1));
+    assert_eq!(settle_delay(100_000), Duration::from_secs(2));
+    assert_eq!(settle_delay(usize::MAX), Duration::from_secs(2));
+}
