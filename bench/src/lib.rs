@@ -5,10 +5,13 @@
 //!   simulated runtime, each with its own registration and `Session` stream;
 //! - [`control_plane`]: submit N tasks to W simulated workers and measure
 //!   until all run;
+//! - [`service_plane`]: one service of N replicas on W simulated workers,
+//!   from `ApplyService` until all run, then scaled to 0 until none does;
 //! - [`schedule`]: the cost of one scheduling decision at several cluster sizes;
 //! - [`engine`]: orch, the Docker API called directly and Docker Swarm
 //!   starting the same containers on the real engine, and one task's
-//!   submit→running against a bare create+start;
+//!   submit→running against a bare create+start; and orch's services
+//!   against Swarm's (create, rolling update: [`engine::services`]);
 //! - [`plot`]: control-plane runs at several cluster sizes, drawn as an SVG;
 //! - [`measure`]: cpu time and peak memory of a process, from `/proc`.
 //!
@@ -21,6 +24,7 @@ pub mod engine;
 pub mod measure;
 pub mod plot;
 pub mod schedule;
+pub mod service_plane;
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]

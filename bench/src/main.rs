@@ -5,6 +5,8 @@
 //! target/release/orch-bench control-plane --tasks 100000 --workers 1000
 //! target/release/orch-bench schedule --nodes 100,1000,10000
 //! target/release/orch-bench engine --containers 50,100 --runs 3
+//! target/release/orch-bench services --runs 3
+//! target/release/orch-bench service-plane --replicas 100000 --workers 1000
 //! target/release/orch-bench plot --workers 100,1000,10000 --out bench/plot.svg
 //! ```
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use orch_bench::cluster::ManagerKind;
-use orch_bench::{control_plane, engine, measure, plot, schedule};
+use orch_bench::{control_plane, engine, measure, plot, schedule, service_plane};
 
 #[derive(Debug, Parser)]
 #[command(name = "orch-bench", about = "orch's benchmarks")]
@@ -33,6 +35,13 @@ enum Scenario {
     /// on this machine's engine; one task's submit→running vs a bare
     /// create+start.
     Engine(EngineArgs),
+    /// orch's services vs Docker Swarm's on this machine's engine: a
+    /// service created until all its containers started, and a rolling
+    /// update until every old container is replaced.
+    Services(ServicesArgs),
+    /// One service of many replicas on simulated workers over real gRPC:
+    /// ApplyService until all run, then ScaleService to 0 until none does.
+    ServicePlane(ServicePlaneArgs),
     /// Control-plane runs at several cluster sizes, drawn as an SVG of
     /// placements/s and submit→running latency against workers.
     Plot(PlotArgs),
@@ -104,6 +113,58 @@ struct EngineArgs {
     manager: ManagerArgs,
     /// Give up on a measurement after this time.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServicesArgs {
+    /// Replicas of the service created.
+    #[arg(long, default_value_t = 50)]
+    replicas: usize,
+    /// Replicas of the service updated.
+    #[arg(long, default_value_t = 20)]
+    update_replicas: usize,
+    /// Tasks the update replaces at once.
+    #[arg(long, default_value_t = 5)]
+    parallelism: u32,
+    /// Rounds (each measures orch and Swarm once in both scenarios).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Every container's stop grace period, on both systems (`sleep` as
+    /// the container's first process ignores SIGTERM, so a stop takes all of it).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    stop_grace: Duration,
+    /// Do not measure Docker Swarm (no `swarm init`).
+    #[arg(long)]
+    no_swarm: bool,
+    /// Pause after each clean-up, and before each timed update.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    #[command(flatten)]
+    manager: ManagerArgs,
+    /// Give up on a measurement after this time.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServicePlaneArgs {
+    /// The service's replicas.
+    #[arg(long, default_value_t = 100_000)]
+    replicas: u32,
+    /// Simulated workers.
+    #[arg(long, default_value_t = 1_000)]
+    workers: usize,
+    /// Workers' heartbeat period (default 1 s, 5 s above 1,000 workers).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_period: Option<Duration>,
+    /// Heartbeat periods a node may miss before it is declared down.
+    #[arg(long, default_value_t = 3)]
+    missed_heartbeats: u32,
+    #[command(flatten)]
+    manager: ManagerArgs,
+    /// Give up if a phase does not end within this time.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     timeout: Duration,
 }
 
@@ -240,6 +301,69 @@ async fn real_engine(args: EngineArgs) -> Result<(), String> {
     Ok(())
 }
 
+async fn services(args: ServicesArgs) -> Result<(), String> {
+    let orch = manager_kind(&args.manager)?;
+    println!(
+        "services: create {} replicas, update {} replicas by {}, {} rounds, stop grace {}, swarm {}, settle {:?}, orch manager and worker {}",
+        args.replicas,
+        args.update_replicas,
+        args.parallelism,
+        args.runs,
+        humantime::format_duration(args.stop_grace),
+        if args.no_swarm { "off" } else { "on" },
+        args.settle,
+        where_(&orch)
+    );
+    let params = engine::services::Params {
+        replicas: args.replicas,
+        update_replicas: args.update_replicas,
+        parallelism: args.parallelism,
+        runs: args.runs,
+        stop_grace: args.stop_grace,
+        orch,
+        swarm: !args.no_swarm,
+        settle: args.settle,
+        timeout: args.timeout,
+        progress: true,
+    };
+    let report = engine::services::run(&params)
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{report}");
+    Ok(())
+}
+
+async fn service_plane(args: ServicePlaneArgs) -> Result<(), String> {
+    raise_open_files(args.workers);
+    let manager = manager_kind(&args.manager)?;
+    let heartbeat_period = args.heartbeat_period.unwrap_or(if args.workers > 1000 {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(1)
+    });
+    println!(
+        "service-plane: {} replicas, {} workers, heartbeat {:?} ({} missed = down), manager {}",
+        args.replicas,
+        args.workers,
+        heartbeat_period,
+        args.missed_heartbeats,
+        where_(&manager)
+    );
+    let params = service_plane::Params {
+        replicas: args.replicas,
+        workers: args.workers,
+        heartbeat_period,
+        missed_heartbeats: args.missed_heartbeats,
+        manager,
+        timeout: args.timeout,
+    };
+    let report = service_plane::run(&params)
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{report}");
+    Ok(())
+}
+
 async fn draw(args: PlotArgs) -> Result<(), String> {
     let points = match &args.from {
         Some(csv) => {
@@ -292,6 +416,8 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Scenario::Engine(args) => real_engine(args).await,
+        Scenario::Services(args) => services(args).await,
+        Scenario::ServicePlane(args) => service_plane(args).await,
         Scenario::Plot(args) => draw(args).await,
     };
     match result {

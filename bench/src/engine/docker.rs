@@ -253,7 +253,7 @@ impl Starts {
 }
 
 /// A time as the engine's `since` takes it: seconds and nanoseconds.
-fn engine_timestamp(t: SystemTime) -> String {
+pub(super) fn engine_timestamp(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }

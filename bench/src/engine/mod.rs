@@ -23,8 +23,10 @@
 //! Whatever happens (an error, Ctrl-C), the scenario ends by removing its
 //! services and containers and leaving the swarm it created.
 
+pub mod churn;
 pub mod docker;
 pub mod orch_cluster;
+pub mod services;
 pub mod swarm;
 
 use std::fmt;
@@ -165,7 +167,7 @@ pub struct Report {
     pub swarm_skipped: Option<String>,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+pub(crate) fn median(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
     quantile(&v, 0.5)
 }
@@ -236,11 +238,11 @@ impl Single {
     }
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn secs(d: Duration) -> String {
+pub(crate) fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
@@ -421,13 +423,13 @@ async fn settle(engine: &Engine, params: &Params) -> Result<(), Error> {
 
 /// Cpu readings at the start of a measurement: the machine's busy time and,
 /// where known, orch's processes'.
-struct Cpu {
+pub(crate) struct Cpu {
     machine: Duration,
     orch: Option<Duration>,
 }
 
 impl Cpu {
-    fn now(orch: Option<Duration>) -> Self {
+    pub(crate) fn now(orch: Option<Duration>) -> Self {
         Self {
             machine: machine_busy().unwrap_or_default(),
             orch,
@@ -435,7 +437,7 @@ impl Cpu {
     }
 
     /// The machine's and orch's cpu time since `self`, given orch's now.
-    fn since(&self, orch: Option<Duration>) -> (Duration, Option<Duration>) {
+    pub(crate) fn since(&self, orch: Option<Duration>) -> (Duration, Option<Duration>) {
         let machine = machine_busy()
             .unwrap_or_default()
             .saturating_sub(self.machine);
@@ -448,7 +450,7 @@ impl Cpu {
 }
 
 /// Each engine start time as a delay after `since`, sorted.
-fn after(since: SystemTime, starts: Vec<SystemTime>) -> Vec<Duration> {
+pub(crate) fn after(since: SystemTime, starts: Vec<SystemTime>) -> Vec<Duration> {
     let mut v: Vec<Duration> = starts
         .into_iter()
         .map(|t| t.duration_since(since).unwrap_or_default())

@@ -331,6 +331,12 @@ impl OrchCluster {
             .map_err(|_| Error::Timeout(format!("the task not running after {timeout:?}")))?
     }
 
+    /// The client and the event stream (subscribed before the worker
+    /// started), for measurements of other calls than tasks'.
+    pub fn parts(&mut self) -> (&mut ClusterClient<Channel>, &mut tonic::Streaming<Event>) {
+        (&mut self.client, &mut self.events)
+    }
+
     /// The cpu time the manager and worker processes have used so far, if
     /// they are child processes (in process, theirs cannot be told apart
     /// from the harness's).
