@@ -257,7 +257,19 @@ impl Engine {
             Some(_) => self.update_service(spec, now.wall)?,
         };
         let service = self.service(&name).unwrap_or_default();
-        Ok((service, change, self.flush_durable()))
+        Ok((service, change, self.flush_service()))
+    }
+
+    /// Ends a service operation: the service's own records are made durable
+    /// first, and that is what the caller waits for; the tasks its
+    /// reconcilers then create or stop are committed after, in order, but not
+    /// waited for. A manager that crashes in between reconciles the durable
+    /// service again at start-up, so nothing is lost, and a call that changes
+    /// 100,000 tasks answers once one small record is on disk.
+    fn flush_service(&mut self) -> Durable {
+        let durable = self.committer.queue_durable(self.state.take_writes());
+        self.flush();
+        durable
     }
 
     fn create_service(&mut self, spec: ServiceSpec, now: SystemTime) {
@@ -458,7 +470,7 @@ impl Engine {
         );
         self.mark_dirty(name);
         let service = self.service(name).unwrap_or_default();
-        Ok((service, self.flush_durable()))
+        Ok((service, self.flush_service()))
     }
 
     /// Stops every task of a service and deletes it and its versions.
@@ -477,10 +489,12 @@ impl Engine {
             .map(|e| e.tasks.iter().copied().collect())
             .unwrap_or_default();
         self.state.remove_service(name);
+        let durable = self.committer.queue_durable(self.state.take_writes());
         for id in tasks {
             self.stop_now(id, "its service was deleted", now);
         }
-        Ok((service, self.flush_durable()))
+        self.flush();
+        Ok((service, durable))
     }
 
     /// Makes `version` the service's template in force.
