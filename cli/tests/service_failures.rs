@@ -16,12 +16,10 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use bollard::query_parameters::EventsOptionsBuilder;
 use futures::StreamExt;
-use orch::task_state;
 use orch::v1::{
     ApplyServiceRequest, DesiredState, Event, GetServiceRequest, JobState, ListServicesRequest,
     ReplicatedMode, RolloutState, Service, ServiceSpec, Task, TaskSpec, TaskState, UpdateConfig,
@@ -29,7 +27,7 @@ use orch::v1::{
 };
 use orch_integration_tests::events::task_events_until;
 use serde_json::Value;
-use support::{DEADLINE, Options, Procs, View, event_time};
+use support::{DEADLINE, Options, Procs, event_time, runs, settled, tasks_of, write};
 use tokio::time::Instant;
 use tonic::Streaming;
 
@@ -50,13 +48,6 @@ fn patient() -> Options {
     }
 }
 
-/// Writes `text` to `name` in `dir`; returns its path as text.
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write the manifest");
-    path.display().to_string()
-}
-
 /// A replicated service `web` of `replicas` busybox sleepers, in the
 /// manifest format: `VERSION=version` in their environment (so a new
 /// `version` is a new template), stops that wait 1 s (busybox `sleep` as
@@ -72,44 +63,6 @@ fn web(image: &str, replicas: u32, version: &str, update: &str) -> String {
          \x20 stop_timeout: 1s\n\
          update: {update}\n"
     )
-}
-
-/// Whether a task runs and should.
-fn runs(t: &Task) -> bool {
-    t.state() == TaskState::Running && t.desired_state() == DesiredState::Running
-}
-
-/// The tasks of service `name`, in the order they were submitted.
-fn of<'a>(v: &'a View, name: &str) -> Vec<&'a Task> {
-    v.tasks.iter().filter(|t| t.service == name).collect()
-}
-
-/// The tasks of service `name` that run, if exactly `n` run (and should)
-/// and every other task of it has ended; sorted by slot (then node).
-fn settled(v: &View, name: &str, n: usize) -> Option<Vec<Task>> {
-    let tasks = of(v, name);
-    let mut running: Vec<Task> = tasks
-        .iter()
-        .filter(|t| runs(t))
-        .map(|t| (*t).clone())
-        .collect();
-    let rest_ended = tasks
-        .iter()
-        .all(|t| runs(t) || task_state::is_terminal(t.state()));
-    running.sort_by(|a, b| (a.slot, &a.node_id).cmp(&(b.slot, &b.node_id)));
-    (running.len() == n && rest_ended).then_some(running)
-}
-
-/// Waits until exactly `n` tasks of `name` run and the rest have ended;
-/// then checks, on Docker, that exactly their containers run. Returns them.
-async fn wait_running(cluster: &Procs, name: &str, n: usize) -> Vec<Task> {
-    let tasks = cluster
-        .wait_for(&format!("exactly {n} tasks of {name} running"), |v| {
-            settled(v, name, n)
-        })
-        .await;
-    cluster.assert_exactly_running(&tasks).await;
-    tasks
 }
 
 /// The `VERSION` in a task's environment.
@@ -240,7 +193,7 @@ async fn a_killed_workers_replica_runs_elsewhere_and_no_duplicate_when_it_return
         .orchctl_within(ROLLOUT, &["apply", "-f", &file])
         .await
         .ok();
-    let before = wait_running(&cluster, "web", 3).await;
+    let before = cluster.wait_running("web", 3).await;
     let nodes: BTreeSet<&str> = before.iter().map(|t| t.node_id.as_str()).collect();
     assert_eq!(nodes.len(), 3, "one replica per node: {before:#?}");
 
@@ -277,7 +230,11 @@ async fn a_killed_workers_replica_runs_elsewhere_and_no_duplicate_when_it_return
         view.node(&victim).expect("victim node").state(),
         orch::v1::NodeState::Down
     );
-    assert_eq!(of(&view, "web").len(), 3, "no task was added: {view:#?}");
+    assert_eq!(
+        tasks_of(&view, "web").len(),
+        3,
+        "no task was added: {view:#?}"
+    );
     assert_eq!(moved[0].restart_count, 0, "a lost task is not a restart");
     // The dead worker's container still runs, unseen, beside its new attempt.
     let stale: Vec<_> = cluster
@@ -297,7 +254,7 @@ async fn a_killed_workers_replica_runs_elsewhere_and_no_duplicate_when_it_return
     cluster.restart_worker(w);
     cluster.wait_node_ready(w).await;
     cluster.assert_exactly_running(&moved).await;
-    let after = wait_running(&cluster, "web", 3).await;
+    let after = cluster.wait_running("web", 3).await;
     assert_eq!(
         placement(&after),
         placement(&moved),
@@ -342,7 +299,7 @@ async fn a_global_service_follows_the_nodes() {
         }
         tasks.iter().map(|t| t.node_id.clone()).collect()
     };
-    let two = wait_running(&cluster, "agent", 2).await;
+    let two = cluster.wait_running("agent", 2).await;
     assert_eq!(
         on_nodes(&two),
         cluster.node_ids().into_iter().collect(),
@@ -352,7 +309,7 @@ async fn a_global_service_follows_the_nodes() {
     // A new node gets one; the others keep theirs.
     let w2 = cluster.add_worker();
     cluster.wait_ready(3).await;
-    let three = wait_running(&cluster, "agent", 3).await;
+    let three = cluster.wait_running("agent", 3).await;
     assert_eq!(
         on_nodes(&three),
         cluster.node_ids().into_iter().collect(),
@@ -405,7 +362,7 @@ async fn a_global_service_follows_the_nodes() {
         (&Value::from(new_node.as_str()), &Value::from("draining")),
         "{drained}"
     );
-    let left = wait_running(&cluster, "agent", 2).await;
+    let left = cluster.wait_running("agent", 2).await;
     let kept: Vec<Task> = three
         .iter()
         .filter(|t| t.node_id != new_node)
@@ -419,7 +376,7 @@ async fn a_global_service_follows_the_nodes() {
     let view = Procs::view(&mut cluster.client().await)
         .await
         .expect("view");
-    let tasks = of(&view, "agent");
+    let tasks = tasks_of(&view, "agent");
     assert_eq!(tasks.len(), 3, "no task was added: {tasks:#?}");
     let stopped = view.task(&leaving.id).expect("the drained node's task");
     assert_eq!(
@@ -571,7 +528,7 @@ async fn a_batch_job_runs_five_completions_at_most_two_at_a_time() {
     let view = Procs::view(&mut cluster.client().await)
         .await
         .expect("view");
-    let tasks = of(&view, "job");
+    let tasks = tasks_of(&view, "job");
     let slots: Vec<u32> = tasks
         .iter()
         .map(|t| t.slot)
@@ -614,7 +571,7 @@ async fn a_manager_killed_mid_rollout_resumes_it_and_leaves_no_duplicates() {
         .orchctl_within(ROLLOUT, &["apply", "-f", &v1])
         .await
         .ok();
-    let old = wait_running(&cluster, "web", 3).await;
+    let old = cluster.wait_running("web", 3).await;
 
     let v2 = write(cluster.path(), "v2.yaml", &web(&image, 3, "v2", update));
     let ran = cluster
@@ -637,7 +594,7 @@ async fn a_manager_killed_mid_rollout_resumes_it_and_leaves_no_duplicates() {
     let view = Procs::view(&mut cluster.client().await)
         .await
         .expect("view");
-    let updated: Vec<Task> = of(&view, "web")
+    let updated: Vec<Task> = tasks_of(&view, "web")
         .into_iter()
         .filter(|t| t.service_version == 2 && runs(t))
         .cloned()
@@ -661,7 +618,7 @@ async fn a_manager_killed_mid_rollout_resumes_it_and_leaves_no_duplicates() {
         (2, RolloutState::Completed, 3, 0),
         "{done:#?}"
     );
-    let new = wait_running(&cluster, "web", 3).await;
+    let new = cluster.wait_running("web", 3).await;
     assert_distinct(&new);
     for t in &new {
         assert_eq!(
@@ -680,7 +637,7 @@ async fn a_manager_killed_mid_rollout_resumes_it_and_leaves_no_duplicates() {
     let view = Procs::view(&mut cluster.client().await)
         .await
         .expect("view");
-    let tasks = of(&view, "web");
+    let tasks = tasks_of(&view, "web");
     let v2_tasks = tasks.iter().filter(|t| t.service_version == 2).count();
     assert_eq!(
         (tasks.len(), v2_tasks),
@@ -711,7 +668,7 @@ async fn rollback_to_a_version_two_back() {
             "{ran:#?}"
         );
     }
-    let v3 = wait_running(&cluster, "web", 2).await;
+    let v3 = cluster.wait_running("web", 2).await;
     assert!(v3.iter().all(|t| t.service_version == 3), "{v3:#?}");
 
     let back = cluster
@@ -731,7 +688,7 @@ async fn rollback_to_a_version_two_back() {
         (&Value::from(1), &Value::from("rolled_back")),
         "{web:?}"
     );
-    let v1 = wait_running(&cluster, "web", 2).await;
+    let v1 = cluster.wait_running("web", 2).await;
     assert_distinct(&v1);
     for t in &v1 {
         assert_eq!(

@@ -8,13 +8,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use orch::task_state;
-use orch::v1::{DesiredState, Task, TaskState};
+use orch::v1::Task;
 use serde_json::Value;
-use support::{Options, Procs, View, orchctl_within};
+use support::{Options, Procs, orchctl_within, settled, write};
 
 /// How long a command that follows a rollout may take: starting a few
 /// tasks one at a time and watching each for a second, on a loaded machine.
@@ -37,43 +35,6 @@ fn manifest(image: &str, replicas: u32, seconds: u32) -> String {
          \x20 stop_timeout: 1s\n\
          update: {{monitor: 1s}}\n"
     )
-}
-
-/// Writes `text` to `name` in `dir`; returns its path as text.
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path: PathBuf = dir.join(name);
-    std::fs::write(&path, text).expect("write the manifest");
-    path.display().to_string()
-}
-
-/// The tasks of service `name` that run, if exactly `n` run (and should)
-/// and every other task of it has ended; sorted by slot.
-fn settled(v: &View, name: &str, n: usize) -> Option<Vec<Task>> {
-    let of: Vec<&Task> = v.tasks.iter().filter(|t| t.service == name).collect();
-    let runs =
-        |t: &Task| t.state() == TaskState::Running && t.desired_state() == DesiredState::Running;
-    let mut running: Vec<Task> = of
-        .iter()
-        .filter(|t| runs(t))
-        .map(|t| (*t).clone())
-        .collect();
-    let rest_ended = of
-        .iter()
-        .all(|t| runs(t) || task_state::is_terminal(t.state()));
-    running.sort_by_key(|t| t.slot);
-    (running.len() == n && rest_ended).then_some(running)
-}
-
-/// Waits until exactly `n` tasks of `name` run; then checks that exactly
-/// their containers run. Returns them.
-async fn wait_running(cluster: &Procs, name: &str, n: usize) -> Vec<Task> {
-    let tasks = cluster
-        .wait_for(&format!("exactly {n} tasks of {name} running"), |v| {
-            settled(v, name, n)
-        })
-        .await;
-    cluster.assert_exactly_running(&tasks).await;
-    tasks
 }
 
 /// The one service `service ls -o json` lists, named `name`.
@@ -151,7 +112,7 @@ async fn apply_creates_a_replicated_service_and_returns_once_its_rollout_complet
         "{web}"
     );
 
-    let tasks = wait_running(&cluster, "web", 3).await;
+    let tasks = cluster.wait_running("web", 3).await;
     let slots: Vec<u32> = tasks.iter().map(|t| t.slot).collect();
     assert_eq!(slots, [1, 2, 3]);
     // service ps shows them, with their service, slot and version.
@@ -180,13 +141,13 @@ async fn scale_sets_exactly_how_many_task_containers_run() {
         .orchctl_within(ROLLOUT, &["apply", "-f", &file])
         .await
         .ok();
-    wait_running(&cluster, "web", 3).await;
+    cluster.wait_running("web", 3).await;
 
     let up = cluster
         .orchctl_within(QUICK, &["service", "scale", "web=5"])
         .await;
     assert_eq!(up.ok(), "service web scaled to 5\n");
-    let five = wait_running(&cluster, "web", 5).await;
+    let five = cluster.wait_running("web", 5).await;
     assert!(
         five.iter().all(|t| t.service_version == 1),
         "a scale is no new version: {five:#?}"
@@ -198,7 +159,7 @@ async fn scale_sets_exactly_how_many_task_containers_run() {
         (&Value::from("web"), &Value::from(1)),
         "{down}"
     );
-    let one = wait_running(&cluster, "web", 1).await;
+    let one = cluster.wait_running("web", 1).await;
     assert!(
         five.iter().any(|t| t.id == one[0].id),
         "the task left is one of those that ran: {one:#?}"
@@ -220,7 +181,7 @@ async fn applying_the_same_file_again_is_unchanged_and_restarts_nothing() {
         .orchctl_within(ROLLOUT, &["apply", "-f", &file])
         .await
         .ok();
-    let before = wait_running(&cluster, "web", 3).await;
+    let before = cluster.wait_running("web", 3).await;
 
     let again = cluster.orchctl_within(QUICK, &["apply", "-f", &file]).await;
     assert_eq!(again.ok(), "service web unchanged\n", "nothing to follow");
@@ -281,7 +242,7 @@ async fn an_update_rolls_out_a_new_version_and_a_rollback_brings_the_old_one_bac
         Some("service web created (version 1)"),
         "{created:#?}"
     );
-    let v1 = wait_running(&cluster, "web", 2).await;
+    let v1 = cluster.wait_running("web", 2).await;
 
     // Version 2, from a file: another command.
     let file = write(cluster.path(), "web.yaml", &manifest(&image, 2, 3601));
@@ -299,7 +260,7 @@ async fn an_update_rolls_out_a_new_version_and_a_rollback_brings_the_old_one_bac
             .any(|l| l.starts_with("web: completed version 2")),
         "{updated:#?}"
     );
-    let v2 = wait_running(&cluster, "web", 2).await;
+    let v2 = cluster.wait_running("web", 2).await;
     assert!(v2.iter().all(|t| t.service_version == 2), "{v2:#?}");
     assert!(
         v2.iter().all(|t| v1.iter().all(|old| old.id != t.id)),
@@ -341,7 +302,7 @@ async fn an_update_rolls_out_a_new_version_and_a_rollback_brings_the_old_one_bac
         (&Value::from(1), &Value::from("rolled_back")),
         "{web}"
     );
-    let again = wait_running(&cluster, "web", 2).await;
+    let again = cluster.wait_running("web", 2).await;
     assert!(again.iter().all(|t| t.service_version == 1), "{again:#?}");
 
     // Removed: nothing of it runs.
@@ -411,7 +372,7 @@ async fn apply_exits_non_zero_when_its_new_version_is_rolled_back() {
         .orchctl_within(ROLLOUT, &["apply", "-f", &good])
         .await
         .ok();
-    let v1 = wait_running(&cluster, "web", 2).await;
+    let v1 = cluster.wait_running("web", 2).await;
 
     let bad = write(
         cluster.path(),
@@ -439,7 +400,7 @@ async fn apply_exits_non_zero_when_its_new_version_is_rolled_back() {
         "{web}"
     );
     // Version 1 runs again, in new tasks; no container of version 2 is left.
-    let back = wait_running(&cluster, "web", 2).await;
+    let back = cluster.wait_running("web", 2).await;
     assert!(back.iter().all(|t| t.service_version == 1), "{back:#?}");
     assert_ne!(attempts(&back), attempts(&v1), "replaced by new tasks");
 }

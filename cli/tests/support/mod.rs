@@ -1026,3 +1026,54 @@ pub fn event_time(event: &Event) -> std::time::SystemTime {
         .map(orch::time::system_time)
         .unwrap_or(std::time::UNIX_EPOCH)
 }
+
+// ---- services -------------------------------------------------------------
+
+/// Writes `text` to `name` in `dir`; returns its path as text.
+pub fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write the manifest");
+    path.display().to_string()
+}
+
+/// Whether a task runs and should.
+pub fn runs(t: &Task) -> bool {
+    t.state() == orch::v1::TaskState::Running
+        && t.desired_state() == orch::v1::DesiredState::Running
+}
+
+/// The tasks of service `name`, in the order they were submitted.
+pub fn tasks_of<'a>(v: &'a View, name: &str) -> Vec<&'a Task> {
+    v.tasks.iter().filter(|t| t.service == name).collect()
+}
+
+/// The tasks of service `name` that run, if exactly `n` run (and should)
+/// and every other task of it has ended; sorted by slot (then node).
+pub fn settled(v: &View, name: &str, n: usize) -> Option<Vec<Task>> {
+    let tasks = tasks_of(v, name);
+    let mut running: Vec<Task> = tasks
+        .iter()
+        .filter(|t| runs(t))
+        .map(|t| (*t).clone())
+        .collect();
+    let rest_ended = tasks
+        .iter()
+        .all(|t| runs(t) || orch::task_state::is_terminal(t.state()));
+    running.sort_by(|a, b| (a.slot, &a.node_id).cmp(&(b.slot, &b.node_id)));
+    (running.len() == n && rest_ended).then_some(running)
+}
+
+impl Procs {
+    /// Waits until exactly `n` tasks of service `name` run and the rest have
+    /// ended; then checks, on Docker, that exactly their containers run.
+    /// Returns them, sorted by slot (then node).
+    pub async fn wait_running(&self, name: &str, n: usize) -> Vec<Task> {
+        let tasks = self
+            .wait_for(&format!("exactly {n} tasks of {name} running"), |v| {
+                settled(v, name, n)
+            })
+            .await;
+        self.assert_exactly_running(&tasks).await;
+        tasks
+    }
+}
