@@ -8,6 +8,7 @@
 //! converting times handed to it. The manager, the worker and `orchctl` all
 //! depend on it, so the rules written here are the same everywhere.
 
+pub mod auth;
 pub mod health;
 pub mod labels;
 pub mod manifest;

@@ -136,6 +136,9 @@ impl Builder {
                     data_dir: Some(data_dir),
                     heartbeat_period: self.heartbeat_period,
                     missed_heartbeats: self.missed_heartbeats,
+                    // Measured without TLS, as before security came, so the
+                    // figures compare with the earlier runs.
+                    tls: false,
                     ..orch_manager::Config::default()
                 };
                 let task = tokio::spawn(orch_manager::run(config, listener, async {
@@ -230,6 +233,8 @@ pub(crate) fn spawn_child(
     missed_heartbeats: u32,
 ) -> Result<tokio::process::Child, Error> {
     let args = [
+        // Measured without TLS, as before security came (see BENCHMARKS.md).
+        "--insecure".into(),
         "manager".into(),
         "--listen".into(),
         addr.to_string(),
@@ -348,6 +353,8 @@ impl SimCluster {
             memory_bytes: None,
             disk_bytes: None,
             data_dir: None,
+            join_token: None,
+            insecure: true,
         };
         let task = tokio::spawn(orch_worker::run(config, self.runtime.clone(), async {
             let _ = stopped.await;

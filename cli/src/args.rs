@@ -19,14 +19,23 @@ use orch_manager::scheduler::Strategy;
     propagate_version = true
 )]
 pub struct Cli {
-    /// The manager's URL.
-    #[arg(
-        long,
-        global = true,
-        env = "ORCH_MANAGER",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    pub manager: String,
+    /// The manager's URL (default: the client configuration's, else https://127.0.0.1:7070).
+    #[arg(long, global = true, env = "ORCH_MANAGER")]
+    pub manager: Option<String>,
+
+    /// The cluster's CA certificate (PEM file) to verify the manager against
+    /// (default: the client configuration's).
+    #[arg(long, global = true, env = "ORCH_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// The client token (default: the client configuration's).
+    #[arg(long, global = true, env = "ORCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Plain HTTP, no TLS: only with a manager (and workers) started with
+    /// --insecure, on a network you trust.
+    #[arg(long, global = true)]
+    pub insecure: bool,
 
     /// Output format of read commands.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
@@ -72,6 +81,70 @@ pub enum Command {
     /// Create, list, inspect, scale, roll back and remove services.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Create, list and revoke client tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print, rotate or make the token workers join with (admin).
+    JoinToken(JoinTokenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a client token and print it (once: the manager keeps only its hash).
+    Create(TokenCreateArgs),
+    /// List the client tokens.
+    Ls,
+    /// Revoke a client token: every call with it is refused from then on.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// What the token may do: read-only (list, watch), operator (also submit,
+    /// stop, services) or admin (also nodes and tokens).
+    #[arg(long, value_parser = parse_role)]
+    pub role: orch::auth::Role,
+    /// How long it works, like 12h or 30d (default: until revoked).
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// A name for people.
+    #[arg(long, default_value = "")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id, as `orchctl token ls` shows it.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JoinRole {
+    /// A worker node.
+    Worker,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    /// Who joins with it.
+    #[arg(value_enum)]
+    pub role: JoinRole,
+    /// Replace the current token (and every extra one): they are refused from then on.
+    #[arg(long)]
+    pub rotate: bool,
+    /// Make an extra token that works this long, like 1h.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Make an extra token that works this many times.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub uses: Option<u32>,
+    /// Print the token only.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn parse_role(s: &str) -> Result<orch::auth::Role, String> {
+    s.parse()
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
@@ -149,6 +222,14 @@ pub struct ManagerArgs {
     /// A node is down after this many heartbeat periods without one.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub missed_heartbeats: u32,
+    /// A host name or address clients and workers reach this manager at, for
+    /// its certificate; repeat for more (the loopback names, the listen
+    /// address and the host name are always in it).
+    #[arg(long)]
+    pub advertise: Vec<String>,
+    /// How long node certificates are valid (workers renew them at 50-80%).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub node_cert_ttl: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +255,10 @@ pub struct WorkerArgs {
     /// An address people can reach this host at (informational).
     #[arg(long, default_value = "")]
     pub address: String,
+    /// The join token (`orchctl join-token worker` prints it); needed only
+    /// until the worker has its certificate in --data-dir.
+    #[arg(long, env = "ORCH_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +349,8 @@ pub enum NodeCommand {
     Drain(NodeArgs),
     /// Let a drained node take new tasks again.
     Activate(NodeArgs),
+    /// Remove a node for good and revoke its certificate; its tasks move elsewhere.
+    Rm(NodeArgs),
 }
 
 #[derive(Debug, Args)]

@@ -9,24 +9,42 @@ use orch::v1::{
     ListNodesRequest, ListTasksRequest, PortMapping, Protocol, RestartCondition, RestartPolicy,
     StopTaskRequest, SubmitTaskRequest, Task, TaskSpec, TcpProbe, WatchEventsRequest, health_check,
 };
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::CliError;
 use crate::args::{
     HealthArgs, NodeCommand, Output, Restart, RunArgs, StatusArgs, StopArgs, TaskArgs,
 };
+use crate::config::Target;
 use crate::output;
 
+pub use orch::auth::Client;
+
 /// Connects to the manager, or explains why not.
-pub async fn connect(manager: &str) -> Result<ClusterClient<Channel>, CliError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(manager.to_string())
+pub async fn connect(target: &Target) -> Result<Client, CliError> {
+    let manager = &target.url;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(manager.to_string())
         .map_err(|_| {
             CliError(format!(
-                "{manager:?} is not a URL like http://127.0.0.1:7070"
+                "{manager:?} is not a URL like https://127.0.0.1:7070"
             ))
         })?
         .connect_timeout(std::time::Duration::from_secs(5));
+    if manager.starts_with("https://") {
+        let ca = target.ca.as_ref().ok_or_else(|| {
+            CliError(format!(
+                "no CA to verify {manager} against: run `orchctl dev` (it writes ~/.config/orch/config.toml), or pass --ca FILE (the manager's DATA_DIR/ca.crt)"
+            ))
+        })?;
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .domain_name(orch::auth::MANAGER_SERVER_NAME)
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )
+            .map_err(|e| CliError(format!("TLS settings: {e}")))?;
+    }
+    let bearer = orch::auth::Bearer::new(target.token.as_deref()).map_err(CliError)?;
     let channel = endpoint.connect().await.map_err(|e| {
         // The innermost cause says it best ("Connection refused").
         let mut cause: &dyn std::error::Error = &e;
@@ -37,7 +55,7 @@ pub async fn connect(manager: &str) -> Result<ClusterClient<Channel>, CliError> 
             "cannot reach the manager at {manager}: {cause} (is it running? start one with `orchctl dev`)"
         ))
     })?;
-    Ok(ClusterClient::new(channel))
+    Ok(ClusterClient::with_interceptor(channel, bearer))
 }
 
 /// One line for a gRPC error: the code in words, then the manager's message.
@@ -51,13 +69,23 @@ pub fn status_error(s: tonic::Status) -> CliError {
         Code::FailedPrecondition => "refused",
         Code::Unavailable => "manager unavailable",
         Code::DeadlineExceeded => "timed out",
+        Code::Unauthenticated => "not authenticated",
+        Code::Cancelled | Code::Unknown
+            if s.message().contains("canceled") || s.message().contains("protocol error") =>
+        {
+            return CliError(format!(
+                "the connection to the manager broke ({}); a manager with TLS does not speak plain HTTP: drop --insecure",
+                s.message()
+            ));
+        }
+        Code::PermissionDenied => "permission denied",
         _ => "error",
     };
     CliError(format!("{what}: {}", s.message()))
 }
 
 /// Finds a task by full id, unique id prefix, or exact name.
-async fn resolve(client: &mut ClusterClient<Channel>, key: &str) -> Result<Task, CliError> {
+async fn resolve(client: &mut Client, key: &str) -> Result<Task, CliError> {
     if Uuid::parse_str(key).is_ok() {
         let task = client
             .get_task(GetTaskRequest {
@@ -100,7 +128,7 @@ async fn resolve(client: &mut ClusterClient<Channel>, key: &str) -> Result<Task,
 
 /// Every task `request` selects, all pages of them, oldest first.
 pub async fn list_tasks(
-    client: &mut ClusterClient<Channel>,
+    client: &mut Client,
     mut request: ListTasksRequest,
 ) -> Result<Vec<Task>, CliError> {
     let mut tasks = Vec::new();
@@ -175,7 +203,7 @@ pub fn task_spec(a: TaskArgs, default_restart: RestartCondition) -> TaskSpec {
     }
 }
 
-pub async fn run(manager: &str, a: RunArgs, out: Output) -> Result<(), CliError> {
+pub async fn run(manager: &Target, a: RunArgs, out: Output) -> Result<(), CliError> {
     let spec = TaskSpec {
         name: a.name.unwrap_or_default(),
         ..task_spec(a.task, RestartCondition::Never)
@@ -227,7 +255,7 @@ fn health_check(a: &HealthArgs) -> Option<HealthCheck> {
     })
 }
 
-pub async fn stop(manager: &str, a: StopArgs, out: Output) -> Result<(), CliError> {
+pub async fn stop(manager: &Target, a: StopArgs, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let task = resolve(&mut client, &a.task).await?;
     // Watch before asking, so the end of the task cannot slip by unseen.
@@ -271,7 +299,7 @@ pub async fn stop(manager: &str, a: StopArgs, out: Output) -> Result<(), CliErro
 
 /// Follows `events` until `task` has ended; returns it as it ended.
 async fn wait_ended(
-    client: &mut ClusterClient<Channel>,
+    client: &mut Client,
     events: &mut tonic::Streaming<orch::v1::Event>,
     mut task: Task,
 ) -> Result<Task, CliError> {
@@ -297,7 +325,7 @@ async fn wait_ended(
     Ok(task)
 }
 
-pub async fn status(manager: &str, a: StatusArgs, out: Output) -> Result<(), CliError> {
+pub async fn status(manager: &Target, a: StatusArgs, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     if let Some(key) = a.task {
         let task = resolve(&mut client, &key).await?;
@@ -333,7 +361,7 @@ pub async fn status(manager: &str, a: StatusArgs, out: Output) -> Result<(), Cli
     Ok(())
 }
 
-pub async fn nodes(manager: &str, out: Output) -> Result<(), CliError> {
+pub async fn nodes(manager: &Target, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let nodes = client
         .list_nodes(ListNodesRequest {})
@@ -351,10 +379,7 @@ pub async fn nodes(manager: &str, out: Output) -> Result<(), CliError> {
 }
 
 /// Finds a node by full id, unique id prefix, or exact name.
-async fn resolve_node(
-    client: &mut ClusterClient<Channel>,
-    key: &str,
-) -> Result<orch::v1::Node, CliError> {
+async fn resolve_node(client: &mut Client, key: &str) -> Result<orch::v1::Node, CliError> {
     let nodes = client
         .list_nodes(ListNodesRequest {})
         .await
@@ -368,7 +393,7 @@ async fn resolve_node(
     the_one(found, key, "node")
 }
 
-pub async fn node(manager: &str, command: NodeCommand, out: Output) -> Result<(), CliError> {
+pub async fn node(manager: &Target, command: NodeCommand, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let node = match command {
         NodeCommand::Drain(a) => {
@@ -389,6 +414,27 @@ pub async fn node(manager: &str, command: NodeCommand, out: Output) -> Result<()
                 .into_inner()
                 .node
         }
+        NodeCommand::Rm(a) => {
+            let node = resolve_node(&mut client, &a.node).await?;
+            client
+                .remove_node(orch::v1::RemoveNodeRequest {
+                    id: node.id.clone(),
+                })
+                .await
+                .map_err(status_error)?;
+            match out {
+                Output::Json => output::print_json(&serde_json::json!({
+                    "id": node.id,
+                    "name": node.name,
+                    "removed": true,
+                })),
+                Output::Table => println!(
+                    "removed node {} ({}); its certificate is revoked",
+                    node.name, node.id
+                ),
+            }
+            return Ok(());
+        }
     }
     .ok_or_else(|| CliError("the manager answered without a node".into()))?;
     match out {
@@ -398,7 +444,7 @@ pub async fn node(manager: &str, command: NodeCommand, out: Output) -> Result<()
     Ok(())
 }
 
-pub async fn events(manager: &str, out: Output) -> Result<(), CliError> {
+pub async fn events(manager: &Target, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let mut stream = client
         .watch_events(WatchEventsRequest {})

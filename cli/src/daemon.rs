@@ -48,15 +48,62 @@ fn host_name() -> String {
         .unwrap_or_else(|| "worker".into())
 }
 
-pub async fn manager(args: ManagerArgs) -> Result<(), CliError> {
+/// Writes the client configuration for a manager that just made an admin
+/// token, so `orchctl` works with no flags. Returns where it went.
+fn write_client_config(access: &orch_manager::ClientAccess) -> Result<Option<String>, CliError> {
+    let (Some(token), Some(path)) = (&access.admin_token, crate::config::path()) else {
+        return Ok(None);
+    };
+    let config = crate::config::FileConfig {
+        manager: Some(access.url.clone()),
+        token: Some(token.clone()),
+        ca: access
+            .url
+            .starts_with("https://")
+            .then(|| access.ca_pem.clone()),
+    };
+    crate::config::save(&path, &config)?;
+    Ok(Some(path.display().to_string()))
+}
+
+/// Starts a manager, or says in one line why it could not.
+async fn start_manager(
+    config: orch_manager::Config,
+    listener: TcpListener,
+) -> Result<orch_manager::Manager, CliError> {
+    let dir = config
+        .data_dir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    orch_manager::start(config, listener).await.map_err(|e| {
+        CliError(format!(
+            "the manager could not start (data directory {dir}): {e}"
+        ))
+    })
+}
+
+pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> {
     let listener = bind(args.listen).await?;
     let config = orch_manager::Config {
         data_dir: Some(args.data_dir),
         strategy: args.scheduler,
         heartbeat_period: args.heartbeat_period,
         missed_heartbeats: args.missed_heartbeats,
+        tls: !insecure,
+        advertise: args.advertise,
+        node_cert_lifetime: args.node_cert_ttl,
+        admin_token: orch_manager::AdminToken::FirstStart,
     };
-    orch_manager::run(config, listener, terminated()).await?;
+    let manager = start_manager(config, listener).await?;
+    if let Some(path) = write_client_config(manager.client())? {
+        eprintln!("orch: first start: an admin token and the cluster's CA are in {path}");
+    }
+    eprintln!(
+        "orch: manager on {}; add workers with the token `orchctl join-token worker` prints",
+        manager.client().url
+    );
+    manager.serve(terminated()).await?;
     Ok(())
 }
 
@@ -68,7 +115,7 @@ async fn docker() -> Result<Arc<DockerRuntime>, CliError> {
     })
 }
 
-pub async fn worker(args: WorkerArgs, manager: &str) -> Result<(), CliError> {
+pub async fn worker(args: WorkerArgs, manager: &str, insecure: bool) -> Result<(), CliError> {
     let runtime = docker().await?;
     let config = orch_worker::Config {
         manager: manager.to_string(),
@@ -79,15 +126,16 @@ pub async fn worker(args: WorkerArgs, manager: &str) -> Result<(), CliError> {
         memory_bytes: args.memory,
         disk_bytes: args.disk,
         data_dir: Some(args.data_dir),
+        join_token: args.join_token,
+        insecure,
     };
     orch_worker::run(config, runtime, terminated()).await?;
     Ok(())
 }
 
-pub async fn dev(args: DevArgs) -> Result<(), CliError> {
+pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
     let runtime = docker().await?;
     let listener = bind(args.listen).await?;
-    let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -95,15 +143,16 @@ pub async fn dev(args: DevArgs) -> Result<(), CliError> {
     let manager_config = orch_manager::Config {
         data_dir: Some(args.data_dir.clone()),
         strategy: args.scheduler,
+        tls: !insecure,
+        admin_token: orch_manager::AdminToken::EveryStart,
         ..orch_manager::Config::default()
     };
-    let manager = tokio::spawn(orch_manager::run(
-        manager_config,
-        listener,
-        stopped(stop_rx.clone()),
-    ));
+    let manager = start_manager(manager_config, listener).await?;
+    let access = manager.client().clone();
+    let config_path = write_client_config(&access)?;
+    let manager = tokio::spawn(manager.serve(stopped(stop_rx.clone())));
     let worker_config = orch_worker::Config {
-        manager: format!("http://{addr}"),
+        manager: access.url.clone(),
         name: host_name(),
         address: String::new(),
         labels: args.labels.into_iter().collect(),
@@ -111,9 +160,17 @@ pub async fn dev(args: DevArgs) -> Result<(), CliError> {
         memory_bytes: None,
         disk_bytes: None,
         data_dir: Some(args.data_dir.join("worker")),
+        join_token: Some(access.join_token.clone()),
+        insecure,
     };
     let worker = tokio::spawn(orch_worker::run(worker_config, runtime, stopped(stop_rx)));
-    eprintln!("orch is running: manager on http://{addr}, one local worker; Ctrl-C stops it");
+    let config_note = config_path
+        .map(|p| format!("; orchctl's configuration (an admin token) is in {p}"))
+        .unwrap_or_default();
+    eprintln!(
+        "orch is running: manager on {}, one local worker{config_note}; Ctrl-C stops it",
+        access.url
+    );
     terminated().await;
     let _ = stop_tx.send(true);
     let (w, m) = (worker.await, manager.await);

@@ -5,8 +5,10 @@
 //! `Cluster` API, and print the answer as a table or as stable JSON. Every
 //! failure ends with one readable line on stderr and a non-zero exit.
 
+mod access;
 mod args;
 mod client;
+mod config;
 mod daemon;
 mod output;
 mod services;
@@ -114,20 +116,54 @@ fn init_logging(daemon: bool) {
         .try_init();
 }
 
+/// The manager the client commands talk to, from flags, environment and
+/// the client configuration file.
+fn target(cli: &Cli) -> Result<config::Target, CliError> {
+    let file = match config::path() {
+        Some(path) => config::load(&path)?,
+        None => config::FileConfig::default(),
+    };
+    let given = config::Given {
+        manager: cli.manager.clone(),
+        ca: cli.ca.clone(),
+        token: cli.token.clone().filter(|t| !t.trim().is_empty()),
+        insecure: cli.insecure,
+    };
+    if cli.insecure {
+        eprintln!("orchctl: warning: --insecure: plain HTTP, the token travels in the clear");
+    }
+    config::resolve(&given, &file)
+}
+
 async fn run(cli: Cli) -> Result<(), CliError> {
     let out = cli.output;
+    let insecure = cli.insecure;
     match cli.command {
-        Command::Dev(a) => daemon::dev(a).await,
-        Command::Manager(a) => daemon::manager(a).await,
-        Command::Worker(a) => daemon::worker(a, &cli.manager).await,
-        Command::Run(a) => client::run(&cli.manager, a, out).await,
-        Command::Stop(a) => client::stop(&cli.manager, a, out).await,
-        Command::Status(a) => client::status(&cli.manager, a, out).await,
-        Command::Nodes => client::nodes(&cli.manager, out).await,
-        Command::Node(c) => client::node(&cli.manager, c, out).await,
-        Command::Events => client::events(&cli.manager, out).await,
-        Command::Apply(a) => services::apply(&cli.manager, a, out).await,
-        Command::Service(c) => services::service(&cli.manager, c, out).await,
+        Command::Dev(a) => return daemon::dev(a, insecure).await,
+        Command::Manager(a) => return daemon::manager(a, insecure).await,
+        Command::Worker(a) => {
+            let manager = cli
+                .manager
+                .clone()
+                .unwrap_or_else(|| config::DEFAULT_MANAGER.to_owned());
+            return daemon::worker(a, &manager, insecure).await;
+        }
+        _ => {}
+    }
+    let target = target(&cli)?;
+    let manager = &target;
+    match cli.command {
+        Command::Dev(_) | Command::Manager(_) | Command::Worker(_) => Ok(()),
+        Command::Run(a) => client::run(manager, a, out).await,
+        Command::Stop(a) => client::stop(manager, a, out).await,
+        Command::Status(a) => client::status(manager, a, out).await,
+        Command::Nodes => client::nodes(manager, out).await,
+        Command::Node(c) => client::node(manager, c, out).await,
+        Command::Events => client::events(manager, out).await,
+        Command::Apply(a) => services::apply(manager, a, out).await,
+        Command::Service(c) => services::service(manager, c, out).await,
+        Command::Token(c) => access::token(manager, c, out).await,
+        Command::JoinToken(a) => access::join_token(manager, a, out).await,
     }
 }
 

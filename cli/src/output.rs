@@ -14,7 +14,7 @@ use orch::v1::{
 };
 use serde_json::{Value, json};
 
-fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Value {
+pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Value {
     match ts {
         Some(t) => {
             Value::String(humantime::format_rfc3339_millis(orch::time::system_time(t)).to_string())
@@ -52,6 +52,7 @@ fn node_state_name(s: NodeState) -> &'static str {
         NodeState::Ready => "ready",
         NodeState::Down => "down",
         NodeState::Draining => "draining",
+        NodeState::Removed => "removed",
     }
 }
 
@@ -113,6 +114,7 @@ pub fn node_json(n: &Node) -> Value {
         "task_count": n.task_count,
         "draining": n.draining,
         "labels": n.labels,
+        "certificate_expires_at": rfc3339(n.certificate_expires_at.as_ref()),
     })
 }
 
@@ -222,7 +224,7 @@ pub fn print_json(v: &Value) {
 }
 
 /// Prints rows as left-aligned columns separated by two spaces.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -677,7 +679,7 @@ fn restart_text(r: &RestartPolicy) -> String {
     }
 }
 
-fn time_text(ts: Option<&prost_types::Timestamp>) -> String {
+pub fn time_text(ts: Option<&prost_types::Timestamp>) -> String {
     rfc3339(ts).as_str().unwrap_or("-").to_string()
 }
 

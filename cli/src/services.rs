@@ -15,7 +15,6 @@ use std::collections::HashSet;
 use std::io::Read as _;
 use std::pin::Pin;
 
-use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{
     ApplyServiceRequest, ApplyServiceResponse, BatchMode, DeleteServiceRequest, Event,
     FailureAction, GetServiceRequest, GlobalMode, JobState, ListServiceVersionsRequest,
@@ -25,18 +24,22 @@ use orch::v1::{
 };
 use serde_json::Value;
 use tokio_stream::{Stream, StreamExt as _};
-use tonic::transport::Channel;
 
 use crate::CliError;
 use crate::args::{
     ApplyArgs, FailureActionArg, Output, RollbackArgs, ServiceCommand, ServiceCreateArgs,
     UpdateArgs, UpdateOrderArg,
 };
-use crate::client::{connect, list_tasks, status_error, task_spec};
+use crate::client::{Client, connect, list_tasks, status_error, task_spec};
+use crate::config::Target;
 use crate::output;
 
 /// `orchctl service ...`.
-pub async fn service(manager: &str, command: ServiceCommand, out: Output) -> Result<(), CliError> {
+pub async fn service(
+    manager: &Target,
+    command: ServiceCommand,
+    out: Output,
+) -> Result<(), CliError> {
     match command {
         ServiceCommand::Create(a) => create(manager, *a, out).await,
         ServiceCommand::Ls => ls(manager, out).await,
@@ -126,7 +129,7 @@ pub fn load_manifest(label: &str, yaml: &str) -> Result<Vec<ServiceSpec>, CliErr
 }
 
 /// `orchctl apply -f FILE`.
-pub async fn apply(manager: &str, a: ApplyArgs, out: Output) -> Result<(), CliError> {
+pub async fn apply(manager: &Target, a: ApplyArgs, out: Output) -> Result<(), CliError> {
     // The whole file is read and checked before anything is sent.
     let (label, yaml) = read_manifest(&a.file)?;
     let specs = load_manifest(&label, &yaml)?;
@@ -177,7 +180,7 @@ fn announce(name: &str, reply: ApplyServiceResponse, out: Output) -> Result<Foll
 /// array; otherwise the one service as an object), then fails if a rollout
 /// did not reach its goal.
 async fn finish(
-    client: &mut ClusterClient<Channel>,
+    client: &mut Client,
     events: Option<Events>,
     mut services: Vec<Followed>,
     goal: Goal,
@@ -220,7 +223,7 @@ async fn finish(
 type Events = Pin<Box<dyn Stream<Item = Result<Event, tonic::Status>> + Send>>;
 
 /// Subscribes to the manager's events.
-async fn watch(client: &mut ClusterClient<Channel>) -> Result<Events, CliError> {
+async fn watch(client: &mut Client) -> Result<Events, CliError> {
     Source::watch(client).await.map_err(status_error)
 }
 
@@ -233,7 +236,7 @@ trait Source {
     async fn watch(&mut self) -> Result<Events, tonic::Status>;
 }
 
-impl Source for ClusterClient<Channel> {
+impl Source for Client {
     async fn service(&mut self, name: &str) -> Result<Service, tonic::Status> {
         self.get_service(GetServiceRequest {
             name: name.to_string(),
@@ -482,7 +485,7 @@ fn update_config(u: &UpdateArgs) -> Option<UpdateConfig> {
 }
 
 /// `orchctl service create`.
-async fn create(manager: &str, a: ServiceCreateArgs, out: Output) -> Result<(), CliError> {
+async fn create(manager: &Target, a: ServiceCreateArgs, out: Output) -> Result<(), CliError> {
     let detach = a.detach;
     let spec = service_spec(a);
     // The rules the manager would apply, checked before connecting.
@@ -512,7 +515,7 @@ async fn create(manager: &str, a: ServiceCreateArgs, out: Output) -> Result<(), 
 }
 
 /// `orchctl service ls`.
-async fn ls(manager: &str, out: Output) -> Result<(), CliError> {
+async fn ls(manager: &Target, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let services = client
         .list_services(ListServicesRequest {})
@@ -530,7 +533,7 @@ async fn ls(manager: &str, out: Output) -> Result<(), CliError> {
 }
 
 /// `orchctl service ps NAME`.
-async fn ps(manager: &str, name: &str, out: Output) -> Result<(), CliError> {
+async fn ps(manager: &Target, name: &str, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let tasks = list_tasks(
         &mut client,
@@ -550,7 +553,7 @@ async fn ps(manager: &str, name: &str, out: Output) -> Result<(), CliError> {
 }
 
 /// `orchctl service inspect NAME`.
-async fn inspect(manager: &str, name: &str, out: Output) -> Result<(), CliError> {
+async fn inspect(manager: &Target, name: &str, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let service = the_service(
         client
@@ -570,7 +573,7 @@ async fn inspect(manager: &str, name: &str, out: Output) -> Result<(), CliError>
 }
 
 /// `orchctl service scale NAME=N`.
-async fn scale(manager: &str, name: &str, count: u32, out: Output) -> Result<(), CliError> {
+async fn scale(manager: &Target, name: &str, count: u32, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let service = the_service(
         client
@@ -591,7 +594,7 @@ async fn scale(manager: &str, name: &str, count: u32, out: Output) -> Result<(),
 }
 
 /// `orchctl service history NAME`.
-async fn history(manager: &str, name: &str, out: Output) -> Result<(), CliError> {
+async fn history(manager: &Target, name: &str, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let reply = client
         .list_service_versions(ListServiceVersionsRequest {
@@ -608,7 +611,7 @@ async fn history(manager: &str, name: &str, out: Output) -> Result<(), CliError>
 }
 
 /// `orchctl service rollback NAME`.
-async fn rollback(manager: &str, a: RollbackArgs, out: Output) -> Result<(), CliError> {
+async fn rollback(manager: &Target, a: RollbackArgs, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let events = if a.detach {
         None
@@ -637,7 +640,7 @@ async fn rollback(manager: &str, a: RollbackArgs, out: Output) -> Result<(), Cli
 }
 
 /// `orchctl service rm NAME`.
-async fn rm(manager: &str, name: &str, out: Output) -> Result<(), CliError> {
+async fn rm(manager: &Target, name: &str, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     let service = the_service(
         client

@@ -65,8 +65,12 @@ impl Run {
 /// Runs orchctl with `args` and `env`, and no inherited orch variables.
 async fn orchctl_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchctl"));
+    let no_config = std::env::temp_dir().join("orch-tests-no-config.toml");
     cmd.args(args)
+        .env("ORCH_CONFIG", no_config)
         .env_remove("ORCH_MANAGER")
+        .env_remove("ORCH_TOKEN")
+        .env_remove("ORCH_CA")
         .env_remove("ORCH_LOG")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -82,12 +86,15 @@ async fn orchctl_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
-/// Runs `orchctl --manager <cluster> args...`.
+/// Runs `orchctl --manager <cluster> args...` with the cluster's CA and
+/// admin token.
 async fn orchctl(cluster: &Cluster, args: &[&str]) -> Run {
     let url = cluster.url();
     let mut all = vec!["--manager", url.as_str()];
     all.extend_from_slice(args);
-    orchctl_env(&all, &[]).await
+    let ca = cluster.manager_dir().join("ca.crt").display().to_string();
+    let token = cluster.access().admin_token.clone().unwrap_or_default();
+    orchctl_env(&all, &[("ORCH_CA", &ca), ("ORCH_TOKEN", &token)]).await
 }
 
 async fn busybox(cluster: &Cluster) -> String {
@@ -352,9 +359,24 @@ async fn bad_input_is_refused_in_one_line_and_nothing_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_manager_is_named_in_one_line() {
     // Port 1 (tcpmux) is privileged and, on our machines, closed.
-    let run = orchctl_env(&["--manager", "http://127.0.0.1:1", "ps"], &[]).await;
-    let line = run.refused();
-    assert!(line.contains("http://127.0.0.1:1"), "{line:?}");
+    let run = orchctl_env(
+        &["--insecure", "--manager", "http://127.0.0.1:1", "ps"],
+        &[],
+    )
+    .await;
+    let line = run.stderr.lines().last().unwrap_or_default().to_string();
+    assert_ne!(run.code, Some(0), "{run:?}");
+    assert!(
+        line.contains("cannot reach the manager at http://127.0.0.1:1"),
+        "{line:?}"
+    );
+    // Without --insecure, plaintext is refused before anything is sent.
+    let plain = orchctl_env(&["--manager", "http://127.0.0.1:1", "ps"], &[]).await;
+    let line = plain.refused();
+    assert!(
+        line.contains("is plaintext") && line.contains("--insecure"),
+        "{line:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +397,14 @@ async fn help_exits_zero() {
 async fn orch_manager_in_the_environment_picks_the_manager() {
     let cluster = Cluster::builder().start().await;
     let url = cluster.url();
-    let run = orchctl_env(&["nodes", "-o", "json"], &[("ORCH_MANAGER", &url)]).await;
+    let ca = cluster.manager_dir().join("ca.crt").display().to_string();
+    let token = cluster.access().admin_token.clone().unwrap_or_default();
+    let env = [
+        ("ORCH_MANAGER", url.as_str()),
+        ("ORCH_CA", ca.as_str()),
+        ("ORCH_TOKEN", token.as_str()),
+    ];
+    let run = orchctl_env(&["nodes", "-o", "json"], &env).await;
     let nodes = run.json();
     let listed: Vec<&str> = nodes
         .as_array()
@@ -385,7 +414,7 @@ async fn orch_manager_in_the_environment_picks_the_manager() {
         .collect();
     // This cluster's node, not whatever may listen on the default address.
     assert_eq!(listed, cluster.node_ids());
-    let table = orchctl_env(&["nodes"], &[("ORCH_MANAGER", &url)]).await;
+    let table = orchctl_env(&["nodes"], &env).await;
     let table = table.ok();
     assert!(
         table.contains("worker-0") && table.contains("ready"),

@@ -331,7 +331,7 @@ async fn a_bad_file_is_refused_with_its_position_and_nothing_is_sent() {
     // or the line would say the manager cannot be reached.
     let ran = orchctl_within(
         QUICK,
-        &["--manager", "http://127.0.0.1:1", "apply", "-f", &file],
+        &["--manager", "https://127.0.0.1:1", "apply", "-f", &file],
     )
     .await;
     let line = ran.refused();

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
+use orch::auth::{Bearer, Client};
 use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{GetTaskRequest, ListNodesRequest, NodeState, Task, WatchEventsRequest};
 use orch_manager::scheduler::Strategy;
@@ -27,7 +28,6 @@ use orch_worker::runtime::docker::DockerRuntime;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::containers;
 
@@ -67,6 +67,8 @@ pub struct Cluster {
     pub docker: Docker,
     runtime: Arc<DockerRuntime>,
     worker_config: (Option<i64>, Option<i64>),
+    /// The manager's CA, admin token and join token, from its first start.
+    access: Option<orch_manager::ClientAccess>,
 }
 
 impl Builder {
@@ -118,8 +120,9 @@ impl Builder {
             docker,
             runtime,
             worker_config: (self.milli_cpus, self.memory_bytes),
+            access: None,
         };
-        cluster.manager = Some(cluster.spawn_manager(listener));
+        cluster.manager = Some(cluster.spawn_manager(listener).await);
         for _ in 0..self.workers {
             cluster.add_worker();
         }
@@ -151,7 +154,15 @@ impl Cluster {
 
     /// The manager's URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
+    }
+
+    /// The manager's CA (PEM), an admin token and the worker join token.
+    ///
+    /// # Panics
+    /// Before the manager first started.
+    pub fn access(&self) -> &orch_manager::ClientAccess {
+        self.access.as_ref().expect("the manager has started")
     }
 
     /// The manager's data directory.
@@ -159,19 +170,30 @@ impl Cluster {
         self.dir.path().join("manager")
     }
 
-    fn spawn_manager(&self, listener: TcpListener) -> ManagerProc {
+    async fn spawn_manager(&mut self, listener: TcpListener) -> ManagerProc {
         let (stop, stopped) = oneshot::channel();
         let config = orch_manager::Config {
             data_dir: Some(self.manager_dir()),
             strategy: self.strategy,
             heartbeat_period: Duration::from_millis(500),
             missed_heartbeats: 3,
+            ..orch_manager::Config::default()
         };
+        let manager = orch_manager::start(config, listener)
+            .await
+            .expect("the manager starts");
+        let access = manager.client().clone();
+        match &mut self.access {
+            // A restart makes no admin token: the first one still works.
+            Some(kept) => kept.join_token = access.join_token,
+            None => self.access = Some(access),
+        }
         let task = tokio::spawn(async move {
-            let run = orch_manager::run(config, listener, async {
-                let _ = stopped.await;
-            });
-            let result = run.await;
+            let result = manager
+                .serve(async {
+                    let _ = stopped.await;
+                })
+                .await;
             if let Err(e) = &result {
                 tracing::error!(error = %e, "manager failed");
             }
@@ -203,6 +225,8 @@ impl Cluster {
             memory_bytes: self.worker_config.1,
             disk_bytes: None,
             data_dir: Some(self.dir.path().join(format!("worker-{n}"))),
+            join_token: Some(self.access().join_token.clone()),
+            insecure: false,
         };
         let task = tokio::spawn(orch_worker::run(config, self.runtime.clone(), async {
             let _ = stopped.await;
@@ -228,14 +252,37 @@ impl Cluster {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
-        self.manager = Some(self.spawn_manager(listener));
+        self.manager = Some(self.spawn_manager(listener).await);
     }
 
-    /// A client of the manager.
-    pub async fn client(&self) -> ClusterClient<Channel> {
+    /// A client of the manager, with the admin token.
+    pub async fn client(&self) -> Client {
+        let token = self.access().admin_token.clone();
+        self.client_with(token.as_deref()).await
+    }
+
+    /// A client of the manager that sends `token` (or none).
+    pub async fn client_with(&self, token: Option<&str>) -> Client {
+        let bearer = Bearer::new(token).expect("token");
+        ClusterClient::with_interceptor(self.channel().await, bearer)
+    }
+
+    /// A TLS channel to the manager, verified against its CA, without a
+    /// token (health checks and reflection need none).
+    pub async fn channel(&self) -> tonic::transport::Channel {
         let deadline = tokio::time::Instant::now() + DEADLINE;
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url())
+            .expect("url")
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .domain_name(orch::auth::MANAGER_SERVER_NAME)
+                    .ca_certificate(tonic::transport::Certificate::from_pem(
+                        &self.access().ca_pem,
+                    )),
+            )
+            .expect("tls");
         loop {
-            match ClusterClient::connect(self.url()).await {
+            match endpoint.connect().await {
                 Ok(c) => return c,
                 Err(e) if tokio::time::Instant::now() > deadline => {
                     panic!("cannot connect to the manager: {e}")
@@ -253,7 +300,7 @@ impl Cluster {
             .await
             .expect("watch")
             .into_inner();
-        let ready = |c: &mut ClusterClient<Channel>| {
+        let ready = |c: &mut Client| {
             let mut c = c.clone();
             async move {
                 c.list_nodes(ListNodesRequest {})

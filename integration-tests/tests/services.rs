@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bollard::query_parameters::KillContainerOptions;
 use orch::time::duration;
-use orch::v1::cluster_client::ClusterClient;
 use orch::v1::health_check::Probe;
 use orch::v1::{
     ApplyServiceRequest, DesiredState, GetServiceRequest, HealthState, HttpProbe, ListTasksRequest,
@@ -22,7 +21,6 @@ use orch::v1::{
 };
 use orch_integration_tests::cluster::{Cluster, DEADLINE};
 use orch_integration_tests::workloads::{fast_check, httpd};
-use tonic::transport::Channel;
 
 fn replicated(name: &str, replicas: u32, task: TaskSpec) -> ServiceSpec {
     ServiceSpec {
@@ -64,7 +62,7 @@ fn web(image: &str, status: &str, version: &str) -> TaskSpec {
     }
 }
 
-async fn apply(client: &mut ClusterClient<Channel>, spec: ServiceSpec) -> ServiceChange {
+async fn apply(client: &mut orch::auth::Client, spec: ServiceSpec) -> ServiceChange {
     client
         .apply_service(ApplyServiceRequest { spec: Some(spec) })
         .await
@@ -73,7 +71,7 @@ async fn apply(client: &mut ClusterClient<Channel>, spec: ServiceSpec) -> Servic
         .change()
 }
 
-async fn service(client: &mut ClusterClient<Channel>, name: &str) -> Service {
+async fn service(client: &mut orch::auth::Client, name: &str) -> Service {
     client
         .get_service(GetServiceRequest { name: name.into() })
         .await
@@ -83,7 +81,7 @@ async fn service(client: &mut ClusterClient<Channel>, name: &str) -> Service {
         .expect("a service")
 }
 
-async fn tasks(client: &mut ClusterClient<Channel>, name: &str) -> Vec<Task> {
+async fn tasks(client: &mut orch::auth::Client, name: &str) -> Vec<Task> {
     client
         .list_tasks(ListTasksRequest {
             service: name.into(),

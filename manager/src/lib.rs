@@ -14,9 +14,12 @@
 //! - [`state`]: the live objects in memory and their change feed;
 //! - [`persist`]: group commit of the state's changes to the [`store`];
 //! - [`store`]: durable state (redb, or memory in unit tests);
-//! - [`clock`]: the one place that reads the time.
+//! - [`clock`]: the one place that reads the time;
+//! - [`auth`]: the cluster's CA, client and join tokens, and the layer that
+//!   checks every client call.
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod dispatcher;
 pub mod engine;
@@ -38,6 +41,7 @@ use orch::v1::dispatcher_server::DispatcherServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::auth::{Auth, Ca};
 use crate::dispatcher::sessions::Liveness;
 use crate::engine::Engine;
 pub use crate::error::Error;
@@ -60,7 +64,34 @@ pub struct Config {
     pub heartbeat_period: Duration,
     /// How many heartbeat periods may pass in silence before a node is down.
     pub missed_heartbeats: u32,
+    /// TLS on the manager's port, the default. `false` serves plaintext
+    /// (`--insecure`) on a network the user trusts: workers need no
+    /// certificate and clients no token.
+    pub tls: bool,
+    /// Host names and addresses clients reach the manager at, written into
+    /// its certificate (besides the loopback names and the listen address).
+    pub advertise: Vec<String>,
+    /// How long a node certificate is valid.
+    pub node_cert_lifetime: Duration,
+    /// When this start makes an admin token for the local client
+    /// configuration ([`Manager::client`]).
+    pub admin_token: AdminToken,
 }
+
+/// When a start makes an admin client token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminToken {
+    /// Only when the cluster has no client token at all: its first start.
+    FirstStart,
+    /// At every start, revoking the one the previous start made
+    /// (`orchctl dev`, whose configuration must always work).
+    EveryStart,
+}
+
+/// The name of the admin token [`AdminToken::FirstStart`] makes.
+pub const FIRST_ADMIN_TOKEN: &str = "first admin";
+/// The name of the admin token [`AdminToken::EveryStart`] makes.
+pub const DEV_ADMIN_TOKEN: &str = "orchctl dev";
 
 impl Default for Config {
     fn default() -> Self {
@@ -69,6 +100,10 @@ impl Default for Config {
             strategy: Strategy::default(),
             heartbeat_period: Duration::from_secs(1),
             missed_heartbeats: 3,
+            tls: true,
+            advertise: Vec::new(),
+            node_cert_lifetime: auth::NODE_CERT_LIFETIME,
+            admin_token: AdminToken::FirstStart,
         }
     }
 }
@@ -95,6 +130,12 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The cluster's CA or the server's certificate could not be made or read.
+    #[error("the cluster's CA: {0}")]
+    Ca(#[from] auth::ca::CaError),
+    /// The stored credentials do not decode.
+    #[error("the stored credentials: {0}")]
+    Credentials(String),
 }
 
 /// The state shared by the gRPC services, behind one lock that is never held
@@ -103,6 +144,13 @@ pub struct Shared {
     engine: Mutex<Engine>,
     /// The engine's clock, readable without the lock.
     clock: clock::Clock,
+    /// The credentials, behind their own lock: checking a token never waits
+    /// on the engine.
+    auth: Mutex<Auth>,
+    /// Whether the port speaks TLS (and workers must show certificates).
+    tls: bool,
+    /// Writes of credentials go through the same committer as the engine's.
+    committer: Committer,
 }
 
 impl Shared {
@@ -115,6 +163,55 @@ impl Shared {
     /// The time now, on the engine's clock.
     pub fn now(&self) -> clock::Now {
         self.clock.now()
+    }
+
+    /// Locks the credentials; a panic while they were held is handled as
+    /// the engine's is.
+    pub fn auth(&self) -> MutexGuard<'_, Auth> {
+        self.auth.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether workers must show node certificates.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Checks a `Cluster` call's `authorization` metadata against the role
+    /// `method` needs.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` or `PERMISSION_DENIED`, see [`Auth::authorize`].
+    pub fn authorize(
+        &self,
+        authorization: Option<&str>,
+        needed: orch::auth::Role,
+        method: &str,
+    ) -> Result<auth::Caller, tonic::Status> {
+        if !self.tls {
+            // `--insecure` is the trusted-network mode of old: no TLS, and
+            // no point in tokens that travel in the clear.
+            return Ok(auth::Caller {
+                token_id: String::new(),
+                role: orch::auth::Role::Admin,
+            });
+        }
+        self.auth()
+            .authorize(authorization, needed, method, self.now().wall)
+    }
+
+    /// Persists credential writes; resolves once they are durable.
+    ///
+    /// # Errors
+    /// If the store failed.
+    pub async fn persist(&self, writes: Vec<store::Write>) -> Result<(), Error> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.committer
+            .queue_durable(writes)
+            .wait()
+            .await
+            .map_err(Error::from)
     }
 }
 
@@ -132,6 +229,31 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
     Ok(Arc::new(store))
 }
 
+/// How a client reaches the manager that just started: what `orchctl`
+/// writes into its configuration.
+#[derive(Debug, Clone)]
+pub struct ClientAccess {
+    /// The manager's URL, `https://...` (or `http://...` without TLS).
+    pub url: String,
+    /// The cluster's CA certificate, PEM.
+    pub ca_pem: String,
+    /// An admin token this start made, if it made one (see [`AdminToken`]).
+    pub admin_token: Option<String>,
+    /// The current worker join token.
+    pub join_token: String,
+}
+
+/// A manager that has loaded its state and made its credentials, ready to
+/// serve: [`start`], then [`Manager::serve`].
+pub struct Manager {
+    shared: Arc<Shared>,
+    committer: Committer,
+    listener: TcpListener,
+    liveness: Liveness,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    client: ClientAccess,
+}
+
 /// Runs the manager on `listener` until `shutdown` resolves.
 ///
 /// # Errors
@@ -141,16 +263,75 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    start(config, listener).await?.serve(shutdown).await
+}
+
+/// Opens the store, loads the state, loads or makes the cluster's CA and
+/// issues the server's certificate: everything that can fail before the
+/// manager serves, so a caller can report it before saying it runs.
+///
+/// # Errors
+/// If the store cannot be opened or read, or the CA cannot be made or read.
+pub async fn start(config: Config, listener: TcpListener) -> Result<Manager, ServeError> {
     let store = open_store(&config)?;
     let path = config
         .data_dir
         .as_ref()
         .map(|d| d.display().to_string())
         .unwrap_or_else(|| "memory".into());
-    let snapshot = store
+    let mut snapshot = store
         .load()
         .map_err(|source| ServeError::Store { path, source })?;
+    let wall = std::time::SystemTime::now();
+    let ca = match &config.data_dir {
+        Some(dir) => Ca::load_or_create(dir, wall)?,
+        None => Ca::create(wall)?,
+    };
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    let mut names = config.advertise.clone();
+    if let Some(addr) = addr.filter(|a| !a.ip().is_unspecified()) {
+        names.push(addr.ip().to_string());
+    }
+    names.extend(host_name());
+    let identity = ca.issue_server(&names, wall, config.data_dir.as_deref())?;
+    let credentials = std::mem::take(&mut snapshot.credentials);
+    let (mut auth, mut auth_writes) =
+        Auth::restore(ca, &credentials, config.node_cert_lifetime, wall)
+            .map_err(ServeError::Credentials)?;
+    let admin_token = match config.admin_token {
+        AdminToken::FirstStart if auth.has_tokens() => None,
+        AdminToken::FirstStart => Some(FIRST_ADMIN_TOKEN),
+        AdminToken::EveryStart => {
+            for token in auth.list_tokens() {
+                if token.name == DEV_ADMIN_TOKEN {
+                    auth_writes.extend(auth.revoke_token(&token.id).unwrap_or_default());
+                }
+            }
+            Some(DEV_ADMIN_TOKEN)
+        }
+    }
+    .map(|name| {
+        auth.create_token(orch::auth::Role::Admin, name, None, wall)
+            .map(|(_, text, writes)| {
+                auth_writes.extend(writes);
+                text
+            })
+    })
+    .transpose()
+    .map_err(|s| ServeError::Credentials(s.message().to_owned()))?;
+    let (join, writes) = auth
+        .join_token(false, None, None, wall)
+        .map_err(|s| ServeError::Credentials(s.message().to_owned()))?;
+    auth_writes.extend(writes);
     let committer = Committer::start(store);
+    committer
+        .queue_durable(auth_writes)
+        .wait()
+        .await
+        .map_err(|source| ServeError::Store {
+            path: "credentials".into(),
+            source,
+        })?;
     let liveness = Liveness {
         heartbeat_period: config.heartbeat_period,
         missed_heartbeats: config.missed_heartbeats,
@@ -162,61 +343,139 @@ pub async fn run(
         committer.clone(),
         liveness,
     );
-    tracing::info!(cluster = %engine.cluster_id(), tasks, strategy = %config.strategy, "manager state loaded");
+    tracing::info!(cluster = %engine.cluster_id(), tasks, strategy = %config.strategy, ca = %auth.ca().digest(), "manager state loaded");
+    let host = match addr {
+        Some(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+        Some(a) => a.to_string(),
+        None => "127.0.0.1:7070".into(),
+    };
+    let client = ClientAccess {
+        url: format!("{}://{host}", if config.tls { "https" } else { "http" }),
+        ca_pem: auth.ca().cert_pem().to_owned(),
+        admin_token,
+        join_token: join.token,
+    };
+    let tls = config.tls.then(|| {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &identity.chain_pem,
+                &identity.key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(
+                auth.ca().cert_pem(),
+            ))
+            // Clients carry tokens, not certificates; joining workers have
+            // none yet. The Dispatcher refuses calls without one itself.
+            .client_auth_optional(true)
+    });
+    if !config.tls {
+        tracing::warn!(
+            "serving without TLS or authentication (--insecure): anyone who can reach the port can read the traffic, register workers and submit or stop anything"
+        );
+    }
     let shared = Arc::new(Shared {
         clock: engine.clock(),
         engine: Mutex::new(engine),
+        auth: Mutex::new(auth),
+        tls: config.tls,
+        committer: committer.clone(),
     });
+    Ok(Manager {
+        shared,
+        committer,
+        listener,
+        liveness,
+        tls,
+        client,
+    })
+}
 
-    let liveness_task = tokio::spawn(housekeeping(shared.clone(), liveness));
+/// The machine's host name, for the server certificate.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ClusterServer<api::ClusterApi>>()
-        .await;
-    health_reporter
-        .set_serving::<DispatcherServer<dispatcher::DispatcherApi>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(orch::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| {
-            tracing::error!(error = %e, "reflection service");
-            e
-        });
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(orch::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha();
-
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "manager listening");
-    let keepalive = config.heartbeat_period.max(Duration::from_millis(500));
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(keepalive))
-        .http2_keepalive_timeout(Some(keepalive * config.missed_heartbeats.max(1)))
-        .add_service(health_service)
-        .add_service(ClusterServer::new(api::ClusterApi::new(shared.clone())))
-        .add_service(DispatcherServer::new(dispatcher::DispatcherApi::new(
-            shared.clone(),
-        )))
-        .add_optional_service(reflection.ok())
-        .add_optional_service(reflection_alpha.ok());
-    let closing = shared.clone();
-    let shutdown = async move {
-        shutdown.await;
-        closing.lock().close_streams();
-    };
-    let result = router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
-    liveness_task.abort();
-    if let Err(e) = committer.close().await {
-        tracing::error!(error = %e, "final store commit failed");
+impl Manager {
+    /// How a local client reaches this manager.
+    pub fn client(&self) -> &ClientAccess {
+        &self.client
     }
-    result.map_err(ServeError::from)
+
+    /// Serves until `shutdown` resolves.
+    ///
+    /// # Errors
+    /// If the server fails.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Manager {
+            shared,
+            committer,
+            listener,
+            liveness,
+            tls,
+            client: _,
+        } = self;
+        let liveness_task = tokio::spawn(housekeeping(shared.clone(), liveness));
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<ClusterServer<api::ClusterApi>>()
+            .await;
+        health_reporter
+            .set_serving::<DispatcherServer<dispatcher::DispatcherApi>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(orch::api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| {
+                tracing::error!(error = %e, "reflection service");
+                e
+            });
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(orch::api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha();
+
+        let addr: Option<SocketAddr> = listener.local_addr().ok();
+        tracing::info!(?addr, tls = tls.is_some(), "manager listening");
+        let heartbeat_period = liveness.heartbeat_period;
+        let keepalive = heartbeat_period.max(Duration::from_millis(500));
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let router = builder
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive * liveness.missed_heartbeats.max(1)))
+            .layer(auth::layer::AuthLayer::new(shared.clone()))
+            .add_service(health_service)
+            .add_service(ClusterServer::new(api::ClusterApi::new(shared.clone())))
+            .add_service(DispatcherServer::new(dispatcher::DispatcherApi::new(
+                shared.clone(),
+            )))
+            .add_optional_service(reflection.ok())
+            .add_optional_service(reflection_alpha.ok());
+        let closing = shared.clone();
+        let shutdown = async move {
+            shutdown.await;
+            closing.lock().close_streams();
+        };
+        let result = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        liveness_task.abort();
+        if let Err(e) = committer.close().await {
+            tracing::error!(error = %e, "final store commit failed");
+        }
+        result.map_err(ServeError::from)
+    }
 }
 
 /// Runs the state's housekeeping (liveness, due restarts) the moment

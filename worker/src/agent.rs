@@ -21,10 +21,11 @@ use orch::v1::{
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::executor::{Command, Executor};
+use crate::identity::{self, Identity};
 use crate::metrics::Meter;
 use crate::runtime::Runtime;
 
@@ -52,8 +53,14 @@ pub struct Config {
     pub memory_bytes: Option<i64>,
     /// Overrides of the machine's disk.
     pub disk_bytes: Option<i64>,
-    /// Where the node id is kept; `None` makes a new node on every start.
+    /// Where the node id and certificate are kept; `None` makes a new node
+    /// on every start.
     pub data_dir: Option<PathBuf>,
+    /// The join token, for a worker that has no node certificate yet.
+    pub join_token: Option<String>,
+    /// Speak plaintext to a manager started with `--insecure`: no TLS, no
+    /// node certificate.
+    pub insecure: bool,
 }
 
 /// Why the worker stopped.
@@ -78,6 +85,13 @@ pub enum Error {
     /// The manager refused the registration for good.
     #[error("the manager refused the registration: {0}")]
     Refused(String),
+    /// The worker cannot prove who it is: no certificate and no token, or
+    /// a certificate that expired while the worker was off.
+    #[error("{0}")]
+    NotJoined(String),
+    /// The manager could not be reached (yet).
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// Where heartbeat metrics come from.
@@ -183,16 +197,7 @@ pub async fn run<R: Runtime>(
     runtime: Arc<R>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let endpoint = Endpoint::from_shared(config.manager.clone())
-        .map_err(|e| Error::ManagerUrl {
-            url: config.manager.clone(),
-            reason: e.to_string(),
-        })?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(true);
+    let mut identity = identify(&config).await?;
     // A simulated machine is not measured: with thousands of simulated
     // workers in one process, each refreshing sysinfo on every heartbeat
     // would cost more than the control plane being measured.
@@ -207,13 +212,23 @@ pub async fn run<R: Runtime>(
         memory_bytes: config.memory_bytes.unwrap_or(machine.memory_bytes),
         disk_bytes: config.disk_bytes.unwrap_or(machine.disk_bytes),
     };
-    let mut node_id = load_node_id(&config)?;
+    let mut node_id = match &identity {
+        Some(identity) => Some(identity.node_id),
+        None => load_node_id(&config)?,
+    };
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let mut executor: Option<(String, Executor)> = None;
     let mut backoff = Backoff::new();
     tokio::pin!(shutdown);
     loop {
         let attempt = async {
+            let mut endpoint = identity::endpoint(&config.manager)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            if let Some(identity) = &identity {
+                endpoint = endpoint
+                    .tls_config(identity.tls())
+                    .map_err(|e| tonic::Status::invalid_argument(format!("TLS settings: {e}")))?;
+            }
             let channel = endpoint.connect().await.map_err(|e| {
                 tonic::Status::unavailable(format!("cannot reach the manager: {e}"))
             })?;
@@ -236,7 +251,14 @@ pub async fn run<R: Runtime>(
         };
         let (client, reply) = match registered {
             Ok(ok) => ok,
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
+                ) =>
+            {
                 return Err(Error::Refused(status.message().to_string()));
             }
             Err(status) => {
@@ -279,7 +301,7 @@ pub async fn run<R: Runtime>(
         };
         tracing::info!(node = %id, cluster = %reply.cluster_id, "registered");
         let ended = tokio::select! {
-            r = session(client, &reply, id, &exec, &mut reports, &mut meter, &mut backoff) => r,
+            r = session(client, &reply, id, &exec, &mut reports, &mut meter, &mut backoff, &mut identity, config.data_dir.as_deref()) => r,
             () = &mut shutdown => return Ok(()),
         };
         tracing::warn!(reason = %ended, "session ended; reconnecting");
@@ -300,7 +322,79 @@ fn heartbeat_period(reply: &RegisterResponse) -> Duration {
         .unwrap_or(Duration::from_secs(1))
 }
 
-/// Runs one session until its stream ends; returns why it ended.
+/// The node's certificate: the one kept in the data directory, or a new one
+/// from joining with the token; `None` for an `--insecure` worker.
+async fn identify(config: &Config) -> Result<Option<Identity>, Error> {
+    let plaintext = config.manager.starts_with("http://");
+    if config.insecure {
+        if !plaintext {
+            return Err(Error::ManagerUrl {
+                url: config.manager.clone(),
+                reason: "--insecure speaks plaintext: use an http:// URL".into(),
+            });
+        }
+        tracing::warn!("--insecure: the session to the manager is plaintext and unauthenticated");
+        return Ok(None);
+    }
+    if plaintext {
+        return Err(Error::ManagerUrl {
+            url: config.manager.clone(),
+            reason: "http:// is plaintext: use https://HOST:PORT, or --insecure on the manager and the worker".into(),
+        });
+    }
+    let dir = config.data_dir.as_deref();
+    if let Some(kept) = dir.map(Identity::load).transpose()?.flatten() {
+        if kept.valid_at(std::time::SystemTime::now()) {
+            if config.join_token.is_some() {
+                tracing::info!(node = %kept.node_id, "already joined: the kept node certificate is used, the join token is not");
+            }
+            return Ok(Some(kept));
+        }
+        if config.join_token.is_none() {
+            return Err(Error::NotJoined(format!(
+                "the node certificate in {} expired at {}; join again with --join-token TOKEN",
+                dir.map(|d| d.display().to_string()).unwrap_or_default(),
+                humantime_like(kept.not_after)
+            )));
+        }
+    }
+    let Some(token) = &config.join_token else {
+        return Err(Error::NotJoined(
+            "this worker has not joined the cluster: start it with --join-token TOKEN (`orchctl join-token worker` prints one)".into(),
+        ));
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        match identity::join(&config.manager, token, dir).await {
+            Err(Error::Unreachable(why)) => {
+                tracing::warn!(manager = %config.manager, error = %why, "cannot join yet; retrying");
+                backoff.wait().await;
+            }
+            other => return other.map(Some),
+        }
+    }
+}
+
+/// Seconds since the epoch, for messages (the worker has no date crate).
+fn humantime_like(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{secs} (seconds since 1970)")
+}
+
+/// How long until `identity` is to be renewed; far away without one.
+fn renewal_in(identity: Option<&Identity>) -> Duration {
+    identity.map_or(Duration::from_secs(365 * 24 * 3600), |i| {
+        i.renew_at()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    })
+}
+
+/// Runs one session until its stream ends; returns why it ended. The node
+/// certificate is renewed on the session's channel when its time comes.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     mut client: DispatcherClient<Channel>,
     reply: &RegisterResponse,
@@ -309,6 +403,8 @@ async fn session(
     reports: &mut mpsc::UnboundedReceiver<TaskStatus>,
     meter: &mut Metrics,
     backoff: &mut Backoff,
+    identity: &mut Option<Identity>,
+    dir: Option<&std::path::Path>,
 ) -> String {
     let (out_tx, out_rx) = mpsc::channel::<WorkerMessage>(64);
     let open = WorkerMessage {
@@ -327,8 +423,27 @@ async fn session(
     backoff.reset();
     let mut tick = tokio::time::interval(heartbeat_period(reply));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let renewal = tokio::time::sleep(renewal_in(identity.as_ref()));
+    tokio::pin!(renewal);
     loop {
         tokio::select! {
+            () = &mut renewal, if identity.is_some() => {
+                let next = match identity.as_ref() {
+                    Some(current) => match identity::renew(&mut client, current, dir).await {
+                        Ok(renewed) => {
+                            tracing::info!(node = %node_id, "node certificate renewed");
+                            *identity = Some(renewed);
+                            renewal_in(identity.as_ref())
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %node_id, error = %e, "renewing the node certificate failed; retrying in 10s");
+                            Duration::from_secs(10)
+                        }
+                    },
+                    None => Duration::from_secs(365 * 24 * 3600),
+                };
+                renewal.as_mut().reset(tokio::time::Instant::now() + next);
+            }
             _ = tick.tick() => {
                 let hb = WorkerMessage {
                     kind: Some(worker_message::Kind::Heartbeat(Heartbeat { metrics: Some(meter.sample()) })),

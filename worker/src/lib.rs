@@ -5,12 +5,14 @@
 //! - [`agent`]: registration, the session stream, heartbeats, reconnects;
 //! - [`executor`]: the lifecycle of each task attempt on this node;
 //! - [`health`]: health probes of running containers, for the executor;
+//! - [`identity`]: the node certificate: joining, keeping, renewing;
 //! - [`runtime`]: the container engine behind a trait (Docker via bollard);
 //! - [`metrics`]: machine capacity and usage (sysinfo).
 
 pub mod agent;
 pub mod executor;
 pub mod health;
+pub mod identity;
 pub mod metrics;
 pub mod runtime;
 

@@ -106,6 +106,9 @@ impl OrchCluster {
             ManagerKind::InProcess => {
                 let config = orch_manager::Config {
                     data_dir: Some(manager_dir),
+                    // Measured without TLS, as before security came, so the
+                    // figures compare with the earlier runs.
+                    tls: false,
                     ..orch_manager::Config::default()
                 };
                 procs.spawn(|stopped| async move {
@@ -149,6 +152,8 @@ impl OrchCluster {
                     memory_bytes: None,
                     disk_bytes: None,
                     data_dir: Some(worker_dir),
+                    join_token: None,
+                    insecure: true,
                 };
                 procs.spawn(|stopped| async move {
                     if let Err(e) = orch_worker::run(config, Arc::new(runtime), stopped).await {
@@ -158,6 +163,7 @@ impl OrchCluster {
             }
             ManagerKind::Child(orchctl) => {
                 let args = [
+                    "--insecure".into(),
                     "--manager".into(),
                     url,
                     "worker".into(),

@@ -32,6 +32,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::query_parameters::EventsOptionsBuilder;
 use futures::StreamExt;
+use orch::auth::Client;
 use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{
     Event, ListNodesRequest, ListTasksRequest, Node, NodeState, SubmitTaskRequest, Task, TaskSpec,
@@ -42,7 +43,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 /// How long a test waits for something before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -160,6 +160,16 @@ pub struct Procs {
     network: Option<(String, String)>,
     /// The Docker engine.
     pub docker: Docker,
+    /// The worker join token, read once the manager first started.
+    join_token: String,
+}
+
+/// The client configuration a first start of the manager wrote.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ClientConfig {
+    pub manager: String,
+    pub token: String,
+    pub ca: String,
 }
 
 /// A port nobody listens on right now.
@@ -215,8 +225,17 @@ impl Procs {
             workers: Vec::new(),
             network: None,
             docker: docker().await,
+            join_token: String::new(),
         };
         cluster.start_manager();
+        cluster.join_token = cluster
+            .client()
+            .await
+            .get_join_token(orch::v1::GetJoinTokenRequest::default())
+            .await
+            .expect("join token")
+            .into_inner()
+            .token;
         for _ in 0..workers {
             cluster.add_worker();
         }
@@ -226,7 +245,37 @@ impl Procs {
 
     /// The manager's URL from the host.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Where the manager's first start wrote the client configuration, and
+    /// where every orchctl of this cluster reads it (`ORCH_CONFIG`).
+    pub fn config_path(&self) -> PathBuf {
+        self.path.join("config.toml")
+    }
+
+    /// The client configuration, once the manager wrote it (waiting for it
+    /// until the deadline: the manager writes it right after it starts).
+    pub async fn client_config(&self) -> ClientConfig {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(self.config_path())
+                && let Ok(config) = toml::from_str::<ClientConfig>(&text)
+            {
+                return config;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the manager wrote no client configuration within {DEADLINE:?}"
+            );
+            // Nothing to wait on but the file: look again shortly.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The worker join token.
+    pub fn join_token(&self) -> &str {
+        &self.join_token
     }
 
     /// The temporary directory.
@@ -264,6 +313,7 @@ impl Procs {
             .arg(&self.options.heartbeat_period)
             .arg("--missed-heartbeats")
             .arg(self.options.missed_heartbeats.to_string())
+            .env("ORCH_CONFIG", self.config_path())
             .env_remove("ORCH_MANAGER")
             .env("ORCH_LOG", "info")
             .stdin(Stdio::null())
@@ -295,6 +345,8 @@ impl Procs {
             .arg(&self.options.worker_cpus)
             .arg("--memory")
             .arg(&self.options.worker_memory)
+            .arg("--join-token")
+            .arg(&self.join_token)
             .env_remove("ORCH_MANAGER")
             .env("ORCH_LOG", "info")
             .stdin(Stdio::null())
@@ -365,7 +417,7 @@ impl Procs {
         let data = self.worker_dir(i);
         std::fs::create_dir_all(&data).expect("worker data dir");
         let container = format!("orch-test-{}-w{i}", self.name);
-        let manager = format!("http://{gateway}:{}", self.port);
+        let manager = format!("https://{gateway}:{}", self.port);
         let volume = format!("{}:/data", data.display());
         docker_cli(&[
             "run",
@@ -394,6 +446,8 @@ impl Procs {
             &self.options.worker_cpus,
             "--memory",
             &self.options.worker_memory,
+            "--join-token",
+            &self.join_token,
         ])
         .await;
         self.workers.push(Worker::Container(container));
@@ -442,12 +496,29 @@ impl Procs {
             .unwrap_or_else(|| panic!("no worker has node {node_id}"))
     }
 
-    /// A client of the manager, waiting (until the deadline) for it to listen.
-    pub async fn client(&self) -> ClusterClient<Channel> {
+    /// A client of the manager with the admin token, waiting (until the
+    /// deadline) for it to listen.
+    pub async fn client(&self) -> Client {
+        let config = self.client_config().await;
+        self.client_with(Some(&config.token)).await
+    }
+
+    /// A client of the manager that sends `token` (or none).
+    pub async fn client_with(&self, token: Option<&str>) -> Client {
+        let config = self.client_config().await;
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url())
+            .expect("url")
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .domain_name(orch::auth::MANAGER_SERVER_NAME)
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&config.ca)),
+            )
+            .expect("tls");
+        let bearer = orch::auth::Bearer::new(token).expect("token");
         let deadline = Instant::now() + DEADLINE;
         loop {
-            match ClusterClient::connect(self.url()).await {
-                Ok(c) => return c,
+            match endpoint.connect().await {
+                Ok(c) => return ClusterClient::with_interceptor(c, bearer),
                 Err(e) if Instant::now() > deadline => {
                     panic!("cannot connect to the manager: {e}")
                 }
@@ -538,7 +609,7 @@ impl Procs {
         let url = self.url();
         let mut all = vec!["--manager", url.as_str()];
         all.extend_from_slice(args);
-        orchctl_within(limit, &all).await
+        orchctl_in(limit, &all, Some(&self.config_path())).await
     }
 
     /// Runs the client `orchctl --manager <this manager> -o json ARGS` as a
@@ -550,6 +621,9 @@ impl Procs {
             .arg(self.url())
             .args(["-o", "json"])
             .args(args)
+            .env("ORCH_CONFIG", self.config_path())
+            .env_remove("ORCH_TOKEN")
+            .env_remove("ORCH_CA")
             .env_remove("ORCH_MANAGER")
             .env_remove("ORCH_LOG")
             .stdin(Stdio::null())
@@ -570,7 +644,7 @@ impl Procs {
     }
 
     /// Every task and node, as the manager lists them now.
-    pub async fn view(client: &mut ClusterClient<Channel>) -> Result<View, tonic::Status> {
+    pub async fn view(client: &mut Client) -> Result<View, tonic::Status> {
         let mut tasks = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -777,8 +851,18 @@ impl Ran {
 /// Runs the client `orchctl ARGS`, without the orch variables of the
 /// environment it runs in; panics if it has not exited within `limit`.
 pub async fn orchctl_within(limit: Duration, args: &[&str]) -> Ran {
+    orchctl_in(limit, args, None).await
+}
+
+/// Runs `orchctl ARGS` with `config` as its client configuration (none: a
+/// file that does not exist, so the user's own is never read).
+pub async fn orchctl_in(limit: Duration, args: &[&str], config: Option<&Path>) -> Ran {
     let mut cmd = Command::new(ORCHCTL);
+    let none = std::env::temp_dir().join("orch-tests-no-config.toml");
     cmd.args(args)
+        .env("ORCH_CONFIG", config.unwrap_or(&none))
+        .env_remove("ORCH_TOKEN")
+        .env_remove("ORCH_CA")
         .env_remove("ORCH_MANAGER")
         .env_remove("ORCH_LOG")
         .stdin(Stdio::null())

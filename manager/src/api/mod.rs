@@ -19,6 +19,11 @@ use orch::v1::{
     StopTaskRequest, StopTaskResponse, SubmitTaskRequest, SubmitTaskResponse, SubmitTasksRequest,
     SubmitTasksResponse, TaskSpec, TaskState, WatchEventsRequest,
 };
+use orch::v1::{
+    CreateTokenRequest, CreateTokenResponse, GetJoinTokenRequest, GetJoinTokenResponse,
+    ListTokensRequest, ListTokensResponse, RemoveNodeRequest, RemoveNodeResponse,
+    RevokeTokenRequest, RevokeTokenResponse,
+};
 use orch::validate::{self, FieldError};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
@@ -26,6 +31,7 @@ use uuid::Uuid;
 
 use crate::engine::Engine;
 
+mod access;
 mod services;
 use crate::{Error, Shared};
 
@@ -283,6 +289,47 @@ impl Cluster for ClusterApi {
         request: Request<ListServiceVersionsRequest>,
     ) -> Result<Response<ListServiceVersionsResponse>, Status> {
         services::versions(&self.shared, request.into_inner())
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
+        access::remove_node(&self.shared, request.into_inner()).await?;
+        Ok(Response::new(RemoveNodeResponse {}))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        access::create_token(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        Ok(Response::new(access::list_tokens(&self.shared)))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        access::revoke_token(&self.shared, &request.into_inner().id).await?;
+        Ok(Response::new(RevokeTokenResponse {}))
+    }
+
+    async fn get_join_token(
+        &self,
+        request: Request<GetJoinTokenRequest>,
+    ) -> Result<Response<GetJoinTokenResponse>, Status> {
+        access::join_token(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type WatchEventsStream = EventStream;

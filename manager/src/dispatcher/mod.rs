@@ -15,7 +15,8 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use orch::v1::dispatcher_server::Dispatcher;
 use orch::v1::{
-    ManagerMessage, RegisterRequest, RegisterResponse, WorkerMessage, manager_message,
+    JoinRequest, JoinResponse, ManagerMessage, RegisterRequest, RegisterResponse,
+    RenewCertificateRequest, RenewCertificateResponse, WorkerMessage, manager_message,
     worker_message,
 };
 use orch::validate;
@@ -43,15 +44,127 @@ impl DispatcherApi {
 
 type ManagerStream = Pin<Box<dyn Stream<Item = Result<ManagerMessage, Status>> + Send>>;
 
+/// Longest certificate request a worker may send.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// The node a caller is, from its certificate; `None` on a manager without
+/// TLS, where the request's own node id is taken at its word.
+struct Caller {
+    node: Option<(Uuid, std::time::SystemTime)>,
+}
+
+impl DispatcherApi {
+    /// Who is calling: the node its certificate names, refused if there is
+    /// no certificate (with TLS on) or the node was removed.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        if !self.shared.tls() {
+            return Ok(Caller { node: None });
+        }
+        let certs = request.peer_certs().filter(|c| !c.is_empty()).ok_or_else(|| {
+            Status::unauthenticated(
+                "this call needs the node's certificate: start the worker with --join-token TOKEN once (`orchctl join-token worker` prints one)",
+            )
+        })?;
+        let (node, expires) =
+            crate::auth::ca::node_of(&certs[0]).map_err(Status::unauthenticated)?;
+        if self.shared.lock().is_removed(node) {
+            return Err(Status::permission_denied(format!(
+                "node {node} was removed from the cluster and its certificate revoked; join again with a new join token and an empty data directory"
+            )));
+        }
+        Ok(Caller {
+            node: Some((node, expires)),
+        })
+    }
+
+    /// Signs a node certificate for `csr`.
+    fn sign(&self, csr: &[u8], node: Uuid) -> Result<crate::auth::ca::Signed, Status> {
+        if csr.is_empty() || csr.len() > MAX_CSR_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "csr: a DER certificate request of 1 to {MAX_CSR_BYTES} bytes is required"
+            )));
+        }
+        let auth = self.shared.auth();
+        auth.ca()
+            .sign_node(csr, node, self.shared.now().wall, auth.node_cert_lifetime())
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+}
+
+/// A node id in a request that is not the caller's own.
+fn not_yours(field: &str, asked: &str, node: Uuid) -> Status {
+    Status::permission_denied(format!(
+        "{field}: this certificate is node {node}'s; it cannot speak for node {asked:.40}"
+    ))
+}
+
 #[tonic::async_trait]
 impl Dispatcher for DispatcherApi {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let req = request.into_inner();
+        let node = Uuid::now_v7();
+        // The request is checked before a use of the token is spent.
+        if req.csr.is_empty() || req.csr.len() > MAX_CSR_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "csr: a DER certificate request of 1 to {MAX_CSR_BYTES} bytes is required"
+            )));
+        }
+        let signed = self.sign(&req.csr, node)?;
+        let writes = self
+            .shared
+            .auth()
+            .use_join_token(&req.token, self.shared.now().wall)?;
+        self.shared.persist(writes).await?;
+        tracing::info!(node = %node, "a worker joined; node certificate issued");
+        Ok(Response::new(JoinResponse {
+            node_id: node.to_string(),
+            certificate: signed.pem,
+            ca_certificate: self.shared.auth().ca().cert_pem().to_owned(),
+        }))
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<RenewCertificateRequest>,
+    ) -> Result<Response<RenewCertificateResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let Some((node, _)) = caller.node else {
+            return Err(Status::failed_precondition(
+                "this manager runs without TLS (--insecure): there is no certificate to renew",
+            ));
+        };
+        let signed = self.sign(&request.into_inner().csr, node)?;
+        self.shared
+            .lock()
+            .set_certificate_expiry(node, signed.expires_at);
+        tracing::info!(node = %node, "node certificate renewed");
+        Ok(Response::new(RenewCertificateResponse {
+            certificate: signed.pem,
+            ca_certificate: self.shared.auth().ca().cert_pem().to_owned(),
+        }))
+    }
+
     async fn register(
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        let req = request.into_inner();
+        let caller = self.caller(&request)?;
+        let mut req = request.into_inner();
+        if let Some((node, _)) = caller.node {
+            if !req.node_id.is_empty() && req.node_id != node.to_string() {
+                return Err(not_yours("node_id", &req.node_id, node));
+            }
+            req.node_id = node.to_string();
+        }
         validate::register(&req).map_err(Error::from)?;
-        let (reply, durable) = self.shared.lock().register(req);
+        let (reply, durable) = {
+            let mut engine = self.shared.lock();
+            let (reply, durable) = engine.register(req);
+            if let Some((node, expires)) = caller.node {
+                engine.set_certificate_expiry(node, expires);
+            }
+            (reply, durable)
+        };
         durable.wait().await.map_err(Error::from)?;
         tracing::info!(node = %reply.node_id, "worker registered");
         Ok(Response::new(reply))
@@ -63,6 +176,7 @@ impl Dispatcher for DispatcherApi {
         &self,
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let caller = self.caller(&request)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())
             .await
@@ -76,6 +190,11 @@ impl Dispatcher for DispatcherApi {
             ));
         };
         let node_id = validate::id("open.node_id", &open.node_id).map_err(Error::from)?;
+        if let Some((node, _)) = caller.node
+            && node != node_id
+        {
+            return Err(not_yours("open.node_id", &open.node_id, node));
+        }
         let session_id = validate::id("open.session_id", &open.session_id).map_err(Error::from)?;
         let (tx, rx) = mpsc::unbounded_channel();
         self.shared.lock().open_session(node_id, session_id, tx)?;

@@ -18,7 +18,58 @@ impl Engine {
     fn node_by_id(&self, id: Uuid) -> Result<usize, Error> {
         self.state
             .node_index(id)
+            .filter(|&i| self.state.record(i).node.state() != NodeState::Removed)
             .ok_or_else(|| Error::NotFound(format!("node {id} not found")))
+    }
+
+    /// Whether node `id` was removed (its certificate revoked).
+    pub fn is_removed(&self, id: Uuid) -> bool {
+        self.state
+            .node_index(id)
+            .is_some_and(|i| self.state.record(i).node.state() == NodeState::Removed)
+    }
+
+    /// Records when node `id`'s certificate expires, as `ListNodes` shows it.
+    pub fn set_certificate_expiry(&mut self, id: Uuid, expires_at: std::time::SystemTime) {
+        if let Some(i) = self.state.node_index(id) {
+            self.begin();
+            self.state.node_mut(i).0.certificate_expires_at =
+                Some(orch::time::timestamp(expires_at));
+            self.state.node_written(i);
+            self.flush();
+        }
+    }
+
+    /// Removes a node for good: its worker is told to stop everything and
+    /// its session ends, its tasks are lost and placed again elsewhere, and
+    /// the node stays only as a tombstone (state `removed`) that refuses
+    /// its certificate from then on.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown (or already removed) node.
+    pub fn remove_node(&mut self, node_id: Uuid) -> Result<Durable, Error> {
+        let now = self.begin();
+        let i = self.node_by_id(node_id)?;
+        // An empty full set: the worker stops every container of the node.
+        self.sessions.push(
+            node_id,
+            orch::v1::Assignments {
+                full: true,
+                ..Default::default()
+            },
+        );
+        self.sessions.end(
+            node_id,
+            "this node was removed from the cluster; its certificate is revoked",
+        );
+        self.set_node_state(i, NodeState::Removed, "removed");
+        for id in self.state.tasks_on(i) {
+            if let Some(task) = self.state.task_mut(id) {
+                task.message = "its node was removed".into();
+            }
+            self.finish(id, orch::v1::TaskState::Lost, now);
+        }
+        Ok(self.flush_durable())
     }
 
     /// The state a live node shows: draining if drained, else ready.

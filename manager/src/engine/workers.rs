@@ -331,7 +331,7 @@ impl Engine {
         let id = self.state.node_id(i);
         let record = self.state.record(i);
         let holds = self.sessions.connected(id)
-            || record.node.state() != NodeState::Down
+            || !matches!(record.node.state(), NodeState::Down | NodeState::Removed)
             || !record.tasks.is_empty();
         if holds {
             self.sessions.deadline(id)

@@ -115,7 +115,7 @@ impl State {
             state.insert_service(service, kept);
         }
         for mut node in snapshot.nodes {
-            if node.state() != NodeState::Down {
+            if !matches!(node.state(), NodeState::Down | NodeState::Removed) {
                 node.set_state(NodeState::Down);
                 state.writes.push(Write::Node(Box::new(node.clone())));
             }
@@ -428,7 +428,10 @@ impl State {
 
     /// Every node, as `ListNodes` shows it.
     pub fn list_nodes(&self) -> Vec<Node> {
-        (0..self.records.len()).map(|i| self.node_view(i)).collect()
+        (0..self.records.len())
+            .filter(|&i| self.records[i].node.state() != NodeState::Removed)
+            .map(|i| self.node_view(i))
+            .collect()
     }
 
     // ---- events -----------------------------------------------------------

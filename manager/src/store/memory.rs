@@ -30,6 +30,7 @@ struct State {
     events: BTreeMap<u64, Event>,
     services: BTreeMap<String, Service>,
     service_versions: BTreeMap<(String, u64), ServiceVersion>,
+    credentials: BTreeMap<String, Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -63,6 +64,11 @@ impl Store for MemoryStore {
             last_event_sequence: state.events.last_key_value().map_or(0, |(seq, _)| *seq),
             services: state.services.values().cloned().collect(),
             service_versions: state.service_versions.values().cloned().collect(),
+            credentials: state
+                .credentials
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 
@@ -110,6 +116,12 @@ impl Store for MemoryStore {
             match version {
                 Some(version) => state.service_versions.insert(key, version.clone()),
                 None => state.service_versions.remove(&key),
+            };
+        }
+        for (key, record) in batch.credentials {
+            match record {
+                Some(record) => state.credentials.insert(key.to_owned(), record.to_vec()),
+                None => state.credentials.remove(key),
             };
         }
         if !batch.events.is_empty() {

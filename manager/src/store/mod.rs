@@ -64,6 +64,14 @@ pub enum Write {
         /// The version that goes.
         version: u64,
     },
+    /// A credential record of the [`auth`](crate::auth) module (a client
+    /// token's hash, a join token), opaque to the store; `None` deletes it.
+    Credential {
+        /// The record's key, unique among credentials.
+        key: String,
+        /// The encoded record, or `None` to delete the key.
+        record: Option<Vec<u8>>,
+    },
 }
 
 /// Everything the store holds, read back at start-up.
@@ -81,6 +89,8 @@ pub struct Snapshot {
     pub services: Vec<Service>,
     /// Every kept version, ordered by service name, then version.
     pub service_versions: Vec<ServiceVersion>,
+    /// Every credential record, ordered by key.
+    pub credentials: Vec<(String, Vec<u8>)>,
 }
 
 /// Why the store failed. Every store error is reported to clients as
@@ -133,6 +143,7 @@ const NODES: &str = "nodes";
 const EVENTS: &str = "events";
 const SERVICES: &str = "services";
 const SERVICE_VERSIONS: &str = "service_versions";
+const CREDENTIALS: &str = "credentials";
 
 /// The spec stored for a `TaskCreated` whose task carries none. The manager
 /// always sets one; storing an empty spec rather than failing keeps a commit
@@ -174,6 +185,9 @@ struct Batch<'a> {
     /// record, or `None` if it was deleted. Holds only what was written after
     /// the service's last `ServiceDeleted` in the batch.
     service_versions: BTreeMap<(&'a str, u64), Option<&'a ServiceVersion>>,
+    /// The last write of each credential, by key: its record, or `None` if
+    /// the last write deleted it.
+    credentials: BTreeMap<&'a str, Option<&'a [u8]>>,
 }
 
 impl<'a> Batch<'a> {
@@ -227,6 +241,9 @@ impl<'a> Batch<'a> {
                     for key in written {
                         batch.service_versions.remove(&key);
                     }
+                }
+                Write::Credential { key, record } => {
+                    batch.credentials.insert(key, record.as_deref());
                 }
                 Write::ServiceVersionDeleted { service, version } => {
                     let name = service_name(service, || {
@@ -439,6 +456,7 @@ mod checks {
             registered_at: at(0),
             task_count: 1,
             draining: n % 2 == 1,
+            certificate_expires_at: at(86_400),
         }
     }
 
@@ -574,6 +592,13 @@ mod checks {
             .collect()
     }
 
+    fn credential(key: &str, record: Option<&[u8]>) -> Write {
+        Write::Credential {
+            key: key.into(),
+            record: record.map(<[u8]>::to_vec),
+        }
+    }
+
     /// A new store is empty, and an empty batch changes nothing.
     pub(super) fn check_empty(store: &impl Store) {
         assert_eq!(store.load().unwrap(), Snapshot::default());
@@ -602,6 +627,9 @@ mod checks {
                 version_write("web2", 1),
                 version_write("web", 10),
                 version_write("web", 2),
+                credential("token/b", Some(b"two")),
+                credential("token/a", Some(b"one")),
+                credential("join/gone", Some(b"x")),
             ])
             .unwrap();
         store
@@ -611,6 +639,8 @@ mod checks {
                 Write::Event(Box::new(event(3))),
                 Write::Service(Box::new(web.clone())),
                 version_write("web", 1),
+                credential("join/gone", None),
+                credential("token/a", Some(b"one, rewritten")),
             ])
             .unwrap();
         Snapshot {
@@ -624,6 +654,10 @@ mod checks {
                 version("web", 2),
                 version("web", 10),
                 version("web2", 1),
+            ],
+            credentials: vec![
+                ("token/a".into(), b"one, rewritten".to_vec()),
+                ("token/b".into(), b"two".to_vec()),
             ],
         }
     }

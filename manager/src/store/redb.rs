@@ -13,7 +13,9 @@
 //! - `service_versions`: (service name, version) as `(&str, u64)` -> prost
 //!   `ServiceVersion`, written once; keys compare by the whole name, then the
 //!   version, so a service's versions are one key range, which its delete
-//!   removes.
+//!   removes;
+//! - `credentials`: key (`&str`) -> the [`auth`](crate::auth) module's
+//!   encoded record, opaque here.
 //!
 //! This module is the only one that knows redb: its errors become
 //! [`StoreError::Backend`] here, and nowhere else.
@@ -26,8 +28,8 @@ use prost::Message;
 use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    Batch, EVENTS, META, NODES, SERVICE_VERSIONS, SERVICES, Snapshot, Store, StoreError, TASK_SPEC,
-    TASK_STATUS, Write, events_prune_bound, join_task, status_record,
+    Batch, CREDENTIALS, EVENTS, META, NODES, SERVICE_VERSIONS, SERVICES, Snapshot, Store,
+    StoreError, TASK_SPEC, TASK_STATUS, Write, events_prune_bound, join_task, status_record,
 };
 
 /// redb's page cache. Its default (1 GiB) would let the manager's memory grow
@@ -42,6 +44,7 @@ const EVENTS_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new(EVENTS);
 const SERVICES_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new(SERVICES);
 const SERVICE_VERSIONS_TABLE: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new(SERVICE_VERSIONS);
+const CREDENTIALS_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new(CREDENTIALS);
 
 /// The `meta` key of the cluster id.
 const CLUSTER_ID: &str = "cluster_id";
@@ -73,6 +76,7 @@ impl RedbStore {
         txn.open_table(EVENTS_TABLE)?;
         txn.open_table(SERVICES_TABLE)?;
         txn.open_table(SERVICE_VERSIONS_TABLE)?;
+        txn.open_table(CREDENTIALS_TABLE)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -120,6 +124,15 @@ impl Store for RedbStore {
             .map(|entry| decode::<ServiceVersion>(SERVICE_VERSIONS, entry?.1.value()))
             .collect::<Result<_, _>>()?;
 
+        let credentials = txn
+            .open_table(CREDENTIALS_TABLE)?
+            .iter()?
+            .map(|entry| {
+                let (key, record) = entry?;
+                Ok((key.value().to_owned(), record.value().to_vec()))
+            })
+            .collect::<Result<_, StoreError>>()?;
+
         Ok(Snapshot {
             cluster_id,
             tasks,
@@ -127,6 +140,7 @@ impl Store for RedbStore {
             last_event_sequence,
             services,
             service_versions,
+            credentials,
         })
     }
 
@@ -186,6 +200,19 @@ impl Store for RedbStore {
                     }
                     None => {
                         table.remove(name)?;
+                    }
+                }
+            }
+        }
+        if !batch.credentials.is_empty() {
+            let mut table = txn.open_table(CREDENTIALS_TABLE)?;
+            for (key, record) in &batch.credentials {
+                match record {
+                    Some(record) => {
+                        table.insert(key, *record)?;
+                    }
+                    None => {
+                        table.remove(key)?;
                     }
                 }
             }
