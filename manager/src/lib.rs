@@ -37,11 +37,13 @@ use orch::v1::cluster_server::ClusterServer;
 use orch::v1::dispatcher_server::DispatcherServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
 
 use crate::dispatcher::sessions::Liveness;
 use crate::engine::Engine;
 pub use crate::error::Error;
-use crate::persist::Committer;
+use crate::persist::{Committer, StoreHealth};
 use crate::scheduler::{Scheduler, Strategy};
 use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 
@@ -142,6 +144,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let store = open_store(&config)?;
+    run_with_store(config, store, listener, shutdown).await
+}
+
+/// As [`run`], over a store opened by the caller (`config.data_dir` only
+/// names it in errors): how tests put a [`store::FaultyStore`] under a real
+/// server.
+///
+/// # Errors
+/// If the store cannot be read or the server fails.
+pub async fn run_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let path = config
         .data_dir
         .as_ref()
@@ -171,12 +188,11 @@ pub async fn run(
     let liveness_task = tokio::spawn(housekeeping(shared.clone(), liveness));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ClusterServer<api::ClusterApi>>()
-        .await;
-    health_reporter
-        .set_serving::<DispatcherServer<dispatcher::DispatcherApi>>()
-        .await;
+    set_health(&health_reporter, ServingStatus::Serving).await;
+    let store_health = tokio::spawn(report_store_health(
+        committer.health(),
+        health_reporter.clone(),
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(orch::api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -213,10 +229,47 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     liveness_task.abort();
+    store_health.abort();
     if let Err(e) = committer.close().await {
         tracing::error!(error = %e, "final store commit failed");
     }
     result.map_err(ServeError::from)
+}
+
+/// Follows the store's health into the gRPC health service: the `Cluster`
+/// and `Dispatcher` services are `NOT_SERVING` while commits fail (the
+/// manager acknowledges nothing then), `SERVING` again once one succeeds.
+async fn report_store_health(
+    mut health: tokio::sync::watch::Receiver<StoreHealth>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let now = health.borrow_and_update().clone();
+        let status = match now {
+            StoreHealth::Serving => {
+                tracing::info!("store healthy: serving");
+                ServingStatus::Serving
+            }
+            StoreHealth::Failing { reason } => {
+                tracing::error!(%reason, "store failing: not serving until a commit succeeds");
+                ServingStatus::NotServing
+            }
+        };
+        set_health(&reporter, status).await;
+        if health.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sets the health of the `Cluster` and `Dispatcher` services.
+async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    reporter
+        .set_service_status(ClusterServer::<api::ClusterApi>::NAME, status)
+        .await;
+    reporter
+        .set_service_status(DispatcherServer::<dispatcher::DispatcherApi>::NAME, status)
+        .await;
 }
 
 /// Runs the state's housekeeping (liveness, due restarts) the moment
