@@ -108,10 +108,29 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Locks the engine. A panic while the lock was held leaves the state as
-    /// the panicking thread left it; the manager keeps going rather than wedge.
+    /// Locks the engine.
+    ///
+    /// A panic while the lock was held may have left the state half applied
+    /// (a task bound but its reservation not taken, a write not queued), so
+    /// the manager does not go on with it: it logs the error and aborts the
+    /// process, and the restart rebuilds the state from the store. It aborts
+    /// rather than panics because tokio catches a panic in a request's task
+    /// and would keep serving.
     pub fn lock(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+        match self.engine.lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                tracing::error!(
+                    "the manager's state lock was poisoned by a panic while it was held; \
+                     aborting so that a restart recovers the state from the store"
+                );
+                eprintln!(
+                    "orch manager: the state lock was poisoned by a panic; aborting (restart \
+                     the manager: it recovers its state from the store)"
+                );
+                std::process::abort()
+            }
+        }
     }
 
     /// The time now, on the engine's clock.
@@ -292,5 +311,59 @@ async fn housekeeping(shared: Arc<Shared>, liveness: Liveness) {
         };
         tokio::time::sleep_until(next).await;
         shared.lock().tick(tokio::time::Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    use super::*;
+
+    const CHILD: &str = "ORCH_TEST_POISONED_LOCK_CHILD";
+    const SIGABRT: i32 = 6;
+
+    /// The child half of the test below: poisons the lock, then locks again.
+    fn poison_and_lock() {
+        let engine = Engine::restore(
+            store::Snapshot::default(),
+            Scheduler::new(Strategy::default()),
+            Committer::start(Arc::new(MemoryStore::new())),
+            Liveness {
+                heartbeat_period: Duration::from_secs(1),
+                missed_heartbeats: 3,
+            },
+        );
+        let shared = Shared {
+            clock: engine.clock(),
+            engine: Mutex::new(engine),
+        };
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = shared.lock();
+            panic!("a bug while the state lock is held");
+        }));
+        assert!(panicked.is_err());
+        drop(shared.lock());
+        eprintln!("still running on a poisoned lock");
+    }
+
+    #[test]
+    fn a_poisoned_state_lock_aborts_the_manager() {
+        if std::env::var_os(CHILD).is_some() {
+            poison_and_lock();
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = Command::new(exe)
+            .args(["--exact", "tests::a_poisoned_state_lock_aborts_the_manager"])
+            .args(["--nocapture", "--test-threads", "1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(SIGABRT), "{stderr}");
+        assert!(stderr.contains("state lock was poisoned"), "{stderr}");
+        assert!(!stderr.contains("still running"), "{stderr}");
     }
 }
