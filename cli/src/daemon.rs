@@ -2,11 +2,20 @@
 //! and stop them cleanly on Ctrl-C or SIGTERM.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use orch::v1::cluster_server::ClusterServer;
 
 use orch_worker::runtime::docker::DockerRuntime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::{JoinError, JoinHandle};
+use tonic::server::NamedService;
+use tonic::transport::Endpoint;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::CliError;
 use crate::args::{DevArgs, ManagerArgs, WorkerArgs};
@@ -84,6 +93,52 @@ pub async fn worker(args: WorkerArgs, manager: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Waits until the manager serves on `addr`, or says why it stopped: a
+/// manager that cannot start (its data directory in use, say) ends `manager`
+/// with its error.
+async fn manager_serving(
+    addr: SocketAddr,
+    manager: &mut JoinHandle<Result<(), orch_manager::ServeError>>,
+) -> Result<(), CliError> {
+    // The listener is bound already: the connection waits in its backlog
+    // until the server takes it, and breaks if the manager gives up.
+    let check = async {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: ClusterServer::<orch_manager::api::ClusterApi>::NAME.into(),
+            })
+            .await?;
+        Ok::<_, CliError>(())
+    };
+    tokio::select! {
+        ended = &mut *manager => Err(manager_ended(ended)),
+        checked = check => match checked {
+            Ok(()) => Ok(()),
+            // Most likely the manager failed and closed its port: its own
+            // error says why.
+            Err(e) => match tokio::time::timeout(MANAGER_EXIT_WAIT, manager).await {
+                Ok(ended) => Err(manager_ended(ended)),
+                Err(_) => Err(CliError(format!("the manager does not answer on {addr}: {}", e.0))),
+            },
+        },
+    }
+}
+
+/// How long a manager whose port broke is given to say why.
+const MANAGER_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a manager task ended.
+fn manager_ended(ended: Result<Result<(), orch_manager::ServeError>, JoinError>) -> CliError {
+    match ended {
+        Ok(Err(e)) => CliError(format!("the manager could not start: {e}")),
+        Ok(Ok(())) => CliError("the manager stopped".into()),
+        Err(e) => CliError(format!("the manager failed: {e}")),
+    }
+}
+
 pub async fn dev(args: DevArgs) -> Result<(), CliError> {
     let runtime = docker().await?;
     let listener = bind(args.listen).await?;
@@ -97,11 +152,13 @@ pub async fn dev(args: DevArgs) -> Result<(), CliError> {
         strategy: args.scheduler,
         ..orch_manager::Config::default()
     };
-    let manager = tokio::spawn(orch_manager::run(
+    let mut manager = tokio::spawn(orch_manager::run(
         manager_config,
         listener,
         stopped(stop_rx.clone()),
     ));
+    // Nothing says orch runs, and no worker starts, before the manager serves.
+    manager_serving(addr, &mut manager).await?;
     let worker_config = orch_worker::Config {
         manager: format!("http://{addr}"),
         name: host_name(),
@@ -112,12 +169,37 @@ pub async fn dev(args: DevArgs) -> Result<(), CliError> {
         disk_bytes: None,
         data_dir: Some(args.data_dir.join("worker")),
     };
-    let worker = tokio::spawn(orch_worker::run(worker_config, runtime, stopped(stop_rx)));
+    let mut worker = tokio::spawn(orch_worker::run(worker_config, runtime, stopped(stop_rx)));
     eprintln!("orch is running: manager on http://{addr}, one local worker; Ctrl-C stops it");
-    terminated().await;
+    // Until Ctrl-C, or until either of them ends by itself (a failure); then
+    // both are stopped and waited for, so the store is closed cleanly.
+    let early = tokio::select! {
+        () = terminated() => None,
+        ended = &mut manager => Some((manager_ended(ended), true)),
+        ended = &mut worker => Some((
+            CliError(match ended {
+                Ok(Err(e)) => format!("the worker failed: {e}"),
+                Ok(Ok(())) => "the worker stopped".into(),
+                Err(e) => format!("the worker failed: {e}"),
+            }),
+            false,
+        )),
+    };
     let _ = stop_tx.send(true);
-    let (w, m) = (worker.await, manager.await);
-    w.map_err(|e| CliError(e.to_string()))??;
-    m.map_err(|e| CliError(e.to_string()))??;
+    match early {
+        Some((e, manager_ended)) => {
+            if manager_ended {
+                let _ = worker.await;
+            } else {
+                let _ = manager.await;
+            }
+            return Err(e);
+        }
+        None => {
+            let (w, m) = (worker.await, manager.await);
+            w.map_err(|e| CliError(e.to_string()))??;
+            m.map_err(|e| CliError(e.to_string()))??;
+        }
+    }
     Ok(())
 }
