@@ -302,9 +302,14 @@ impl<R: Runtime> Actor<R> {
                 tracing::info!(%task, attempt, "stopping a task the manager no longer assigns here");
                 self.stop(task, attempt, None);
             }
-            // Ended attempts the manager no longer lists are settled there.
+            // Ended attempts the manager no longer lists are settled there;
+            // one it asks to stop is not: its final report is sent again.
+            let listed: HashSet<(String, u64)> = keep
+                .into_iter()
+                .chain(a.stop.iter().map(|s| (s.task_id.clone(), s.attempt)))
+                .collect();
             self.finished
-                .retain(|id, s| keep.contains(&(id.to_string(), s.attempt)));
+                .retain(|id, s| listed.contains(&(id.to_string(), s.attempt)));
         }
         for run in a.run {
             self.run_one(run);
@@ -396,11 +401,16 @@ impl<R: Runtime> Actor<R> {
         });
     }
 
-    /// Stops one attempt. An attempt this worker does not run is reported
-    /// stopped at once, so the manager can settle it.
+    /// Stops one attempt. An attempt this worker does not run (or no longer
+    /// runs) is answered at once, so the manager can settle it: with its
+    /// final report if it ended here, else as stopped.
     fn stop(&mut self, task: Uuid, attempt: u64, grace: Option<Duration>) {
         let Some(slot) = self.slots.get_mut(&task).filter(|s| s.attempt == attempt) else {
-            self.report(task, status(task, attempt, TaskState::Stopped));
+            let ended = self.finished.get(&task).filter(|s| s.attempt == attempt);
+            let report = ended
+                .cloned()
+                .unwrap_or_else(|| status(task, attempt, TaskState::Stopped));
+            self.report(task, report);
             return;
         };
         if slot.stopping {

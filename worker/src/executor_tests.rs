@@ -348,3 +348,63 @@ async fn a_failed_stop_of_a_replaced_attempt_is_retried_too() {
     assert!(!h.runtime.containers.lock().unwrap().contains_key(&old));
     assert_eq!(*h.runtime.stop_calls.lock().unwrap(), 3);
 }
+
+#[tokio::test]
+async fn a_stop_of_an_attempt_that_ended_here_is_answered_with_its_final_report() {
+    let mut h = Harness::new();
+    let (stopped, exited) = (Uuid::now_v7(), Uuid::now_v7());
+    h.run(stopped, 1, "img");
+    let c_stopped = h.running(stopped, 1).await;
+    h.run(exited, 1, "img");
+    let c_exited = h.running(exited, 1).await;
+    h.stop(stopped, 1);
+    h.expect(stopped, 1, TaskState::Stopped).await;
+    h.exits
+        .send(Exit {
+            container_id: c_exited.clone(),
+            task_id: exited,
+            attempt: 1,
+            exit_code: 0,
+        })
+        .unwrap();
+    h.expect(exited, 1, TaskState::Completed).await;
+    // Both reports were lost with the session: the new one opens with a full
+    // set that runs neither and stops both.
+    let stop = |task: Uuid| TaskStop {
+        task_id: task.to_string(),
+        attempt: 1,
+        grace_period: None,
+    };
+    h.assign(Assignments {
+        full: true,
+        run: vec![],
+        stop: vec![stop(stopped), stop(exited)],
+    });
+    let mut seen = HashMap::new();
+    while seen.len() < 2 {
+        let s = h.next().await;
+        seen.insert(s.task_id.clone(), s);
+    }
+    let again = &seen[&stopped.to_string()];
+    assert_eq!(
+        (again.state(), again.container_id.as_str()),
+        (TaskState::Stopped, c_stopped.as_str())
+    );
+    let again = &seen[&exited.to_string()];
+    assert_eq!(
+        (again.state(), again.exit_code, again.container_id.as_str()),
+        (TaskState::Completed, Some(0), c_exited.as_str()),
+        "the truth, not a stop"
+    );
+    // An attempt never run here is answered as stopped.
+    let never = Uuid::now_v7();
+    h.stop(never, 1);
+    let answered = loop {
+        let s = h.next().await;
+        if s.task_id == never.to_string() {
+            break s;
+        }
+    };
+    assert_eq!(answered.state(), TaskState::Stopped);
+    assert_eq!(*h.runtime.next.lock().unwrap(), 2, "nothing started again");
+}
