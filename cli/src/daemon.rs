@@ -7,6 +7,7 @@ use std::sync::Arc;
 use orch_worker::runtime::docker::DockerRuntime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinError;
 
 use crate::CliError;
 use crate::args::{DevArgs, ManagerArgs, WorkerArgs};
@@ -133,6 +134,15 @@ pub async fn worker(args: WorkerArgs, manager: &str, insecure: bool) -> Result<(
     Ok(())
 }
 
+/// Why a manager task ended.
+fn manager_ended(ended: Result<Result<(), orch_manager::ServeError>, JoinError>) -> CliError {
+    match ended {
+        Ok(Err(e)) => CliError(format!("the manager could not start: {e}")),
+        Ok(Ok(())) => CliError("the manager stopped".into()),
+        Err(e) => CliError(format!("the manager failed: {e}")),
+    }
+}
+
 pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
     let runtime = docker().await?;
     let listener = bind(args.listen).await?;
@@ -150,7 +160,7 @@ pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
     let manager = start_manager(manager_config, listener).await?;
     let access = manager.client().clone();
     let config_path = write_client_config(&access)?;
-    let manager = tokio::spawn(manager.serve(stopped(stop_rx.clone())));
+    let mut manager = tokio::spawn(manager.serve(stopped(stop_rx.clone())));
     let worker_config = orch_worker::Config {
         manager: access.url.clone(),
         name: host_name(),
@@ -163,7 +173,7 @@ pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
         join_token: Some(access.join_token.clone()),
         insecure,
     };
-    let worker = tokio::spawn(orch_worker::run(worker_config, runtime, stopped(stop_rx)));
+    let mut worker = tokio::spawn(orch_worker::run(worker_config, runtime, stopped(stop_rx)));
     let config_note = config_path
         .map(|p| format!("; orchctl's configuration (an admin token) is in {p}"))
         .unwrap_or_default();
@@ -171,10 +181,35 @@ pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
         "orch is running: manager on {}, one local worker{config_note}; Ctrl-C stops it",
         access.url
     );
-    terminated().await;
+    // Until Ctrl-C, or until either of them ends by itself (a failure); then
+    // both are stopped and waited for, so the store is closed cleanly.
+    let early = tokio::select! {
+        () = terminated() => None,
+        ended = &mut manager => Some((manager_ended(ended), true)),
+        ended = &mut worker => Some((
+            CliError(match ended {
+                Ok(Err(e)) => format!("the worker failed: {e}"),
+                Ok(Ok(())) => "the worker stopped".into(),
+                Err(e) => format!("the worker failed: {e}"),
+            }),
+            false,
+        )),
+    };
     let _ = stop_tx.send(true);
-    let (w, m) = (worker.await, manager.await);
-    w.map_err(|e| CliError(e.to_string()))??;
-    m.map_err(|e| CliError(e.to_string()))??;
+    match early {
+        Some((e, manager_ended)) => {
+            if manager_ended {
+                let _ = worker.await;
+            } else {
+                let _ = manager.await;
+            }
+            return Err(e);
+        }
+        None => {
+            let (w, m) = (worker.await, manager.await);
+            w.map_err(|e| CliError(e.to_string()))??;
+            m.map_err(|e| CliError(e.to_string()))??;
+        }
+    }
     Ok(())
 }

@@ -20,7 +20,8 @@ pub enum Error {
     /// The object to create exists already.
     #[error("{0}")]
     AlreadyExists(String),
-    /// The store failed; the request was not stored and may be retried.
+    /// The store failed; the request was not acknowledged and may be retried (the
+    /// message says whether the change was dropped or is kept to be written).
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -32,7 +33,7 @@ impl From<Error> for Status {
             Error::NotFound(m) => Status::not_found(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::AlreadyExists(m) => Status::already_exists(m),
-            Error::Store(s) => Status::unavailable(format!("{s}; nothing was stored, retry later")),
+            Error::Store(s) => Status::unavailable(format!("{s}; retry later")),
         }
     }
 }

@@ -40,12 +40,14 @@ use orch::v1::cluster_server::ClusterServer;
 use orch::v1::dispatcher_server::DispatcherServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
 
 use crate::auth::{Auth, Ca};
 use crate::dispatcher::sessions::Liveness;
 use crate::engine::Engine;
 pub use crate::error::Error;
-use crate::persist::Committer;
+use crate::persist::{Committer, StoreHealth};
 use crate::scheduler::{Scheduler, Strategy};
 use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 
@@ -154,10 +156,29 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Locks the engine. A panic while the lock was held leaves the state as
-    /// the panicking thread left it; the manager keeps going rather than wedge.
+    /// Locks the engine.
+    ///
+    /// A panic while the lock was held may have left the state half applied
+    /// (a task bound but its reservation not taken, a write not queued), so
+    /// the manager does not go on with it: it logs the error and aborts the
+    /// process, and the restart rebuilds the state from the store. It aborts
+    /// rather than panics because tokio catches a panic in a request's task
+    /// and would keep serving.
     pub fn lock(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+        match self.engine.lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                tracing::error!(
+                    "the manager's state lock was poisoned by a panic while it was held; \
+                     aborting so that a restart recovers the state from the store"
+                );
+                eprintln!(
+                    "orch manager: the state lock was poisoned by a panic; aborting (restart \
+                     the manager: it recovers its state from the store)"
+                );
+                std::process::abort()
+            }
+        }
     }
 
     /// The time now, on the engine's clock.
@@ -165,10 +186,17 @@ impl Shared {
         self.clock.now()
     }
 
-    /// Locks the credentials; a panic while they were held is handled as
-    /// the engine's is.
+    /// Locks the credentials. A panic while they were held aborts, as for
+    /// the engine's lock: they are restored from the store at the restart.
     pub fn auth(&self) -> MutexGuard<'_, Auth> {
-        self.auth.lock().unwrap_or_else(|p| p.into_inner())
+        match self.auth.lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                tracing::error!("the credentials' lock was poisoned by a panic; aborting");
+                eprintln!("orch manager: the credentials' lock was poisoned by a panic; aborting");
+                std::process::abort()
+            }
+        }
     }
 
     /// Whether workers must show node certificates.
@@ -274,6 +302,36 @@ pub async fn run(
 /// If the store cannot be opened or read, or the CA cannot be made or read.
 pub async fn start(config: Config, listener: TcpListener) -> Result<Manager, ServeError> {
     let store = open_store(&config)?;
+    start_with_store(config, store, listener).await
+}
+
+/// As [`run`], over a store opened by the caller (`config.data_dir` only
+/// names it in errors): how tests put a [`store::FaultyStore`] under a real
+/// server.
+///
+/// # Errors
+/// If the store cannot be read or the server fails.
+pub async fn run_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    start_with_store(config, store, listener)
+        .await?
+        .serve(shutdown)
+        .await
+}
+
+/// As [`start`], over a store opened by the caller.
+///
+/// # Errors
+/// If the store cannot be read, or the CA cannot be made or read.
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+) -> Result<Manager, ServeError> {
     let path = config
         .data_dir
         .as_ref()
@@ -423,12 +481,11 @@ impl Manager {
         let liveness_task = tokio::spawn(housekeeping(shared.clone(), liveness));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<ClusterServer<api::ClusterApi>>()
-            .await;
-        health_reporter
-            .set_serving::<DispatcherServer<dispatcher::DispatcherApi>>()
-            .await;
+        set_health(&health_reporter, ServingStatus::Serving).await;
+        let store_health = tokio::spawn(report_store_health(
+            committer.health(),
+            health_reporter.clone(),
+        ));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(orch::api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -471,11 +528,48 @@ impl Manager {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         liveness_task.abort();
+        store_health.abort();
         if let Err(e) = committer.close().await {
             tracing::error!(error = %e, "final store commit failed");
         }
         result.map_err(ServeError::from)
     }
+}
+
+/// Follows the store's health into the gRPC health service: the `Cluster`
+/// and `Dispatcher` services are `NOT_SERVING` while commits fail (the
+/// manager acknowledges nothing then), `SERVING` again once one succeeds.
+async fn report_store_health(
+    mut health: tokio::sync::watch::Receiver<StoreHealth>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let now = health.borrow_and_update().clone();
+        let status = match now {
+            StoreHealth::Serving => {
+                tracing::info!("store healthy: serving");
+                ServingStatus::Serving
+            }
+            StoreHealth::Failing { reason } => {
+                tracing::error!(%reason, "store failing: not serving until a commit succeeds");
+                ServingStatus::NotServing
+            }
+        };
+        set_health(&reporter, status).await;
+        if health.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sets the health of the `Cluster` and `Dispatcher` services.
+async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    reporter
+        .set_service_status(ClusterServer::<api::ClusterApi>::NAME, status)
+        .await;
+    reporter
+        .set_service_status(DispatcherServer::<dispatcher::DispatcherApi>::NAME, status)
+        .await;
 }
 
 /// Runs the state's housekeeping (liveness, due restarts) the moment
@@ -498,5 +592,66 @@ async fn housekeeping(shared: Arc<Shared>, liveness: Liveness) {
         };
         tokio::time::sleep_until(next).await;
         shared.lock().tick(tokio::time::Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    use super::*;
+
+    const CHILD: &str = "ORCH_TEST_POISONED_LOCK_CHILD";
+    const SIGABRT: i32 = 6;
+
+    /// The child half of the test below: poisons the lock, then locks again.
+    fn poison_and_lock() {
+        let committer = Committer::start(Arc::new(MemoryStore::new()));
+        let now = std::time::SystemTime::now();
+        let ca = Ca::create(now).expect("a CA");
+        let (auth, _) = Auth::restore(ca, &[], auth::NODE_CERT_LIFETIME, now).expect("auth");
+        let engine = Engine::restore(
+            store::Snapshot::default(),
+            Scheduler::new(Strategy::default()),
+            committer.clone(),
+            Liveness {
+                heartbeat_period: Duration::from_secs(1),
+                missed_heartbeats: 3,
+            },
+        );
+        let shared = Shared {
+            clock: engine.clock(),
+            engine: Mutex::new(engine),
+            auth: Mutex::new(auth),
+            tls: true,
+            committer,
+        };
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = shared.lock();
+            panic!("a bug while the state lock is held");
+        }));
+        assert!(panicked.is_err());
+        drop(shared.lock());
+        eprintln!("still running on a poisoned lock");
+    }
+
+    #[test]
+    fn a_poisoned_state_lock_aborts_the_manager() {
+        if std::env::var_os(CHILD).is_some() {
+            poison_and_lock();
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = Command::new(exe)
+            .args(["--exact", "tests::a_poisoned_state_lock_aborts_the_manager"])
+            .args(["--nocapture", "--test-threads", "1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(SIGABRT), "{stderr}");
+        assert!(stderr.contains("state lock was poisoned"), "{stderr}");
+        assert!(!stderr.contains("still running"), "{stderr}");
     }
 }

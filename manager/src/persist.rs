@@ -7,12 +7,29 @@
 //! wakes whoever waits for durability. So a thousand concurrent submits cost a
 //! handful of fsyncs, and a client is answered only once its change is on disk.
 //!
+//! A failed commit is never dropped: the memory already holds those changes,
+//! so the writer keeps the batch and commits it again, with a backoff
+//! (`RETRY_FIRST` doubling to `RETRY_MAX`), until the store works again,
+//! appending every change queued meanwhile behind it, in order. While it fails
+//! the manager acknowledges nothing: every [`Durable`] of the failed batch and
+//! of anything queued after it resolves to an error at once, and
+//! [`Committer::health`] says [`StoreHealth::Failing`] (the gRPC health
+//! service turns `NOT_SERVING`). The only writes that are dropped are those
+//! queued with [`Committer::queue_tentative`], which take effect in memory
+//! only once durable (a submitted task), so dropping them is what keeps disk
+//! and memory alike. The kept writes live in memory until then: a store
+//! that never recovers makes them grow with every change the manager makes
+//! meanwhile (reports, placements), which its health makes visible.
+//!
 //! This module knows the [`Store`] and nothing of gRPC or of scheduling.
 
+use std::ops::Range;
 use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, watch};
 
 use crate::store::{Store, StoreError, Write};
 
@@ -20,17 +37,43 @@ use crate::store::{Store, StoreError, Write};
 /// queued behind a large batch.
 const MAX_BATCH: usize = 20_000;
 
+/// The wait before the first retry of a failed commit; it doubles at each
+/// failure up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two retries of a failed commit.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
 enum Job {
-    Writes(Vec<Write>, Option<oneshot::Sender<Result<(), String>>>),
-    Flush(oneshot::Sender<Result<(), String>>),
+    /// Writes to keep whatever happens, and who waits for them.
+    Writes(Vec<Write>, Option<Waiter>),
+    /// Writes that count only if committed: dropped, with their waiter told,
+    /// if their commit fails or the store is failing.
+    Tentative(Vec<Write>, Waiter),
+    Flush(Waiter),
     /// Commit what is queued, then close the store and stop.
-    Close(oneshot::Sender<Result<(), String>>),
+    Close(Waiter),
+}
+
+/// Whether the store takes commits, as [`Committer::health`] tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// The last commit succeeded.
+    Serving,
+    /// A commit failed and its writes wait to be committed again; nothing is
+    /// acknowledged until that succeeds.
+    Failing {
+        /// The store's error, as the last attempt reported it.
+        reason: String,
+    },
 }
 
 /// A handle to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::Sender<Job>,
+    health: watch::Receiver<StoreHealth>,
 }
 
 /// Resolves once the writes it was returned for are durable.
@@ -45,13 +88,16 @@ impl Durable {
     /// Waits for the commit.
     ///
     /// # Errors
-    /// The store's error if the transaction failed, or if the writer is gone.
+    /// The store's error if the transaction failed or the store is failing
+    /// (the message says whether the change is kept), or if the writer is gone.
     pub async fn wait(self) -> Result<(), StoreError> {
         let Some(rx) = self.0 else { return Ok(()) };
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Backend(e)),
-            Err(_) => Err(StoreError::Backend("the store writer has stopped".into())),
+            Err(_) => Err(StoreError::Backend(
+                "the store writer has stopped; nothing was stored".into(),
+            )),
         }
     }
 }
@@ -59,13 +105,19 @@ impl Durable {
 impl Committer {
     /// Starts the writer thread over `store`.
     pub fn start(store: Arc<dyn Store>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
+        let (health_tx, health) = watch::channel(StoreHealth::Serving);
         thread::Builder::new()
             .name("orch-store".into())
-            .spawn(move || writer(store, rx))
+            .spawn(move || Writer::new(store, health_tx).run(&rx))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the store writer"));
-        Self { tx }
+        Self { tx, health }
+    }
+
+    /// Whether the store takes commits; changes as commits fail and succeed.
+    pub fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.health.clone()
     }
 
     /// Queues writes whose durability nobody waits for. Their order with all
@@ -76,14 +128,33 @@ impl Committer {
         }
     }
 
-    /// Queues writes and returns a [`Durable`] that resolves once they are committed.
+    /// Queues writes and returns a [`Durable`] that resolves once they are
+    /// committed. The writes are kept (and committed once the store works)
+    /// even when the [`Durable`] reports a failure. With no writes it still
+    /// resolves only once everything queued before is durable: an answer
+    /// that needs no write of its own may rest on earlier changes.
     pub fn queue_durable(&self, writes: Vec<Write>) -> Durable {
+        let (done, rx) = oneshot::channel();
+        let job = if writes.is_empty() {
+            Job::Flush(done)
+        } else {
+            Job::Writes(writes, Some(done))
+        };
+        // A send error drops `done`, which `Durable::wait` reports.
+        let _ = self.tx.send(job);
+        Durable(Some(rx))
+    }
+
+    /// Queues writes that take effect only once committed (the caller applies
+    /// them to memory only when the [`Durable`] succeeds): if their commit
+    /// fails, or the store is failing already, they are dropped, never
+    /// stored, and the [`Durable`] says so.
+    pub fn queue_tentative(&self, writes: Vec<Write>) -> Durable {
         if writes.is_empty() {
             return Durable::done();
         }
         let (done, rx) = oneshot::channel();
-        // A send error drops `done`, which `Durable::wait` reports.
-        let _ = self.tx.send(Job::Writes(writes, Some(done)));
+        let _ = self.tx.send(Job::Tentative(writes, done));
         Durable(Some(rx))
     }
 
@@ -110,56 +181,226 @@ impl Committer {
     }
 }
 
-fn writer(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut batch = Vec::new();
-    let mut waiters = Vec::new();
-    let mut closing = None;
-    let mut last = Ok(());
-    while let Some(job) = rx.blocking_recv() {
-        closing = take(job, &mut batch, &mut waiters);
-        while closing.is_none() && batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => closing = take(job, &mut batch, &mut waiters),
-                Err(_) => break,
-            }
-        }
-        let result = store.commit(&batch).map_err(|e| {
-            tracing::error!(error = %e, writes = batch.len(), "store commit failed");
-            e.to_string()
-        });
-        for w in waiters.drain(..) {
-            let _ = w.send(result.clone());
-        }
-        batch.clear();
-        last = result;
-        if closing.is_some() {
-            break;
+/// The writer thread's state.
+struct Writer {
+    store: Arc<dyn Store>,
+    health: watch::Sender<StoreHealth>,
+    /// The writes to commit next, in order: a batch being gathered, or,
+    /// while the store fails, the failed batch and everything queued since.
+    batch: Vec<Write>,
+    /// The tentative writes' places in `batch` (while it is gathered).
+    tentative: Vec<Range<usize>>,
+    /// Who waits on the gathered batch, and whether their writes were tentative.
+    waiters: Vec<(Waiter, bool)>,
+    /// Set while the store fails: when to try again and the wait after that.
+    retry: Option<(Instant, Duration)>,
+}
+
+impl Writer {
+    fn new(store: Arc<dyn Store>, health: watch::Sender<StoreHealth>) -> Self {
+        Self {
+            store,
+            health,
+            batch: Vec::new(),
+            tentative: Vec::new(),
+            waiters: Vec::new(),
+            retry: None,
         }
     }
-    // Close the database before saying so.
-    drop(store);
-    if let Some(done) = closing {
-        // The close succeeded only if the final commit did.
-        let _ = done.send(last);
+
+    fn run(mut self, rx: &mpsc::Receiver<Job>) {
+        let closing = loop {
+            let job = match self.retry {
+                None => rx.recv().ok(),
+                Some((at, _)) => {
+                    match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                        Ok(job) => Some(job),
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.retry_commit();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => None,
+                    }
+                }
+            };
+            let Some(job) = job else {
+                // Every handle is gone: one last try, with nobody to tell.
+                let _ = self.commit_last();
+                break None;
+            };
+            if self.retry.is_some() {
+                if let Some(done) = self.take_failing(job) {
+                    break Some((done, self.commit_last()));
+                }
+                continue;
+            }
+            let mut closing = self.take(job);
+            while closing.is_none() && self.batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => closing = self.take(job),
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit_batch();
+            if let Some(done) = closing {
+                // A failed batch gets one more try: nothing retries it later.
+                break Some((done, result.or_else(|_| self.commit_last())));
+            }
+        };
+        // Close the database before saying so.
+        drop(self.store);
+        if let Some((done, result)) = closing {
+            // The close succeeded only if the final commit did.
+            let _ = done.send(result);
+        }
+    }
+
+    /// Adds a job to the batch being gathered; returns the waiter of a close
+    /// request.
+    fn take(&mut self, job: Job) -> Option<Waiter> {
+        match job {
+            Job::Writes(mut w, done) => {
+                self.batch.append(&mut w);
+                self.waiters.extend(done.map(|d| (d, false)));
+            }
+            Job::Tentative(mut w, done) => {
+                let start = self.batch.len();
+                self.batch.append(&mut w);
+                self.tentative.push(start..self.batch.len());
+                self.waiters.push((done, true));
+            }
+            Job::Flush(done) => self.waiters.push((done, false)),
+            Job::Close(done) => return Some(done),
+        }
+        None
+    }
+
+    /// A job that arrives while the store fails: its writes join the kept
+    /// ones (tentative writes are dropped), and its waiter is told at once.
+    fn take_failing(&mut self, job: Job) -> Option<Waiter> {
+        let reason = self.reason();
+        match job {
+            Job::Writes(mut w, done) => {
+                self.batch.append(&mut w);
+                if let Some(done) = done {
+                    let _ = done.send(Err(kept(&reason)));
+                }
+            }
+            Job::Tentative(_, done) => {
+                let _ = done.send(Err(dropped(&reason)));
+            }
+            Job::Flush(done) => {
+                let _ = done.send(Err(kept(&reason)));
+            }
+            Job::Close(done) => return Some(done),
+        }
+        None
+    }
+
+    /// Commits the gathered batch and answers its waiters. On failure the
+    /// batch, less its tentative writes, is kept for the retry.
+    fn commit_batch(&mut self) -> Result<(), String> {
+        match self.store.commit(&self.batch) {
+            Ok(()) => {
+                self.batch.clear();
+                self.tentative.clear();
+                for (w, _) in self.waiters.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                for range in self.tentative.drain(..).rev() {
+                    self.batch.drain(range);
+                }
+                tracing::error!(
+                    error = %reason,
+                    kept = self.batch.len(),
+                    "store commit failed; the manager acknowledges nothing until it succeeds \
+                     again, and retries it"
+                );
+                // Health first: whoever hears of the failure sees it there.
+                self.fail(reason.clone(), RETRY_FIRST);
+                for (w, tentative) in self.waiters.drain(..) {
+                    let message = if tentative {
+                        dropped(&reason)
+                    } else {
+                        kept(&reason)
+                    };
+                    let _ = w.send(Err(message));
+                }
+                Err(kept(&reason))
+            }
+        }
+    }
+
+    /// Commits the kept writes again, after a failure.
+    fn retry_commit(&mut self) {
+        let Some((_, wait)) = self.retry else { return };
+        match self.store.commit(&self.batch) {
+            Ok(()) => {
+                tracing::info!(
+                    writes = self.batch.len(),
+                    "store commit succeeded again; acknowledging changes"
+                );
+                self.batch.clear();
+                self.retry = None;
+                self.health.send_replace(StoreHealth::Serving);
+            }
+            Err(e) => {
+                let next = (wait * 2).min(RETRY_MAX);
+                tracing::error!(
+                    error = %e,
+                    kept = self.batch.len(),
+                    retry_in = ?next,
+                    "store commit failed again"
+                );
+                self.fail(e.to_string(), next);
+            }
+        }
+    }
+
+    /// Commits what is kept, once, before the writer stops.
+    fn commit_last(&mut self) -> Result<(), String> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.store.commit(&self.batch).map_err(|e| {
+            tracing::error!(
+                error = %e,
+                lost = self.batch.len(),
+                "final store commit failed; these changes are not stored"
+            );
+            e.to_string()
+        })
+    }
+
+    fn fail(&mut self, reason: String, wait: Duration) {
+        self.retry = Some((Instant::now() + wait, wait));
+        self.health.send_replace(StoreHealth::Failing { reason });
+    }
+
+    fn reason(&self) -> String {
+        match &*self.health.borrow() {
+            StoreHealth::Failing { reason } => reason.clone(),
+            StoreHealth::Serving => "unknown".into(),
+        }
     }
 }
 
-/// Adds a job to the batch; returns the waiter of a close request.
-fn take(
-    job: Job,
-    batch: &mut Vec<Write>,
-    waiters: &mut Vec<oneshot::Sender<Result<(), String>>>,
-) -> Option<oneshot::Sender<Result<(), String>>> {
-    match job {
-        Job::Writes(mut w, done) => {
-            batch.append(&mut w);
-            waiters.extend(done);
-            None
-        }
-        Job::Flush(done) => {
-            waiters.push(done);
-            None
-        }
-        Job::Close(done) => Some(done),
-    }
+/// What the waiter of a kept change hears while the store fails.
+fn kept(reason: &str) -> String {
+    format!(
+        "commit failed ({reason}); the change is kept in memory and will be written once the \
+         store works again, but is not acknowledged"
+    )
 }
+
+/// What the waiter of a dropped tentative change hears.
+fn dropped(reason: &str) -> String {
+    format!("commit failed ({reason}); nothing was stored")
+}
+
+#[cfg(test)]
+mod tests;

@@ -39,6 +39,14 @@ const AUDIT_PERIOD: Duration = Duration::from_secs(30);
 /// Most ended attempts remembered for resyncs.
 const MAX_FINISHED: usize = 100_000;
 
+/// The wait before a failed stop is tried again (the engine unreachable, say);
+/// it doubles at each failure up to `STOP_RETRY_MAX`. A stop is retried until
+/// the runtime says the container is gone: until then the attempt is not
+/// reported `stopped`, so the manager keeps its resources reserved.
+const STOP_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of a failed stop.
+const STOP_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// What the agent asks of the executor.
 #[derive(Debug)]
 pub enum Command {
@@ -133,6 +141,8 @@ enum Done {
     Stopped {
         task: Uuid,
         attempt: u64,
+        /// The stop asked for, to try again if it failed.
+        stop: StopCall,
         result: Result<(), String>,
     },
     /// A health monitor found a new health.
@@ -142,6 +152,15 @@ enum Done {
         health: HealthState,
         reason: String,
     },
+}
+
+/// One stop call: which container, its grace period, and how many tries of
+/// it failed before.
+#[derive(Debug, Clone)]
+struct StopCall {
+    container_id: String,
+    grace: Duration,
+    failures: u32,
 }
 
 struct Actor<R> {
@@ -283,9 +302,14 @@ impl<R: Runtime> Actor<R> {
                 tracing::info!(%task, attempt, "stopping a task the manager no longer assigns here");
                 self.stop(task, attempt, None);
             }
-            // Ended attempts the manager no longer lists are settled there.
+            // Ended attempts the manager no longer lists are settled there;
+            // one it asks to stop is not: its final report is sent again.
+            let listed: HashSet<(String, u64)> = keep
+                .into_iter()
+                .chain(a.stop.iter().map(|s| (s.task_id.clone(), s.attempt)))
+                .collect();
             self.finished
-                .retain(|id, s| keep.contains(&(id.to_string(), s.attempt)));
+                .retain(|id, s| listed.contains(&(id.to_string(), s.attempt)));
         }
         for run in a.run {
             self.run_one(run);
@@ -377,11 +401,16 @@ impl<R: Runtime> Actor<R> {
         });
     }
 
-    /// Stops one attempt. An attempt this worker does not run is reported
-    /// stopped at once, so the manager can settle it.
+    /// Stops one attempt. An attempt this worker does not run (or no longer
+    /// runs) is answered at once, so the manager can settle it: with its
+    /// final report if it ended here, else as stopped.
     fn stop(&mut self, task: Uuid, attempt: u64, grace: Option<Duration>) {
         let Some(slot) = self.slots.get_mut(&task).filter(|s| s.attempt == attempt) else {
-            self.report(task, status(task, attempt, TaskState::Stopped));
+            let ended = self.finished.get(&task).filter(|s| s.attempt == attempt);
+            let report = ended
+                .cloned()
+                .unwrap_or_else(|| status(task, attempt, TaskState::Stopped));
+            self.report(task, report);
             return;
         };
         if slot.stopping {
@@ -402,19 +431,54 @@ impl<R: Runtime> Actor<R> {
     }
 
     fn spawn_stop(&self, task: Uuid, attempt: u64, container_id: String, grace: Duration) {
+        let stop = StopCall {
+            container_id,
+            grace,
+            failures: 0,
+        };
+        self.spawn_stop_after(task, attempt, stop, Duration::ZERO);
+    }
+
+    /// Calls the runtime's stop once `delay` has passed.
+    fn spawn_stop_after(&self, task: Uuid, attempt: u64, stop: StopCall, delay: Duration) {
         let runtime = self.runtime.clone();
         let done = self.done.clone();
         tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let result = runtime
-                .stop(&container_id, grace)
+                .stop(&stop.container_id, stop.grace)
                 .await
                 .map_err(|e| e.to_string());
             let _ = done.send(Done::Stopped {
                 task,
                 attempt,
+                stop,
                 result,
             });
         });
+    }
+
+    /// A stop call failed: the container may still run, so the attempt stays
+    /// as it is (not reported `stopped`) and the stop is tried again, with a
+    /// backoff, whether or not the attempt was replaced meanwhile.
+    fn stop_failed(&self, task: Uuid, attempt: u64, mut stop: StopCall, error: &str) {
+        stop.failures = stop.failures.saturating_add(1);
+        let retry_in = STOP_RETRY_FIRST
+            .saturating_mul(1 << stop.failures.saturating_sub(1).min(16))
+            .min(STOP_RETRY_MAX);
+        tracing::error!(
+            %task,
+            attempt,
+            container = %stop.container_id,
+            failures = stop.failures,
+            %error,
+            ?retry_in,
+            "stopping a container failed; it may still run, so it is not reported stopped, \
+             and the stop is tried again"
+        );
+        self.spawn_stop_after(task, attempt, stop, retry_in);
     }
 
     fn remove(&self, container_id: String) {
@@ -541,10 +605,15 @@ impl<R: Runtime> Actor<R> {
             Done::Stopped {
                 task,
                 attempt,
+                stop,
                 result,
             } => {
-                if let Err(e) = &result {
-                    tracing::warn!(%task, attempt, error = %e, "stop failed");
+                if let Err(e) = result {
+                    self.stop_failed(task, attempt, stop, &e);
+                    return;
+                }
+                if stop.failures > 0 {
+                    tracing::info!(%task, attempt, failures = stop.failures, "stopped after failed tries");
                 }
                 // The container is gone now (or was already): report the stop.
                 if self.slots.get(&task).is_some_and(|s| s.attempt == attempt) {
@@ -552,7 +621,6 @@ impl<R: Runtime> Actor<R> {
                     let stopped = TaskStatus {
                         exit_code: slot.as_ref().and_then(|s| s.early_exit),
                         container_id: slot.and_then(|s| s.container_id).unwrap_or_default(),
-                        message: result.err().unwrap_or_default(),
                         ..status(task, attempt, TaskState::Stopped)
                     };
                     self.report(task, stopped);

@@ -19,6 +19,12 @@ struct Fake {
     exits: Mutex<Option<mpsc::UnboundedReceiver<Exit>>>,
     stopped: Mutex<Vec<String>>,
     next: Mutex<u32>,
+    /// How many of the next stop calls fail, as with an unreachable engine.
+    fail_stops: Mutex<usize>,
+    /// Every stop call, failed or not.
+    stop_calls: Mutex<usize>,
+    /// Woken by every stop call that removed its container.
+    stopped_one: tokio::sync::Notify,
 }
 
 impl Runtime for Fake {
@@ -46,8 +52,17 @@ impl Runtime for Fake {
     }
 
     async fn stop(&self, container_id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        *self.stop_calls.lock().unwrap() += 1;
+        {
+            let mut failing = self.fail_stops.lock().unwrap();
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(RuntimeError::Engine("the engine is unreachable".into()));
+            }
+        }
         self.containers.lock().unwrap().remove(container_id);
         self.stopped.lock().unwrap().push(container_id.to_string());
+        self.stopped_one.notify_one();
         Ok(())
     }
 
@@ -107,9 +122,22 @@ impl Harness {
         });
     }
 
+    /// Asks for one attempt to stop.
+    fn stop(&self, task: Uuid, attempt: u64) {
+        self.assign(Assignments {
+            full: false,
+            run: vec![],
+            stop: vec![TaskStop {
+                task_id: task.to_string(),
+                attempt,
+                grace_period: None,
+            }],
+        });
+    }
+
     /// The next report, waiting for it (the actor runs on the same runtime).
     async fn next(&mut self) -> TaskStatus {
-        tokio::time::timeout(Duration::from_secs(5), self.reports.recv())
+        tokio::time::timeout(Duration::from_secs(60), self.reports.recv())
             .await
             .expect("a report in time")
             .expect("executor alive")
@@ -179,15 +207,7 @@ async fn a_stop_is_reported_once_the_container_is_gone() {
     let task = Uuid::now_v7();
     h.run(task, 1, "img");
     let cid = h.running(task, 1).await;
-    h.assign(Assignments {
-        full: false,
-        run: vec![],
-        stop: vec![TaskStop {
-            task_id: task.to_string(),
-            attempt: 1,
-            grace_period: None,
-        }],
-    });
+    h.stop(task, 1);
     let stopped = h.expect(task, 1, TaskState::Stopped).await;
     assert_eq!(stopped.container_id, cid);
     assert_eq!(*h.runtime.stopped.lock().unwrap(), vec![cid.clone()]);
@@ -287,4 +307,104 @@ async fn an_exit_the_event_stream_lost_is_found_by_the_audit() {
     tokio::time::advance(AUDIT_PERIOD).await;
     let failed = h.expect(task, 1, TaskState::Failed).await;
     assert_eq!(failed.exit_code, Some(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_stop_is_retried_until_the_container_is_gone_and_only_then_reported() {
+    let mut h = Harness::new();
+    let task = Uuid::now_v7();
+    h.run(task, 1, "img");
+    let cid = h.running(task, 1).await;
+    *h.runtime.fail_stops.lock().unwrap() = 3;
+    let asked = tokio::time::Instant::now();
+    h.stop(task, 1);
+    // The next report is the stop, and only once a try succeeded: three
+    // failures, retried after 1 s, 2 s and 4 s.
+    let stopped = h.expect(task, 1, TaskState::Stopped).await;
+    assert_eq!(stopped.container_id, cid);
+    assert_eq!(*h.runtime.stop_calls.lock().unwrap(), 4);
+    assert!(h.runtime.containers.lock().unwrap().is_empty());
+    assert!(
+        asked.elapsed() >= Duration::from_secs(7),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_stop_of_a_replaced_attempt_is_retried_too() {
+    let mut h = Harness::new();
+    let task = Uuid::now_v7();
+    h.run(task, 1, "img");
+    let old = h.running(task, 1).await;
+    *h.runtime.fail_stops.lock().unwrap() = 2;
+    // Attempt 2 fences attempt 1 off; its stop fails twice.
+    h.run(task, 2, "img");
+    h.running(task, 2).await;
+    tokio::time::timeout(Duration::from_secs(60), h.runtime.stopped_one.notified())
+        .await
+        .expect("the old container is stopped in the end");
+    assert_eq!(*h.runtime.stopped.lock().unwrap(), vec![old.clone()]);
+    assert!(!h.runtime.containers.lock().unwrap().contains_key(&old));
+    assert_eq!(*h.runtime.stop_calls.lock().unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_stop_of_an_attempt_that_ended_here_is_answered_with_its_final_report() {
+    let mut h = Harness::new();
+    let (stopped, exited) = (Uuid::now_v7(), Uuid::now_v7());
+    h.run(stopped, 1, "img");
+    let c_stopped = h.running(stopped, 1).await;
+    h.run(exited, 1, "img");
+    let c_exited = h.running(exited, 1).await;
+    h.stop(stopped, 1);
+    h.expect(stopped, 1, TaskState::Stopped).await;
+    h.exits
+        .send(Exit {
+            container_id: c_exited.clone(),
+            task_id: exited,
+            attempt: 1,
+            exit_code: 0,
+        })
+        .unwrap();
+    h.expect(exited, 1, TaskState::Completed).await;
+    // Both reports were lost with the session: the new one opens with a full
+    // set that runs neither and stops both.
+    let stop = |task: Uuid| TaskStop {
+        task_id: task.to_string(),
+        attempt: 1,
+        grace_period: None,
+    };
+    h.assign(Assignments {
+        full: true,
+        run: vec![],
+        stop: vec![stop(stopped), stop(exited)],
+    });
+    let mut seen = HashMap::new();
+    while seen.len() < 2 {
+        let s = h.next().await;
+        seen.insert(s.task_id.clone(), s);
+    }
+    let again = &seen[&stopped.to_string()];
+    assert_eq!(
+        (again.state(), again.container_id.as_str()),
+        (TaskState::Stopped, c_stopped.as_str())
+    );
+    let again = &seen[&exited.to_string()];
+    assert_eq!(
+        (again.state(), again.exit_code, again.container_id.as_str()),
+        (TaskState::Completed, Some(0), c_exited.as_str()),
+        "the truth, not a stop"
+    );
+    // An attempt never run here is answered as stopped.
+    let never = Uuid::now_v7();
+    h.stop(never, 1);
+    let answered = loop {
+        let s = h.next().await;
+        if s.task_id == never.to_string() {
+            break s;
+        }
+    };
+    assert_eq!(answered.state(), TaskState::Stopped);
+    assert_eq!(*h.runtime.next.lock().unwrap(), 2, "nothing started again");
 }

@@ -61,8 +61,9 @@ impl ClusterApi {
             .map(|t| crate::store::Write::TaskCreated(Box::new(t)))
             .collect();
         // Durable before visible: the tasks join the state (and can be
-        // scheduled and reported on) only once the store holds them.
-        let durable = self.shared.lock().committer().queue_durable(created);
+        // scheduled and reported on) only once the store holds them; if the
+        // commit fails they are dropped, and never existed.
+        let durable = self.shared.lock().committer().queue_tentative(created);
         durable.wait().await?;
         Ok(self.shared.lock().admit(tasks))
     }

@@ -67,7 +67,9 @@ impl Engine {
             .task_mut(id)
             .ok_or_else(|| Error::NotFound(format!("task {id} not found")))?;
         if task.desired_state() == DesiredState::Stopped || task_state::is_terminal(task.state()) {
-            return Ok((task.clone(), Durable::done()));
+            // Nothing to write, but the stop it answers may not be durable yet.
+            let task = task.clone();
+            return Ok((task, self.committer.queue_durable(Vec::new())));
         }
         self.stop_now(id, "", now);
         let task = self.state.task(id).cloned().unwrap_or_default();

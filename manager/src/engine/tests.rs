@@ -159,17 +159,25 @@ impl Worker {
         }
     }
 
-    /// The full set a session opens with, as task ids in any order, sorted.
+    /// The full set a session opens with, as task ids in any order, sorted;
+    /// it must stop nothing.
     pub(super) fn full_set(&mut self) -> Vec<String> {
+        let (ids, stops) = self.full_set_and_stops();
+        assert!(stops.is_empty(), "expected no stops: {stops:?}");
+        ids
+    }
+
+    /// The full set a session opens with, as task ids sorted, and the stops
+    /// it carries (the attempts told to stop that are still active).
+    pub(super) fn full_set_and_stops(&mut self) -> (Vec<String>, Vec<TaskStop>) {
         let a = self.next();
         assert!(a.full, "expected a full set, got {a:?}");
-        assert!(a.stop.is_empty(), "a full set stops nothing: {a:?}");
         for run in &a.run {
             assert!(run.spec.is_some(), "a run carries its spec: {run:?}");
         }
         let mut ids: Vec<String> = a.run.into_iter().map(|r| r.task_id).collect();
         ids.sort();
-        ids
+        (ids, a.stop)
     }
 
     /// The next message must be an incremental `run` of `task` alone.
@@ -301,13 +309,50 @@ async fn open_session_sends_exactly_the_nodes_active_tasks_that_should_run() {
     let mut again = f.open(node, session);
     let mut want = vec![keep.id, running.id];
     want.sort();
-    assert_eq!(again.full_set(), want);
+    let (runs, stops) = again.full_set_and_stops();
+    assert_eq!(runs, want);
+    // The task told to stop is not settled yet: it is stopped again.
+    let stops: Vec<(String, u64)> = stops.into_iter().map(|s| (s.task_id, s.attempt)).collect();
+    assert_eq!(stops, vec![(stopping.id.clone(), stopping.attempt)]);
     again.expect_quiet();
     // Replacing the session dropped the old stream's sender: it has ended.
     assert_eq!(
         worker.rx.try_recv().unwrap_err(),
         TryRecvError::Disconnected
     );
+}
+
+#[tokio::test]
+async fn a_stop_whose_report_was_lost_with_the_session_is_sent_again_and_frees_the_node() {
+    let mut f = Fixture::new();
+    let mut worker = f.join("n1", 1000);
+    assert!(worker.full_set().is_empty());
+    let task = f.submit_one(cpu_spec("web", 1000));
+    worker.expect_run(&task);
+    assert!(f.report(&worker, &task, TaskState::Running));
+    let (_, durable) = f.state.stop(id(&task)).expect("stop");
+    durable.wait().await.expect("durable");
+    let stop = worker.expect_stop();
+    // The worker stops the container, but its `stopped` report is lost with
+    // the broken stream; it registers again and opens a new session.
+    f.state.close_session(worker.node, worker.session);
+    let (node, session) = f.register(&worker.node.to_string(), "n1", 1000);
+    let mut again = f.open(node, session);
+    let (runs, stops) = again.full_set_and_stops();
+    assert!(runs.is_empty(), "{runs:?}");
+    assert_eq!(stops, vec![stop], "the same stop, grace period and all");
+    assert_eq!(allocated_cpu(&f.node(node)), 1000, "still reserved");
+    // The worker answers the stop of the attempt it no longer runs.
+    assert!(f.report(&again, &task, TaskState::Stopped));
+    assert_eq!(f.task(&task).state(), TaskState::Stopped);
+    assert_eq!(
+        allocated_cpu(&f.node(node)),
+        0,
+        "the reservation is released"
+    );
+    // Settled: the next session neither runs nor stops it.
+    let (node, session) = f.register(&node.to_string(), "n1", 1000);
+    assert_eq!(f.open(node, session).full_set_and_stops(), (vec![], vec![]));
 }
 
 #[tokio::test]

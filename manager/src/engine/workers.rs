@@ -81,20 +81,31 @@ impl Engine {
         self.sessions
             .open(node_id, session_id, tx, now.at)
             .map_err(stale)?;
-        let run = self
+        let mut run = Vec::new();
+        // The attempts told to stop that are still active here: their stop,
+        // or their `stopped` report, may have been lost with the old stream.
+        // The full set alone would stop their containers but never bring
+        // the report, and the node would keep their reservation; stopped
+        // again, the worker reports each one (at once if it has ended).
+        let mut stop = Vec::new();
+        for task in self
             .state
             .tasks_on(i)
             .into_iter()
             .filter_map(|id| self.state.task(id))
-            .filter(|t| t.desired_state() == DesiredState::Running)
-            .map(assignment)
-            .collect();
+        {
+            if task.desired_state() == DesiredState::Running {
+                run.push(assignment(task));
+            } else if task_state::is_active(task.state()) {
+                stop.push(stop_order(&status_of(task), task.spec.as_ref()));
+            }
+        }
         self.sessions.push(
             node_id,
             Assignments {
                 full: true,
                 run,
-                stop: vec![],
+                stop,
             },
         );
         let live = self.live_state(i);

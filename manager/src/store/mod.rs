@@ -17,6 +17,7 @@
 //! keys and which names are refused, how a task is joined back from its spec
 //! and status, and which events are pruned.
 
+pub mod faulty;
 pub mod memory;
 pub mod redb;
 
@@ -27,6 +28,7 @@ use std::sync::LazyLock;
 use orch::v1::{Event, Node, Service, ServiceVersion, Task, TaskSpec};
 use uuid::Uuid;
 
+pub use self::faulty::FaultyStore;
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
 

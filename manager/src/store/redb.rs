@@ -65,7 +65,16 @@ impl RedbStore {
     /// process holds it), is not a redb database, or the tables cannot be
     /// created.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Builder::new().set_cache_size(CACHE_SIZE).create(path)?;
+        let db = Builder::new()
+            .set_cache_size(CACHE_SIZE)
+            .create(path)
+            .map_err(|e| match e {
+                // redb locks the file: another process has it open.
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                    "{e} (is another orch manager using this data directory?)"
+                )),
+                e => e.into(),
+            })?;
         // Create every table up front, so that reads never meet a missing
         // table and a new file simply reads as empty.
         let txn = db.begin_write()?;
