@@ -61,8 +61,12 @@ async fn a_failing_store_stops_acknowledgements_and_health_until_it_works_again(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (halt, stopped) = oneshot::channel::<()>();
+    // Without TLS (`--insecure`): what is tested is the store, not the transport.
     let manager = tokio::spawn(orch_manager::run_with_store(
-        orch_manager::Config::default(),
+        orch_manager::Config {
+            tls: false,
+            ..orch_manager::Config::default()
+        },
         faulty.clone(),
         listener,
         async {

@@ -89,6 +89,9 @@ pub enum Error {
     /// a certificate that expired while the worker was off.
     #[error("{0}")]
     NotJoined(String),
+    /// Joining the cluster, or renewing the node certificate, failed.
+    #[error("{0}")]
+    Join(String),
     /// The manager could not be reached (yet).
     #[error("{0}")]
     Unreachable(String),

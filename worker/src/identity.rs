@@ -44,14 +44,14 @@ pub struct Identity {
     pub cert_pem: String,
     /// The cluster's CA certificate, PEM.
     pub ca_pem: String,
-    /// When the certificate became valid.
-    pub not_before: SystemTime,
+    /// When this worker got (or loaded) the certificate.
+    pub received_at: SystemTime,
     /// When it expires.
     pub not_after: SystemTime,
 }
 
 fn refused(why: impl std::fmt::Display) -> Error {
-    Error::Refused(why.to_string())
+    Error::Join(why.to_string())
 }
 
 impl Identity {
@@ -72,7 +72,7 @@ impl Identity {
             |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
         Ok(Self {
             node_id,
-            not_before: time(cert.validity().not_before.timestamp()),
+            received_at: SystemTime::now(),
             not_after: time(cert.validity().not_after.timestamp()),
             key_pem,
             cert_pem,
@@ -126,14 +126,17 @@ impl Identity {
             ))
     }
 
-    /// When to renew: a random point between 50% and 80% of the
-    /// certificate's life, so a fleet does not renew all at once.
+    /// When to renew: a random point between 50% and 80% of the life the
+    /// certificate had left when this worker got it (for a new certificate,
+    /// of its whole life: its validity starts a few minutes early, for
+    /// clocks that differ, so that start is no measure), so a fleet does
+    /// not renew all at once.
     pub fn renew_at(&self) -> SystemTime {
         let life = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(self.received_at)
             .unwrap_or_default();
-        self.not_before + life.mul_f64(rand::rng().random_range(0.5..0.8))
+        self.received_at + life.mul_f64(rand::rng().random_range(0.5..0.8))
     }
 
     /// Whether the certificate is still valid at `now`.
@@ -177,9 +180,16 @@ fn request() -> Result<(KeyPair, Vec<u8>), Error> {
 /// Joins the cluster at `manager` with `token`; keeps the identity in `dir`.
 ///
 /// # Errors
-/// [`Error::Refused`] if the token is malformed, the manager's CA is not the
+/// [`Error::Join`] if the token is malformed, the manager's CA is not the
 /// one the token pins, or the manager refuses the token.
 pub async fn join(manager: &str, token: &str, dir: Option<&Path>) -> Result<Identity, Error> {
+    join_with(manager, token, dir).await.map_err(|e| match e {
+        Error::Join(why) => Error::Join(format!("joining the cluster: {why}")),
+        other => other,
+    })
+}
+
+async fn join_with(manager: &str, token: &str, dir: Option<&Path>) -> Result<Identity, Error> {
     let token: JoinToken = token.parse().map_err(refused)?;
     let ca = manager_ca(manager, &token.ca_digest).await?;
     let endpoint = endpoint(manager)?
@@ -367,5 +377,64 @@ impl ServerCertVerifier for Capture {
         rustls::crypto::ring::default_provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly, where it fails"
+)]
+mod tests {
+    use super::*;
+
+    /// A certificate as the manager's CA makes one: valid from a few
+    /// minutes ago (for clock skew) until `life` from now.
+    fn identity(life: Duration) -> Identity {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        let node = Uuid::now_v7();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("{}{node}", orch::auth::NODE_CN_PREFIX),
+        );
+        params.not_before = (SystemTime::now() - Duration::from_secs(300)).into();
+        params.not_after = (SystemTime::now() + life).into();
+        let cert = params.self_signed(&key).unwrap();
+        let id = Identity::new(key.serialize_pem(), cert.pem(), cert.pem()).unwrap();
+        assert_eq!(id.node_id, node);
+        id
+    }
+
+    #[test]
+    fn renewal_falls_between_half_and_four_fifths_of_the_life_left_whatever_the_backdating() {
+        let life = Duration::from_secs(8);
+        for _ in 0..50 {
+            let id = identity(life);
+            let at = id.renew_at().duration_since(id.received_at).unwrap();
+            // Whole seconds in the certificate: allow for the rounding.
+            assert!(
+                at >= Duration::from_secs(3) && at <= Duration::from_millis(6_400),
+                "{at:?}"
+            );
+        }
+        assert!(identity(life).valid_at(SystemTime::now()));
+        assert!(!identity(life).valid_at(SystemTime::now() + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn an_identity_is_kept_privately_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(Duration::from_secs(3600));
+        id.save(Some(dir.path())).unwrap();
+        let back = Identity::load(dir.path()).unwrap().unwrap();
+        assert_eq!((back.node_id, &back.cert_pem), (id.node_id, &id.cert_pem));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(Identity::load(&dir.path().join("none")).unwrap().is_none());
     }
 }

@@ -67,6 +67,8 @@ pub struct Options {
     pub worker_cpus: String,
     /// `--memory` of every worker.
     pub worker_memory: String,
+    /// More arguments of `orchctl manager`.
+    pub manager_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -77,6 +79,7 @@ impl Default for Options {
             listen_all: false,
             worker_cpus: "2".into(),
             worker_memory: "2Gi".into(),
+            manager_args: Vec::new(),
         }
     }
 }
@@ -273,9 +276,50 @@ impl Procs {
         }
     }
 
+    /// Every node, as the manager lists them now.
+    pub async fn nodes(&self) -> Vec<Node> {
+        self.client()
+            .await
+            .list_nodes(ListNodesRequest {})
+            .await
+            .expect("list nodes")
+            .into_inner()
+            .nodes
+    }
+
     /// The worker join token.
     pub fn join_token(&self) -> &str {
         &self.join_token
+    }
+
+    /// The log file of process `name` (`manager`, `w0`, ...), as written so far.
+    pub fn log_text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Runs `orchctl worker` with `join_token` on a data directory of its
+    /// own, as a person would, expecting it to give up: returns how it
+    /// exited (panics if it still runs after `limit`).
+    pub async fn worker_refused(&self, name: &str, join_token: &str, limit: Duration) -> Ran {
+        let dir = self.path.join(name);
+        let dir = dir.display().to_string();
+        let url = self.url();
+        orchctl_in(
+            limit,
+            &[
+                "--manager",
+                &url,
+                "worker",
+                "--data-dir",
+                &dir,
+                "--name",
+                name,
+                "--join-token",
+                join_token,
+            ],
+            Some(&self.config_path()),
+        )
+        .await
     }
 
     /// The temporary directory.
@@ -313,6 +357,7 @@ impl Procs {
             .arg(&self.options.heartbeat_period)
             .arg("--missed-heartbeats")
             .arg(self.options.missed_heartbeats.to_string())
+            .args(&self.options.manager_args)
             .env("ORCH_CONFIG", self.config_path())
             .env_remove("ORCH_MANAGER")
             .env("ORCH_LOG", "info")
@@ -333,6 +378,10 @@ impl Procs {
     }
 
     fn spawn_worker(&self, i: usize) -> Child {
+        self.spawn_worker_with(i, &self.join_token)
+    }
+
+    fn spawn_worker_with(&self, i: usize, join_token: &str) -> Child {
         Command::new(ORCHCTL)
             .arg("--manager")
             .arg(self.url())
@@ -346,7 +395,7 @@ impl Procs {
             .arg("--memory")
             .arg(&self.options.worker_memory)
             .arg("--join-token")
-            .arg(&self.join_token)
+            .arg(join_token)
             .env_remove("ORCH_MANAGER")
             .env("ORCH_LOG", "info")
             .stdin(Stdio::null())
@@ -363,6 +412,30 @@ impl Procs {
         let child = self.spawn_worker(i);
         self.workers.push(Worker::Process(Some(child)));
         i
+    }
+
+    /// Starts one more worker process, named `wN`, that joins with
+    /// `join_token`; returns N.
+    pub fn add_worker_with(&mut self, join_token: &str) -> usize {
+        let i = self.workers.len();
+        let child = self.spawn_worker_with(i, join_token);
+        self.workers.push(Worker::Process(Some(child)));
+        i
+    }
+
+    /// Waits (until `limit`) for worker process `i` to exit by itself;
+    /// returns its exit code.
+    pub async fn wait_worker_exit(&mut self, i: usize, limit: Duration) -> Option<i32> {
+        let Worker::Process(slot) = &mut self.workers[i] else {
+            panic!("worker {i} is a container");
+        };
+        let child = slot.as_mut().expect("worker is running");
+        let status = tokio::time::timeout(limit, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("worker {i} still runs after {limit:?}"))
+            .expect("reap the worker");
+        *slot = None;
+        status.code()
     }
 
     /// `kill -9` worker `i` and reap it. Its containers keep running.
