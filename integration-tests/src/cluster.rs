@@ -165,6 +165,11 @@ impl Cluster {
         self.access.as_ref().expect("the manager has started")
     }
 
+    /// Worker `i`'s data directory (its node id, key and certificate).
+    pub fn worker_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("worker-{i}"))
+    }
+
     /// The manager's data directory.
     pub fn manager_dir(&self) -> PathBuf {
         self.dir.path().join("manager")
@@ -224,7 +229,7 @@ impl Cluster {
             milli_cpus: self.worker_config.0,
             memory_bytes: self.worker_config.1,
             disk_bytes: None,
-            data_dir: Some(self.dir.path().join(format!("worker-{n}"))),
+            data_dir: Some(self.worker_dir(n)),
             join_token: Some(self.access().join_token.clone()),
             insecure: false,
         };
@@ -455,13 +460,8 @@ impl Cluster {
     pub fn node_ids(&self) -> Vec<String> {
         (0..self.workers.len())
             .filter_map(|i| {
-                std::fs::read_to_string(
-                    self.dir
-                        .path()
-                        .join(format!("worker-{i}"))
-                        .join(orch_worker::agent::NODE_ID_FILE),
-                )
-                .ok()
+                std::fs::read_to_string(self.worker_dir(i).join(orch_worker::agent::NODE_ID_FILE))
+                    .ok()
             })
             .map(|s| s.trim().to_string())
             .collect()
