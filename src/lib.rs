@@ -10,6 +10,7 @@
 
 pub mod health;
 pub mod labels;
+pub mod limits;
 pub mod manifest;
 pub mod quantity;
 pub mod service;
