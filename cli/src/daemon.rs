@@ -55,6 +55,7 @@ pub async fn manager(args: ManagerArgs) -> Result<(), CliError> {
         strategy: args.scheduler,
         heartbeat_period: args.heartbeat_period,
         missed_heartbeats: args.missed_heartbeats,
+        ..orch_manager::Config::default()
     };
     orch_manager::run(config, listener, terminated()).await?;
     Ok(())

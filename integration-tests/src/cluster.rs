@@ -22,6 +22,7 @@ use std::time::Duration;
 use bollard::Docker;
 use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{GetTaskRequest, ListNodesRequest, NodeState, Task, WatchEventsRequest};
+use orch_manager::limits::Limits;
 use orch_manager::scheduler::Strategy;
 use orch_worker::runtime::docker::DockerRuntime;
 use tokio::net::TcpListener;
@@ -40,6 +41,7 @@ pub struct Builder {
     milli_cpus: Option<i64>,
     memory_bytes: Option<i64>,
     strategy: Strategy,
+    limits: Limits,
 }
 
 /// A running manager.
@@ -60,6 +62,7 @@ pub struct Cluster {
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
     strategy: Strategy,
+    limits: Limits,
     manager: Option<ManagerProc>,
     /// The workers, in start order.
     pub workers: Vec<WorkerProc>,
@@ -94,6 +97,12 @@ impl Builder {
         self
     }
 
+    /// The manager's limits on load (default: the manager's defaults).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Starts the manager, then the workers, and waits until every worker is ready.
     ///
     /// # Panics
@@ -113,6 +122,7 @@ impl Builder {
             addr,
             dir,
             strategy: self.strategy,
+            limits: self.limits,
             manager: None,
             workers: Vec::new(),
             docker,
@@ -146,6 +156,7 @@ impl Cluster {
             milli_cpus: None,
             memory_bytes: None,
             strategy: Strategy::Spread,
+            limits: Limits::default(),
         }
     }
 
@@ -166,6 +177,7 @@ impl Cluster {
             strategy: self.strategy,
             heartbeat_period: Duration::from_millis(500),
             missed_heartbeats: 3,
+            limits: self.limits,
         };
         let task = tokio::spawn(async move {
             let run = orch_manager::run(config, listener, async {

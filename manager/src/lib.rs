@@ -14,13 +14,17 @@
 //! - [`state`]: the live objects in memory and their change feed;
 //! - [`persist`]: group commit of the state's changes to the [`store`];
 //! - [`store`]: durable state (redb, or memory in unit tests);
-//! - [`clock`]: the one place that reads the time.
+//! - [`clock`]: the one place that reads the time;
+//! - [`limits`]: the limits on load (message sizes, requests per
+//!   connection, timeouts, the rate of `Register`) and the tower layer
+//!   enforcing them.
 
 pub mod api;
 pub mod clock;
 pub mod dispatcher;
 pub mod engine;
 mod error;
+pub mod limits;
 pub mod orchestrator;
 pub mod persist;
 pub mod scheduler;
@@ -60,6 +64,8 @@ pub struct Config {
     pub heartbeat_period: Duration,
     /// How many heartbeat periods may pass in silence before a node is down.
     pub missed_heartbeats: u32,
+    /// The limits on load: requests per connection, timeout, `Register`'s rate.
+    pub limits: limits::Limits,
 }
 
 impl Default for Config {
@@ -69,6 +75,7 @@ impl Default for Config {
             strategy: Strategy::default(),
             heartbeat_period: Duration::from_secs(1),
             missed_heartbeats: 3,
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -193,14 +200,15 @@ pub async fn run(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "manager listening");
     let keepalive = config.heartbeat_period.max(Duration::from_millis(500));
-    let router = tonic::transport::Server::builder()
+    let router = limits::server(&config.limits)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive * config.missed_heartbeats.max(1)))
         .add_service(health_service)
-        .add_service(ClusterServer::new(api::ClusterApi::new(shared.clone())))
-        .add_service(DispatcherServer::new(dispatcher::DispatcherApi::new(
+        .add_service(limits::cluster(api::ClusterApi::new(shared.clone())))
+        .add_service(limits::dispatcher(dispatcher::DispatcherApi::new(
             shared.clone(),
+            &config.limits,
         )))
         .add_optional_service(reflection.ok())
         .add_optional_service(reflection_alpha.ok());

@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
-use crate::executor::{Command, Executor};
+use crate::executor::{Command, Executor, FullSet};
 use crate::metrics::Meter;
 use crate::runtime::Runtime;
 
@@ -325,6 +325,7 @@ async fn session(
         Err(status) => return format!("session refused: {}", status.message()),
     };
     backoff.reset();
+    let mut full_set = FullSet::default();
     let mut tick = tokio::time::interval(heartbeat_period(reply));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -339,7 +340,9 @@ async fn session(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => {
-                    if let Some(manager_message::Kind::Assignments(a)) = m.kind {
+                    if let Some(manager_message::Kind::Assignments(a)) = m.kind
+                        && let Some(a) = full_set.add(a)
+                    {
                         executor.send(Command::Assign(a));
                     }
                 }

@@ -104,6 +104,7 @@ impl Harness {
                 }),
             }],
             stop: vec![],
+            more: false,
         });
     }
 
@@ -187,6 +188,7 @@ async fn a_stop_is_reported_once_the_container_is_gone() {
             attempt: 1,
             grace_period: None,
         }],
+        more: false,
     });
     let stopped = h.expect(task, 1, TaskState::Stopped).await;
     assert_eq!(stopped.container_id, cid);
@@ -228,6 +230,7 @@ async fn a_newer_attempt_replaces_the_old_container_and_a_full_set_stops_strays(
             }),
         }],
         stop: vec![],
+        more: false,
     });
     loop {
         let s = h.next().await;
@@ -287,4 +290,38 @@ async fn an_exit_the_event_stream_lost_is_found_by_the_audit() {
     tokio::time::advance(AUDIT_PERIOD).await;
     let failed = h.expect(task, 1, TaskState::Failed).await;
     assert_eq!(failed.exit_code, Some(7));
+}
+
+fn assignment(task: &str) -> TaskAssignment {
+    TaskAssignment {
+        task_id: task.into(),
+        attempt: 1,
+        spec: None,
+    }
+}
+
+#[test]
+fn a_full_set_in_parts_reaches_the_executor_whole_and_only_whole() {
+    let part = |tasks: &[&str], more| Assignments {
+        full: true,
+        run: tasks.iter().map(|t| assignment(t)).collect(),
+        stop: vec![],
+        more,
+    };
+    let change = Assignments {
+        full: false,
+        run: vec![assignment("c")],
+        stop: vec![],
+        more: false,
+    };
+    let mut set = FullSet::default();
+    assert_eq!(set.add(change.clone()), Some(change));
+    assert_eq!(set.add(part(&["a"], true)), None);
+    assert_eq!(set.add(part(&["b"], true)), None);
+    let whole = set.add(part(&["c", "d"], false)).expect("the whole set");
+    assert!(whole.full && !whole.more);
+    let ids: Vec<&str> = whole.run.iter().map(|r| r.task_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c", "d"]);
+    // A set in one message passes as it is, and nothing of the last is left.
+    assert_eq!(set.add(part(&["e"], false)), Some(part(&["e"], false)));
 }

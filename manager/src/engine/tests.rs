@@ -15,7 +15,6 @@ use orch::v1::{
     Resources, Task, TaskSpec, TaskState, TaskStatus, TaskStop, event,
 };
 use prost_types::Timestamp;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::{Instant, advance};
 use uuid::Uuid;
@@ -43,7 +42,7 @@ pub(super) struct Fixture {
 pub(super) struct Worker {
     pub(super) node: Uuid,
     pub(super) session: Uuid,
-    pub(super) rx: mpsc::UnboundedReceiver<Push>,
+    pub(super) rx: crate::dispatcher::sessions::SessionRx,
 }
 
 impl Fixture {
@@ -108,7 +107,7 @@ impl Fixture {
     }
 
     pub(super) fn open(&mut self, node: Uuid, session: Uuid) -> Worker {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crate::dispatcher::sessions::channel();
         self.state
             .open_session(node, session, tx)
             .expect("open_session");
@@ -704,7 +703,7 @@ async fn open_session_refuses_a_superseded_used_or_unknown_session() {
     let (node, first) = f.register("", "n1", 0);
     let (_, second) = f.register(&node.to_string(), "n1", 0);
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = crate::dispatcher::sessions::channel();
     let refused = f.state.open_session(node, first, tx);
     assert!(
         matches!(refused, Err(Error::FailedPrecondition(_))),
@@ -723,7 +722,7 @@ async fn open_session_refuses_a_superseded_used_or_unknown_session() {
         (Uuid::new_v4(), second, "unknown node"),
         (node, Uuid::new_v4(), "unknown session"),
     ] {
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = crate::dispatcher::sessions::channel();
         let refused = f.state.open_session(node, session, tx);
         assert!(
             matches!(refused, Err(Error::FailedPrecondition(_))),

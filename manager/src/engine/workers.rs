@@ -89,12 +89,15 @@ impl Engine {
             .filter(|t| t.desired_state() == DesiredState::Running)
             .map(assignment)
             .collect();
+        // One push, however large: the dispatcher cuts it into messages
+        // (`Assignments.more`). A fresh channel has room for it.
         self.sessions.push(
             node_id,
             Assignments {
                 full: true,
                 run,
                 stop: vec![],
+                more: false,
             },
         );
         let live = self.live_state(i);
