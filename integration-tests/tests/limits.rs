@@ -1,7 +1,8 @@
 //! The limits on input and load, over real gRPC against an in-process
 //! manager: an oversized message, a spec over each field's limit, a burst of
 //! `Register` calls, a handler over the request timeout while a session
-//! lives on, and a worker's full set larger than a message.
+//! lives on, pages of tasks and services that each fit in a message, and a
+//! worker's full set larger than a message.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -333,6 +334,139 @@ async fn a_handler_over_the_timeout_ends_while_a_session_lives_on() {
     let image = cluster.busybox().await;
     let task = cluster.submit(spec(&image)).await;
     cluster.wait_state(&task.id, TaskState::Running).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_tasks_fit_in_a_message_and_list_every_task_once() {
+    let cluster = Cluster::builder().workers(0).start().await;
+    let mut client = cluster.client().await;
+    // 2,500 small tasks (pending: there is no worker), and 18 of 240 KiB:
+    // 4.3 MiB together, more than one message.
+    let mut want = Vec::new();
+    for _ in 0..5 {
+        let tasks = client
+            .submit_tasks(SubmitTasksRequest {
+                specs: vec![spec("busybox"); 500],
+            })
+            .await
+            .expect("submit")
+            .into_inner()
+            .tasks;
+        want.extend(tasks.into_iter().map(|t| t.id));
+    }
+    for _ in 0..18 {
+        let task = client
+            .submit_task(SubmitTaskRequest {
+                spec: Some(big_spec("busybox", 240)),
+            })
+            .await
+            .expect("submit a large spec")
+            .into_inner()
+            .task
+            .expect("task");
+        want.push(task.id);
+    }
+    let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    // By count: 1000 a page, then the large ones by size.
+    let (tasks, pages) = all_tasks(&cluster, 0).await;
+    assert_eq!(ids(tasks), want, "every task once, in order");
+    assert!(pages >= 4, "{pages} pages");
+    let (tasks, pages) = all_tasks(&cluster, 700).await;
+    assert_eq!(ids(tasks), want);
+    assert!(pages >= 5, "{pages} pages");
+    // Filtered, the pages hold only what matches.
+    let mut pending = 0;
+    let mut request = ListTasksRequest {
+        states: vec![TaskState::Pending as i32],
+        page_size: 999,
+        ..Default::default()
+    };
+    loop {
+        let page = client
+            .list_tasks(request.clone())
+            .await
+            .expect("page")
+            .into_inner();
+        pending += page.tasks.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    assert_eq!(pending, want.len());
+    // The filters are bounded too.
+    let err = client
+        .list_tasks(ListTasksRequest {
+            states: vec![TaskState::Pending as i32; 17],
+            ..Default::default()
+        })
+        .await
+        .expect_err("17 states");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.message(), "states: 17 entries, at most 16");
+    let err = client
+        .list_tasks(ListTasksRequest {
+            service: "s".repeat(3 << 20),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a 3 MiB service name");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("service: \"sss"), "{err:?}");
+    assert!(err.message().len() < 300);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_services_list_every_service_once() {
+    let cluster = Cluster::builder().workers(0).start().await;
+    let mut client = cluster.client().await;
+    let names = ["a", "b", "c", "d", "e"];
+    for name in names {
+        client
+            .apply_service(service(name, 0, None))
+            .await
+            .expect("apply");
+    }
+    let mut got = Vec::new();
+    let mut request = ListServicesRequest {
+        page_size: 2,
+        ..Default::default()
+    };
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_services(request.clone())
+            .await
+            .expect("page")
+            .into_inner();
+        pages += 1;
+        assert!(page.services.len() <= 2);
+        got.extend(
+            page.services
+                .into_iter()
+                .filter_map(|s| s.spec.map(|s| s.name)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    assert_eq!(got, names);
+    assert_eq!(pages, 3);
+    let err = client
+        .list_services(ListServicesRequest {
+            page_size: 10_001,
+            ..Default::default()
+        })
+        .await
+        .expect_err("page size");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("page_size: 10001 is more than 10000")
+    );
     cluster.shutdown().await;
 }
 
