@@ -805,6 +805,36 @@ async fn a_disconnected_node_takes_no_new_tasks_until_its_worker_reconnects() {
 }
 
 #[tokio::test]
+async fn a_worker_that_falls_behind_loses_its_session_and_gets_everything_in_the_next() {
+    use crate::dispatcher::sessions::SESSION_BUFFER;
+    let mut f = Fixture::new();
+    let mut slow = f.join("n1", 0);
+    // The worker reads nothing: its full set and the pushes of the first
+    // SESSION_BUFFER - 1 tasks fill its channel, the next push ends it.
+    let tasks = f.submit(vec![spec("web"); SESSION_BUFFER]);
+    assert!(tasks.iter().all(|t| t.state() == TaskState::Scheduled));
+    // Cut off, the node takes no new task, though it stays ready within the
+    // liveness deadline.
+    let waiting = f.submit_one(spec("web"));
+    assert_eq!(waiting.state(), TaskState::Pending);
+    assert_eq!(f.node(slow.node).state(), NodeState::Ready);
+    assert!(slow.full_set().is_empty());
+    for _ in 1..SESSION_BUFFER {
+        assert!(!slow.next().full);
+    }
+    match slow.rx.try_recv() {
+        Ok(Push::End(why)) => assert!(why.contains("fell 65536 messages behind"), "{why}"),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    assert_eq!(slow.rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
+    // Its next session gets everything, the task that waited included.
+    let (node, session) = f.register(&slow.node.to_string(), "n1", 0);
+    let mut back = f.open(node, session);
+    assert_eq!(back.full_set().len(), SESSION_BUFFER);
+    back.expect_run(&f.task(&waiting));
+}
+
+#[tokio::test]
 async fn nodes_that_fall_silent_together_do_not_hand_their_tasks_to_each_other() {
     tokio::time::pause();
     let mut f = Fixture::new();
