@@ -51,6 +51,7 @@ pub fn status_error(s: tonic::Status) -> CliError {
         Code::FailedPrecondition => "refused",
         Code::Unavailable => "manager unavailable",
         Code::DeadlineExceeded => "timed out",
+        Code::ResourceExhausted => "over a limit",
         _ => "error",
     };
     CliError(format!("{what}: {}", s.message()))
