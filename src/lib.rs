@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod health;
 pub mod labels;
+pub mod limits;
 pub mod manifest;
 pub mod quantity;
 pub mod service;

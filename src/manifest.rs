@@ -55,6 +55,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use serde_saphyr::{Location, Spanned};
 
+use crate::limits::quote;
 use crate::quantity;
 use crate::service;
 use crate::v1::{
@@ -258,7 +259,7 @@ fn yaml_path(path: &serde_path_to_error::Path) -> String {
             }
             Segment::Map { key } => {
                 if parent.is_some_and(|p| USER_MAPS.contains(&p)) {
-                    out.push_str(&format!("[{key:?}]"));
+                    out.push_str(&format!("[{}]", quote(key)));
                 } else {
                     if !out.is_empty() {
                         out.push('.');
@@ -494,7 +495,10 @@ impl<'de> Deserialize<'de> for Count {
                 Err(E::custom(format!("{v} is not a whole number")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Count, E> {
-                Err(E::custom(format!("expected a whole number, not {v:?}")))
+                Err(E::custom(format!(
+                    "expected a whole number, not {}",
+                    quote(v)
+                )))
             }
         }
         d.deserialize_any(V)
@@ -597,7 +601,10 @@ impl<'de> Deserialize<'de> for Dur {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
                 humantime::parse_duration(v).map(Dur).map_err(|e| {
-                    E::custom(format!("{v:?} is not a duration like 500ms, 5s or 1m: {e}"))
+                    E::custom(format!(
+                        "{} is not a duration like 500ms, 5s or 1m: {e}",
+                        quote(v)
+                    ))
                 })
             }
         }
@@ -629,7 +636,8 @@ impl<'de> Deserialize<'de> for Ratio {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Ratio, E> {
                 Err(E::custom(format!(
-                    "expected a number from 0 to 1, not {v:?}"
+                    "expected a number from 0 to 1, not {}",
+                    quote(v)
                 )))
             }
         }
@@ -643,7 +651,12 @@ struct Port(PortMapping);
 
 /// Reads a published port as `orchctl run -p` does: `8080:80`, `53:53/udp`.
 fn parse_port(s: &str) -> Result<PortMapping, String> {
-    let bad = || format!("{s:?} is not HOST:CONTAINER[/tcp|/udp], for example 8080:80");
+    let bad = || {
+        format!(
+            "{} is not HOST:CONTAINER[/tcp|/udp], for example 8080:80",
+            quote(s)
+        )
+    };
     let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
     let protocol = match proto {
         "tcp" => Protocol::Tcp,
@@ -655,7 +668,7 @@ fn parse_port(s: &str) -> Result<PortMapping, String> {
         p.parse::<u32>()
             .ok()
             .filter(|p| (1..=65535).contains(p))
-            .ok_or_else(|| format!("{p:?} in {s:?} is not a port (1-65535)"))
+            .ok_or_else(|| format!("{} in {} is not a port (1-65535)", quote(p), quote(s)))
     };
     Ok(PortMapping {
         host_port: port(host)?,
@@ -736,7 +749,12 @@ impl<'de, T: Words> Deserialize<'de> for Word<T> {
                     .find(|(word, _)| *word == v)
                     .map(|(_, value)| Word(*value))
                     .ok_or_else(|| {
-                        E::custom(format!("{v:?} is not {}: use {}", T::WHAT, one_of::<T>()))
+                        E::custom(format!(
+                            "{} is not {}: use {}",
+                            quote(v),
+                            T::WHAT,
+                            one_of::<T>()
+                        ))
                     })
             }
         }
@@ -827,8 +845,8 @@ fn string_map(
         .into_iter()
         .map(|(key, value)| {
             at.add(
-                format!("{proto}[{key:?}]"),
-                format!("{yaml}[{key:?}]"),
+                format!("{proto}[{}]", quote(&key)),
+                format!("{yaml}[{}]", quote(&key)),
                 &value.referenced,
             );
             (key, value.value)

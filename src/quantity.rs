@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::limits::quote;
+
 /// Why a quantity could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -26,7 +28,8 @@ pub fn parse_bytes(text: &str) -> Result<i64, QuantityError> {
     let (number, unit) = t.split_at(split);
     if number.is_empty() {
         return Err(QuantityError(format!(
-            "{text:?} is not a size (for example 64Mi, 512m, 1g or 1048576)"
+            "{} is not a size (for example 64Mi, 512m, 1g or 1048576)",
+            quote(text)
         )));
     }
     let shift = match unit.to_ascii_lowercase().as_str() {
@@ -37,18 +40,21 @@ pub fn parse_bytes(text: &str) -> Result<i64, QuantityError> {
         "t" | "ti" | "tb" | "tib" => 40,
         _ => {
             return Err(QuantityError(format!(
-                "{text:?} has an unknown unit {unit:?} (use Ki, Mi, Gi or Ti)"
+                "{} has an unknown unit {} (use Ki, Mi, Gi or Ti)",
+                quote(text),
+                quote(unit)
             )));
         }
     };
     let value: f64 = number.parse().map_err(|_| {
         QuantityError(format!(
-            "{text:?} is not a size (for example 64Mi, 512m, 1g or 1048576)"
+            "{} is not a size (for example 64Mi, 512m, 1g or 1048576)",
+            quote(text)
         ))
     })?;
     let bytes = (value * (1u64 << shift) as f64).round();
     if !bytes.is_finite() || bytes >= i64::MAX as f64 {
-        return Err(QuantityError(format!("{text:?} is too large")));
+        return Err(QuantityError(format!("{} is too large", quote(text))));
     }
     #[allow(clippy::cast_possible_truncation)]
     Ok(bytes as i64)
@@ -63,7 +69,8 @@ pub fn parse_milli_cpus(text: &str) -> Result<i64, QuantityError> {
     let t = text.trim();
     let bad = || {
         QuantityError(format!(
-            "{text:?} is not a cpu amount (for example 0.5, 2 or 250m)"
+            "{} is not a cpu amount (for example 0.5, 2 or 250m)",
+            quote(text)
         ))
     };
     let millis = if let Some(m) = t.strip_suffix('m') {
@@ -76,11 +83,12 @@ pub fn parse_milli_cpus(text: &str) -> Result<i64, QuantityError> {
         let millis = cores * 1000.0;
         if (millis - millis.round()).abs() > 1e-6 {
             return Err(QuantityError(format!(
-                "{text:?} is finer than one millicpu (0.001)"
+                "{} is finer than one millicpu (0.001)",
+                quote(text)
             )));
         }
         if millis >= i64::MAX as f64 {
-            return Err(QuantityError(format!("{text:?} is too large")));
+            return Err(QuantityError(format!("{} is too large", quote(text))));
         }
         #[allow(clippy::cast_possible_truncation)]
         let m = millis.round() as i64;

@@ -3,7 +3,7 @@
 //! names the field, so the manager can answer `InvalidArgument` with a message
 //! a person can act on, and store nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -11,9 +11,10 @@ use uuid::Uuid;
 
 use crate::health;
 use crate::labels::RESERVED_PREFIX;
+use crate::limits::{self, quote};
 use crate::v1::{
     FailureAction, HealthCheck, Placement, Protocol, RegisterRequest, RestartCondition,
-    ServiceSpec, TaskSpec, UpdateConfig, UpdateOrder, health_check, service_spec,
+    ServiceSpec, TaskSpec, TaskStatus, UpdateConfig, UpdateOrder, health_check, service_spec,
 };
 
 /// Docker refuses memory limits below 6 MiB.
@@ -50,17 +51,26 @@ impl FieldError {
         }
     }
 
-    /// The same error with `prefix.` put before the field path.
+    /// The same error with `prefix.` put before the field path (or
+    /// `prefix` as the path, for an error about the whole message).
     #[must_use]
     pub fn within(mut self, prefix: &str) -> Self {
-        self.field = format!("{prefix}.{}", self.field);
+        self.field = if self.field.is_empty() {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
         self
     }
 }
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.rule)
+        if self.field.is_empty() {
+            write!(f, "{}", self.rule)
+        } else {
+            write!(f, "{}: {}", self.field, self.rule)
+        }
     }
 }
 
@@ -74,8 +84,91 @@ pub fn id(field: &str, value: &str) -> Result<Uuid, FieldError> {
     if value.is_empty() {
         return Err(FieldError::new(field, "is required"));
     }
-    Uuid::parse_str(value)
-        .map_err(|_| FieldError::new(field, format!("{value:?} is not a valid id (a UUID)")))
+    Uuid::parse_str(value).map_err(|_| {
+        FieldError::new(
+            field,
+            format!("{} is not a valid id (a UUID)", quote(value)),
+        )
+    })
+}
+
+/// At most `max` entries (of `what`: "entries", "arguments") in `field`.
+fn at_most(field: &str, n: usize, max: usize, what: &str) -> Result<(), FieldError> {
+    if n > max {
+        return Err(FieldError::new(field, format!("{n} {what}, at most {max}")));
+    }
+    Ok(())
+}
+
+/// At most `max` bytes in the string `field`.
+fn bytes(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
+    if value.len() > max {
+        return Err(FieldError::new(
+            field,
+            format!("{} bytes, at most {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The limits of a string map: how many entries, how long a key and a value.
+struct MapLimits {
+    entries: usize,
+    key: usize,
+    value: usize,
+}
+
+/// Label limits of tasks, node selectors and placement constraints.
+const LABELS: MapLimits = MapLimits {
+    entries: limits::MAX_LABELS,
+    key: limits::MAX_LABEL_KEY_BYTES,
+    value: limits::MAX_LABEL_VALUE_BYTES,
+};
+
+/// Checks the sizes of the map `field`, then `each` key and value, in the
+/// order of the keys, so the first error is the same on every run.
+fn string_map(
+    field: &str,
+    map: &HashMap<String, String>,
+    max: &MapLimits,
+    each: impl Fn(&str, &str) -> Result<(), FieldError>,
+) -> Result<(), FieldError> {
+    at_most(field, map.len(), max.entries, "entries")?;
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    for key in keys {
+        let entry = format!("{field}[{}]", quote(key));
+        if key.len() > max.key {
+            return Err(FieldError::new(
+                entry,
+                format!("a key of {} bytes, at most {}", key.len(), max.key),
+            ));
+        }
+        let value = &map[key];
+        if value.len() > max.value {
+            return Err(FieldError::new(
+                entry,
+                format!("a value of {} bytes, at most {}", value.len(), max.value),
+            ));
+        }
+        each(key, value).map_err(|e| FieldError::new(entry, e.rule))?;
+    }
+    Ok(())
+}
+
+/// Checks a command's number of arguments and each one's length and bytes.
+fn command(field: &str, args: &[String]) -> Result<(), FieldError> {
+    at_most(field, args.len(), limits::MAX_ARGS, "arguments")?;
+    for (i, arg) in args.iter().enumerate() {
+        bytes(&format!("{field}[{i}]"), arg, limits::MAX_ARG_BYTES)?;
+        if arg.contains('\0') {
+            return Err(FieldError::new(
+                format!("{field}[{i}]"),
+                "must not contain NUL",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn is_name(s: &str) -> bool {
@@ -93,50 +186,46 @@ pub fn task_spec(spec: &TaskSpec) -> Result<(), FieldError> {
         return Err(FieldError::new(
             "name",
             format!(
-                "{:?} must be 1-63 characters of letters, digits, '_', '.' or '-', starting with a letter or digit",
-                spec.name
+                "{} must be 1-63 characters of letters, digits, '_', '.' or '-', starting with a letter or digit",
+                quote(&spec.name)
             ),
         ));
     }
     if spec.image.trim().is_empty() {
         return Err(FieldError::new("image", "is required"));
     }
-    if spec.image.len() > 255
-        || spec
-            .image
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
+    bytes("image", &spec.image, limits::MAX_IMAGE_BYTES)?;
+    if spec
+        .image
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(FieldError::new(
             "image",
             format!(
-                "{:?} is not an image reference (no spaces, at most 255 characters)",
-                spec.image
+                "{} is not an image reference (no spaces or control characters)",
+                quote(&spec.image)
             ),
         ));
     }
-    if let Some(i) = spec.command.iter().position(|a| a.contains('\0')) {
-        return Err(FieldError::new(
-            format!("command[{i}]"),
-            "must not contain NUL",
-        ));
-    }
-    let mut keys: Vec<&String> = spec.env.keys().collect();
-    keys.sort();
-    for key in keys {
+    command("command", &spec.command)?;
+    let env = MapLimits {
+        entries: limits::MAX_ENV,
+        key: limits::MAX_ENV_KEY_BYTES,
+        value: limits::MAX_ENV_VALUE_BYTES,
+    };
+    string_map("env", &spec.env, &env, |key, value| {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(FieldError::new(
-                format!("env[{key:?}]"),
+                "",
                 "a variable name must be non-empty and contain neither '=' nor NUL",
             ));
         }
-        if spec.env[key].contains('\0') {
-            return Err(FieldError::new(
-                format!("env[{key:?}]"),
-                "a value must not contain NUL",
-            ));
+        if value.contains('\0') {
+            return Err(FieldError::new("", "a value must not contain NUL"));
         }
-    }
+        Ok(())
+    })?;
     if let Some(m) = spec.milli_cpus
         && m < 1
     {
@@ -163,6 +252,7 @@ pub fn task_spec(spec: &TaskSpec) -> Result<(), FieldError> {
             format!("{b} must be positive"),
         ));
     }
+    at_most("ports", spec.ports.len(), limits::MAX_PORTS, "entries")?;
     let mut seen = HashSet::new();
     for (i, p) in spec.ports.iter().enumerate() {
         for (name, port) in [
@@ -204,17 +294,18 @@ pub fn task_spec(spec: &TaskSpec) -> Result<(), FieldError> {
         ("labels", &spec.labels),
         ("node_selector", &spec.node_selector),
     ] {
-        for key in map.keys() {
-            if key.is_empty() {
-                return Err(FieldError::new(field, "keys must be non-empty"));
-            }
+        if map.contains_key("") {
+            return Err(FieldError::new(field, "keys must be non-empty"));
+        }
+        string_map(field, map, &LABELS, |key, _| {
             if field == "labels" && key.starts_with(RESERVED_PREFIX) {
                 return Err(FieldError::new(
-                    format!("labels[{key:?}]"),
+                    "",
                     format!("the prefix {RESERVED_PREFIX:?} is reserved for orch"),
                 ));
             }
-        }
+            Ok(())
+        })?;
     }
     if let Some(g) = &spec.stop_grace_period {
         match crate::time::std_duration(g) {
@@ -229,6 +320,23 @@ pub fn task_spec(spec: &TaskSpec) -> Result<(), FieldError> {
     }
     if let Some(check) = &spec.health_check {
         health_check(check).map_err(|e| e.within("health_check"))?;
+    }
+    encoded_at_most(spec)
+}
+
+/// The whole of a spec (field path empty) is at most
+/// [`limits::MAX_SPEC_BYTES`] encoded.
+fn encoded_at_most(spec: &impl prost::Message) -> Result<(), FieldError> {
+    let total = spec.encoded_len();
+    if total > limits::MAX_SPEC_BYTES {
+        return Err(FieldError::new(
+            "",
+            format!(
+                "{total} bytes encoded, at most {} ({})",
+                limits::MAX_SPEC_BYTES,
+                limits::size(limits::MAX_SPEC_BYTES)
+            ),
+        ));
     }
     Ok(())
 }
@@ -257,6 +365,7 @@ pub fn health_check(check: &HealthCheck) -> Result<(), FieldError> {
         }
         Some(health_check::Probe::Http(http)) => {
             port("http.port", http.port)?;
+            bytes("http.path", &http.path, limits::MAX_HTTP_PATH_BYTES)?;
             if !http.path.is_empty()
                 && (!http.path.starts_with('/')
                     || http
@@ -267,8 +376,8 @@ pub fn health_check(check: &HealthCheck) -> Result<(), FieldError> {
                 return Err(FieldError::new(
                     "http.path",
                     format!(
-                        "{:?} must start with '/' and contain no spaces or control characters",
-                        http.path
+                        "{} must start with '/' and contain no spaces or control characters",
+                        quote(&http.path)
                     ),
                 ));
             }
@@ -281,12 +390,7 @@ pub fn health_check(check: &HealthCheck) -> Result<(), FieldError> {
                     "is required: at least the program to run",
                 ));
             }
-            if let Some(i) = exec.command.iter().position(|a| a.contains('\0')) {
-                return Err(FieldError::new(
-                    format!("exec.command[{i}]"),
-                    "must not contain NUL",
-                ));
-            }
+            command("exec.command", &exec.command)?;
         }
     }
     // A duration that does not convert (negative, bad nanoseconds) is as
@@ -386,7 +490,8 @@ pub fn service_name(name: &str) -> Result<(), FieldError> {
         return Err(FieldError::new(
             "name",
             format!(
-                "{name:?} must be 1-63 characters of lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+                "{} must be 1-63 characters of lowercase letters, digits and '-', starting with a letter and not ending with '-'",
+                quote(name)
             ),
         ));
     }
@@ -469,7 +574,7 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), FieldError> {
     if let Some(u) = &spec.update {
         update_config(u).map_err(|e| e.within("update"))?;
     }
-    Ok(())
+    encoded_at_most(spec)
 }
 
 /// Checks a service's placement; field paths are relative to it (`constraints`).
@@ -477,10 +582,15 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), FieldError> {
 /// # Errors
 /// The first rule the placement breaks.
 pub fn placement(placement: &Placement) -> Result<(), FieldError> {
-    if placement.constraints.keys().any(String::is_empty) {
+    if placement.constraints.contains_key("") {
         return Err(FieldError::new("constraints", "keys must be non-empty"));
     }
-    Ok(())
+    string_map(
+        "constraints",
+        &placement.constraints,
+        &LABELS,
+        |_, _| Ok(()),
+    )
 }
 
 /// Checks a service's update config; field paths are relative to it
@@ -543,6 +653,14 @@ pub fn register(req: &RegisterRequest) -> Result<(), FieldError> {
     if req.name.trim().is_empty() {
         return Err(FieldError::new("name", "is required"));
     }
+    bytes("name", &req.name, limits::MAX_NODE_NAME_BYTES)?;
+    bytes("address", &req.address, limits::MAX_NODE_ADDRESS_BYTES)?;
+    let node_labels = MapLimits {
+        entries: limits::MAX_NODE_LABELS,
+        key: limits::MAX_LABEL_KEY_BYTES,
+        value: limits::MAX_NODE_LABEL_VALUE_BYTES,
+    };
+    string_map("labels", &req.labels, &node_labels, |_, _| Ok(()))?;
     let Some(c) = &req.capacity else {
         return Err(FieldError::new("capacity", "is required"));
     };
@@ -554,6 +672,22 @@ pub fn register(req: &RegisterRequest) -> Result<(), FieldError> {
         if v < 1 {
             return Err(FieldError::new(field, format!("{v} must be positive")));
         }
+    }
+    Ok(())
+}
+
+/// Checks a worker's report (`StatusBatch.statuses`) and cuts what is for
+/// people only (each status's `message`, and its `container_id`) to its
+/// limit rather than refuse the report: losing a state change would be
+/// worse than a shortened pull error.
+///
+/// # Errors
+/// If the batch has more than [`limits::MAX_STATUSES`] statuses.
+pub fn statuses(statuses: &mut [TaskStatus]) -> Result<(), FieldError> {
+    at_most("statuses", statuses.len(), limits::MAX_STATUSES, "entries")?;
+    for s in statuses {
+        limits::truncate(&mut s.message, limits::MAX_STATUS_MESSAGE_BYTES);
+        limits::truncate(&mut s.container_id, limits::MAX_CONTAINER_ID_BYTES);
     }
     Ok(())
 }
@@ -1002,6 +1136,268 @@ mod tests {
                 "update.max_failure_ratio",
             );
         }
+    }
+
+    /// Applies `edit` to a valid spec and checks the error names `field`
+    /// and says `rule`, in a short message.
+    fn check_limit(edit: impl FnOnce(&mut TaskSpec), field: &str, rule: &str) {
+        let mut spec = valid();
+        edit(&mut spec);
+        let err = task_spec(&spec).expect_err(field);
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.rule.contains(rule), "{err}");
+        assert!(err.to_string().len() < 200, "{err}");
+    }
+
+    /// `n` distinct keys `K0`, `K1`, ... with `value`.
+    fn entries(n: usize, value: &str) -> HashMap<String, String> {
+        (0..n)
+            .map(|i| (format!("K{i}"), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn each_limit_of_a_task_spec_names_its_field_and_the_limit() {
+        use crate::limits::*;
+        // Each limit, just reached, passes.
+        let mut at_limits = valid();
+        at_limits.image = "a".repeat(MAX_IMAGE_BYTES);
+        at_limits.command = vec!["x".into(); MAX_ARGS];
+        at_limits.env = entries(MAX_ENV, "v");
+        at_limits.labels = entries(MAX_LABELS, "v");
+        at_limits.node_selector = entries(MAX_LABELS, "v");
+        at_limits.ports = (1..=MAX_PORTS as u32)
+            .map(|p| PortMapping {
+                host_port: p,
+                container_port: p,
+                protocol: 0,
+            })
+            .collect();
+        assert_eq!(task_spec(&at_limits), Ok(()));
+        let mut long = valid();
+        long.command = vec!["x".repeat(MAX_ARG_BYTES)];
+        long.env = [("K".repeat(MAX_ENV_KEY_BYTES), "v".into())].into();
+        long.labels = [(
+            "k".repeat(MAX_LABEL_KEY_BYTES),
+            "v".repeat(MAX_LABEL_VALUE_BYTES),
+        )]
+        .into();
+        assert_eq!(task_spec(&long), Ok(()));
+        let mut big_value = valid();
+        big_value.env = [("BIG".to_string(), "v".repeat(MAX_ENV_VALUE_BYTES))].into();
+        assert_eq!(task_spec(&big_value), Ok(()));
+
+        // One past each.
+        check_limit(
+            |s| s.image = "a".repeat(MAX_IMAGE_BYTES + 1),
+            "image",
+            "513 bytes, at most 512",
+        );
+        check_limit(
+            |s| s.command = vec!["x".into(); 200_000],
+            "command",
+            "200000 arguments, at most 4096",
+        );
+        check_limit(
+            |s| s.command.push("x".repeat(MAX_ARG_BYTES + 1)),
+            "command[2]",
+            "131073 bytes, at most 131072",
+        );
+        check_limit(
+            |s| s.env = entries(100_000, "v"),
+            "env",
+            "100000 entries, at most 1024",
+        );
+        check_limit(
+            |s| {
+                s.env.insert("K".repeat(MAX_ENV_KEY_BYTES + 1), "v".into());
+            },
+            &format!("env[{}]", quote(&"K".repeat(257))),
+            "a key of 257 bytes, at most 256",
+        );
+        check_limit(
+            |s| {
+                s.env.insert("BIG".into(), "v".repeat(2 << 20));
+            },
+            "env[\"BIG\"]",
+            "a value of 2097152 bytes, at most 131072",
+        );
+        for field in ["labels", "node_selector"] {
+            fn map<'a>(s: &'a mut TaskSpec, field: &str) -> &'a mut HashMap<String, String> {
+                if field == "labels" {
+                    &mut s.labels
+                } else {
+                    &mut s.node_selector
+                }
+            }
+            check_limit(
+                |s| *map(s, field) = entries(50_000, "v"),
+                field,
+                "50000 entries, at most 256",
+            );
+            check_limit(
+                |s| {
+                    map(s, field).insert("k".repeat(254), "v".into());
+                },
+                &format!("{field}[{}]", quote(&"k".repeat(254))),
+                "a key of 254 bytes, at most 253",
+            );
+            check_limit(
+                |s| {
+                    map(s, field).insert("k".into(), "v".repeat(4097));
+                },
+                &format!("{field}[\"k\"]"),
+                "a value of 4097 bytes, at most 4096",
+            );
+        }
+        check_limit(
+            |s| {
+                s.ports = (1..=1025)
+                    .map(|p| PortMapping {
+                        host_port: p,
+                        container_port: 80,
+                        protocol: 0,
+                    })
+                    .collect()
+            },
+            "ports",
+            "1025 entries, at most 1024",
+        );
+        check_limit(
+            |s| {
+                s.health_check = Some(HealthCheck {
+                    probe: http(80, &format!("/{}", "a".repeat(MAX_HTTP_PATH_BYTES))),
+                    ..Default::default()
+                })
+            },
+            "health_check.http.path",
+            "2049 bytes, at most 2048",
+        );
+        check_limit(
+            |s| {
+                s.health_check = Some(HealthCheck {
+                    probe: exec(&["x"; 4097]),
+                    ..Default::default()
+                })
+            },
+            "health_check.exec.command",
+            "4097 arguments, at most 4096",
+        );
+        // Every field within its limit, the whole over its own.
+        check_limit(
+            |s| {
+                s.env = entries(3, &"v".repeat(MAX_ENV_VALUE_BYTES));
+            },
+            "",
+            "at most 262144 (256 KiB)",
+        );
+    }
+
+    #[test]
+    fn an_error_quotes_a_huge_value_only_by_its_start() {
+        let huge = "x y".repeat(1 << 20);
+        let mut spec = valid();
+        spec.name = huge.clone();
+        let err = task_spec(&spec).unwrap_err().to_string();
+        assert!(err.len() < 300 && err.contains("(3145728 bytes)"), "{err}");
+        let mut spec = valid();
+        spec.image = "bad image".into();
+        assert!(task_spec(&spec).unwrap_err().rule.contains("\"bad image\""));
+        let mut spec = valid();
+        spec.env.insert(huge.clone(), "v".into());
+        assert!(task_spec(&spec).unwrap_err().to_string().len() < 300);
+        let err = id("id", &huge).unwrap_err().to_string();
+        assert!(err.len() < 300, "{err}");
+        let err = service_name(&huge).unwrap_err().to_string();
+        assert!(err.len() < 300, "{err}");
+    }
+
+    #[test]
+    fn each_limit_of_a_service_spec_names_its_field() {
+        use crate::limits::*;
+        check_service(
+            |s| s.placement.get_or_insert_default().constraints = entries(257, "a"),
+            "placement.constraints",
+        );
+        check_service(
+            |s| {
+                s.placement
+                    .get_or_insert_default()
+                    .constraints
+                    .insert("zone".into(), "a".repeat(MAX_LABEL_VALUE_BYTES + 1));
+            },
+            "placement.constraints[\"zone\"]",
+        );
+        check_service(|s| task(s).image = "a".repeat(3 << 20), "task.image");
+        // The task within its limit, the service over its own.
+        let mut spec = service(replicated(None));
+        task(&mut spec).command = vec!["x".repeat(MAX_ARG_BYTES)];
+        spec.placement.get_or_insert_default().constraints =
+            entries(100, &"a".repeat(MAX_LABEL_VALUE_BYTES));
+        let err = service_spec(&spec).unwrap_err();
+        assert_eq!(err.within("spec").field, "spec");
+    }
+
+    #[test]
+    fn each_limit_of_a_registration_names_its_field() {
+        use crate::limits::*;
+        let good = RegisterRequest {
+            name: "w".repeat(MAX_NODE_NAME_BYTES),
+            address: "a".repeat(MAX_NODE_ADDRESS_BYTES),
+            labels: entries(MAX_NODE_LABELS, &"v".repeat(MAX_NODE_LABEL_VALUE_BYTES)),
+            capacity: Some(Resources {
+                milli_cpus: 1000,
+                memory_bytes: 1 << 30,
+                disk_bytes: 1 << 30,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(register(&good), Ok(()));
+        type Edit = fn(&mut RegisterRequest);
+        let cases: [(Edit, &str, &str); 4] = [
+            (|r| r.name.push('w'), "name", "254 bytes, at most 253"),
+            (
+                |r| r.address.push('a'),
+                "address",
+                "1025 bytes, at most 1024",
+            ),
+            (
+                |r| r.labels = entries(65, "v"),
+                "labels",
+                "65 entries, at most 64",
+            ),
+            (
+                |r| {
+                    r.labels.insert("K0".into(), "v".repeat(254));
+                },
+                "labels[\"K0\"]",
+                "a value of 254 bytes, at most 253",
+            ),
+        ];
+        for (edit, field, rule) in cases {
+            let mut r = good.clone();
+            edit(&mut r);
+            let err = register(&r).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.rule.contains(rule), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_report_is_bounded_and_its_messages_cut() {
+        use crate::limits::*;
+        let mut batch = vec![TaskStatus::default(); MAX_STATUSES + 1];
+        let err = statuses(&mut batch).unwrap_err();
+        assert_eq!(err.to_string(), "statuses: 10001 entries, at most 10000");
+        let mut batch = vec![TaskStatus {
+            message: "m".repeat(1 << 20),
+            container_id: "c".repeat(1000),
+            ..Default::default()
+        }];
+        statuses(&mut batch).unwrap();
+        assert!(batch[0].message.len() <= MAX_STATUS_MESSAGE_BYTES);
+        assert!(batch[0].message.ends_with('…'));
+        assert!(batch[0].container_id.len() <= MAX_CONTAINER_ID_BYTES);
     }
 
     #[test]

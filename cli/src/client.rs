@@ -79,6 +79,7 @@ pub fn status_error(s: tonic::Status) -> CliError {
             ));
         }
         Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "over a limit",
         _ => "error",
     };
     CliError(format!("{what}: {}", s.message()))

@@ -95,6 +95,7 @@ pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> 
         advertise: args.advertise,
         node_cert_lifetime: args.node_cert_ttl,
         admin_token: orch_manager::AdminToken::FirstStart,
+        ..orch_manager::Config::default()
     };
     let manager = start_manager(config, listener).await?;
     if let Some(path) = write_client_config(manager.client())? {

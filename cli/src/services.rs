@@ -517,12 +517,20 @@ async fn create(manager: &Target, a: ServiceCreateArgs, out: Output) -> Result<(
 /// `orchctl service ls`.
 async fn ls(manager: &Target, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
-    let services = client
-        .list_services(ListServicesRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .services;
+    let mut services = Vec::new();
+    let mut request = ListServicesRequest::default();
+    loop {
+        let page = client
+            .list_services(request.clone())
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        services.extend(page.services);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
     match out {
         Output::Json => output::print_json(&Value::Array(
             services.iter().map(output::service_json).collect(),

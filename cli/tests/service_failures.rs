@@ -856,7 +856,7 @@ async fn bad_service_input_is_one_readable_error_and_stores_nothing() {
     // Nothing stored: no service, no task, no container.
     assert_eq!(listed(&cluster).await, Vec::<Value>::new());
     let services = client
-        .list_services(ListServicesRequest {})
+        .list_services(ListServicesRequest::default())
         .await
         .expect("list services")
         .into_inner()

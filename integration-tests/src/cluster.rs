@@ -23,6 +23,7 @@ use bollard::Docker;
 use orch::auth::{Bearer, Client};
 use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{GetTaskRequest, ListNodesRequest, NodeState, Task, WatchEventsRequest};
+use orch_manager::limits::Limits;
 use orch_manager::scheduler::Strategy;
 use orch_worker::runtime::docker::DockerRuntime;
 use tokio::net::TcpListener;
@@ -40,6 +41,7 @@ pub struct Builder {
     milli_cpus: Option<i64>,
     memory_bytes: Option<i64>,
     strategy: Strategy,
+    limits: Limits,
 }
 
 /// A running manager.
@@ -60,6 +62,7 @@ pub struct Cluster {
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
     strategy: Strategy,
+    limits: Limits,
     manager: Option<ManagerProc>,
     /// The workers, in start order.
     pub workers: Vec<WorkerProc>,
@@ -96,6 +99,12 @@ impl Builder {
         self
     }
 
+    /// The manager's limits on load (default: the manager's defaults).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Starts the manager, then the workers, and waits until every worker is ready.
     ///
     /// # Panics
@@ -115,6 +124,7 @@ impl Builder {
             addr,
             dir,
             strategy: self.strategy,
+            limits: self.limits,
             manager: None,
             workers: Vec::new(),
             docker,
@@ -149,6 +159,7 @@ impl Cluster {
             milli_cpus: None,
             memory_bytes: None,
             strategy: Strategy::Spread,
+            limits: Limits::default(),
         }
     }
 
@@ -182,6 +193,7 @@ impl Cluster {
             strategy: self.strategy,
             heartbeat_period: Duration::from_millis(500),
             missed_heartbeats: 3,
+            limits: self.limits,
             ..orch_manager::Config::default()
         };
         let manager = orch_manager::start(config, listener)

@@ -1,7 +1,7 @@
 //! The manager's errors and their one mapping to gRPC status codes.
 
 use orch::validate::FieldError;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::store::StoreError;
 
@@ -27,13 +27,36 @@ pub enum Error {
 }
 
 impl From<Error> for Status {
+    /// Every message is cut to `orch::limits::MAX_ERROR_BYTES`, so that no
+    /// value quoted in it can make the reply's headers too large for the
+    /// client (values are quoted short already: `orch::limits::quote`).
     fn from(e: Error) -> Self {
-        match e {
-            Error::Invalid(f) => Status::invalid_argument(f.to_string()),
-            Error::NotFound(m) => Status::not_found(m),
-            Error::FailedPrecondition(m) => Status::failed_precondition(m),
-            Error::AlreadyExists(m) => Status::already_exists(m),
-            Error::Store(s) => Status::unavailable(format!("{s}; retry later")),
-        }
+        let (code, mut message) = match e {
+            Error::Invalid(f) => (Code::InvalidArgument, f.to_string()),
+            Error::NotFound(m) => (Code::NotFound, m),
+            Error::FailedPrecondition(m) => (Code::FailedPrecondition, m),
+            Error::AlreadyExists(m) => (Code::AlreadyExists, m),
+            Error::Store(s) => (Code::Unavailable, format!("{s}; retry later")),
+        };
+        orch::limits::truncate(&mut message, orch::limits::MAX_ERROR_BYTES);
+        Status::new(code, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_status_message_is_longer_than_the_limit() {
+        let status = Status::from(Error::NotFound(format!(
+            "service {} not found",
+            "x".repeat(3 << 20)
+        )));
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().len() <= orch::limits::MAX_ERROR_BYTES);
+        assert!(status.message().starts_with("service xxx"));
+        let status = Status::from(Error::FailedPrecondition("short".into()));
+        assert_eq!(status.message(), "short");
     }
 }

@@ -17,6 +17,9 @@
 //! - [`clock`]: the one place that reads the time;
 //! - [`auth`]: the cluster's CA, client and join tokens, and the layer that
 //!   checks every client call.
+//! - [`limits`]: the limits on load (message sizes, requests per
+//!   connection, timeouts, the rate of `Register`) and the tower layer
+//!   enforcing them.
 
 pub mod api;
 pub mod auth;
@@ -24,6 +27,7 @@ pub mod clock;
 pub mod dispatcher;
 pub mod engine;
 mod error;
+pub mod limits;
 pub mod orchestrator;
 pub mod persist;
 pub mod scheduler;
@@ -78,6 +82,8 @@ pub struct Config {
     /// When this start makes an admin token for the local client
     /// configuration ([`Manager::client`]).
     pub admin_token: AdminToken,
+    /// The limits on load: requests per connection, timeout, `Register`'s rate.
+    pub limits: limits::Limits,
 }
 
 /// When a start makes an admin client token.
@@ -106,6 +112,7 @@ impl Default for Config {
             advertise: Vec::new(),
             node_cert_lifetime: auth::NODE_CERT_LIFETIME,
             admin_token: AdminToken::FirstStart,
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -280,6 +287,7 @@ pub struct Manager {
     liveness: Liveness,
     tls: Option<tonic::transport::ServerTlsConfig>,
     client: ClientAccess,
+    limits: limits::Limits,
 }
 
 /// Runs the manager on `listener` until `shutdown` resolves.
@@ -445,6 +453,7 @@ pub async fn start_with_store(
         liveness,
         tls,
         client,
+        limits: config.limits,
     })
 }
 
@@ -477,6 +486,7 @@ impl Manager {
             liveness,
             tls,
             client: _,
+            limits,
         } = self;
         let liveness_task = tokio::spawn(housekeeping(shared.clone(), liveness));
 
@@ -503,7 +513,7 @@ impl Manager {
         tracing::info!(?addr, tls = tls.is_some(), "manager listening");
         let heartbeat_period = liveness.heartbeat_period;
         let keepalive = heartbeat_period.max(Duration::from_millis(500));
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder = limits::server(&limits);
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }
@@ -513,9 +523,10 @@ impl Manager {
             .http2_keepalive_timeout(Some(keepalive * liveness.missed_heartbeats.max(1)))
             .layer(auth::layer::AuthLayer::new(shared.clone()))
             .add_service(health_service)
-            .add_service(ClusterServer::new(api::ClusterApi::new(shared.clone())))
-            .add_service(DispatcherServer::new(dispatcher::DispatcherApi::new(
+            .add_service(limits::cluster(api::ClusterApi::new(shared.clone())))
+            .add_service(limits::dispatcher(dispatcher::DispatcherApi::new(
                 shared.clone(),
+                &limits,
             )))
             .add_optional_service(reflection.ok())
             .add_optional_service(reflection_alpha.ok());

@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use crate::executor::{Command, Executor};
+use crate::executor::{Command, Executor, FullSet};
 use crate::identity::{self, Identity};
 use crate::metrics::Meter;
 use crate::runtime::Runtime;
@@ -424,6 +424,7 @@ async fn session(
         Err(status) => return format!("session refused: {}", status.message()),
     };
     backoff.reset();
+    let mut full_set = FullSet::default();
     let mut tick = tokio::time::interval(heartbeat_period(reply));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let renewal = tokio::time::sleep(renewal_in(identity.as_ref()));
@@ -457,7 +458,9 @@ async fn session(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => {
-                    if let Some(manager_message::Kind::Assignments(a)) = m.kind {
+                    if let Some(manager_message::Kind::Assignments(a)) = m.kind
+                        && let Some(a) = full_set.add(a)
+                    {
                         executor.send(Command::Assign(a));
                     }
                 }

@@ -56,6 +56,39 @@ pub enum Command {
     Assign(Assignments),
 }
 
+/// Puts together a full set that the manager sent in parts
+/// (`Assignments.more`), so the executor only ever sees a whole one: acting
+/// on a part would stop every task of the other parts. One per session, so
+/// that the parts of a set cut short by a broken session are dropped with it.
+#[derive(Debug, Default)]
+pub struct FullSet {
+    parts: Option<Assignments>,
+}
+
+impl FullSet {
+    /// Takes the next message of the session: returns what the executor
+    /// should get now, if anything (a change, or a whole full set).
+    pub fn add(&mut self, a: Assignments) -> Option<Assignments> {
+        if !a.full {
+            return Some(a);
+        }
+        let whole = match self.parts.take() {
+            None => a,
+            Some(mut set) => {
+                set.run.extend(a.run);
+                set.stop.extend(a.stop);
+                set.more = a.more;
+                set
+            }
+        };
+        if whole.more {
+            self.parts = Some(whole);
+            return None;
+        }
+        Some(whole)
+    }
+}
+
 /// A handle to the executor actor.
 #[derive(Clone)]
 pub struct Executor {

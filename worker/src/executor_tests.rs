@@ -119,6 +119,7 @@ impl Harness {
                 }),
             }],
             stop: vec![],
+            more: false,
         });
     }
 
@@ -132,6 +133,7 @@ impl Harness {
                 attempt,
                 grace_period: None,
             }],
+            more: false,
         });
     }
 
@@ -248,6 +250,7 @@ async fn a_newer_attempt_replaces_the_old_container_and_a_full_set_stops_strays(
             }),
         }],
         stop: vec![],
+        more: false,
     });
     loop {
         let s = h.next().await;
@@ -379,6 +382,7 @@ async fn a_stop_of_an_attempt_that_ended_here_is_answered_with_its_final_report(
         full: true,
         run: vec![],
         stop: vec![stop(stopped), stop(exited)],
+        more: false,
     });
     let mut seen = HashMap::new();
     while seen.len() < 2 {
@@ -407,4 +411,38 @@ async fn a_stop_of_an_attempt_that_ended_here_is_answered_with_its_final_report(
     };
     assert_eq!(answered.state(), TaskState::Stopped);
     assert_eq!(*h.runtime.next.lock().unwrap(), 2, "nothing started again");
+}
+
+fn assignment(task: &str) -> TaskAssignment {
+    TaskAssignment {
+        task_id: task.into(),
+        attempt: 1,
+        spec: None,
+    }
+}
+
+#[test]
+fn a_full_set_in_parts_reaches_the_executor_whole_and_only_whole() {
+    let part = |tasks: &[&str], more| Assignments {
+        full: true,
+        run: tasks.iter().map(|t| assignment(t)).collect(),
+        stop: vec![],
+        more,
+    };
+    let change = Assignments {
+        full: false,
+        run: vec![assignment("c")],
+        stop: vec![],
+        more: false,
+    };
+    let mut set = FullSet::default();
+    assert_eq!(set.add(change.clone()), Some(change));
+    assert_eq!(set.add(part(&["a"], true)), None);
+    assert_eq!(set.add(part(&["b"], true)), None);
+    let whole = set.add(part(&["c", "d"], false)).expect("the whole set");
+    assert!(whole.full && !whole.more);
+    let ids: Vec<&str> = whole.run.iter().map(|r| r.task_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c", "d"]);
+    // A set in one message passes as it is, and nothing of the last is left.
+    assert_eq!(set.add(part(&["e"], false)), Some(part(&["e"], false)));
 }

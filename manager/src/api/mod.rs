@@ -30,6 +30,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::engine::Engine;
+use crate::limits::MAX_PAGE_BYTES;
 
 mod access;
 mod services;
@@ -37,9 +38,20 @@ use crate::{Error, Shared};
 
 /// Most specs in one `SubmitTasks` call.
 pub const MAX_BATCH_SPECS: usize = 10_000;
-/// Most tasks in one `ListTasks` page.
+/// Most tasks in one `ListTasks` page, or services in one `ListServices` page.
 pub const MAX_PAGE_SIZE: u32 = 10_000;
-const DEFAULT_PAGE_SIZE: u32 = 1_000;
+/// The page size of a `ListTasks` or `ListServices` call that sets none.
+pub const DEFAULT_PAGE_SIZE: u32 = 1_000;
+
+/// The number of objects a page may hold, from a request's `page_size`.
+fn page_size(asked: u32) -> Result<usize, Error> {
+    if asked > MAX_PAGE_SIZE {
+        return Err(
+            FieldError::new("page_size", format!("{asked} is more than {MAX_PAGE_SIZE}")).into(),
+        );
+    }
+    Ok(if asked == 0 { DEFAULT_PAGE_SIZE } else { asked } as usize)
+}
 
 /// The `Cluster` service over the manager's shared state.
 pub struct ClusterApi {
@@ -137,6 +149,17 @@ impl Cluster for ClusterApi {
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
         let req = request.into_inner();
+        if req.states.len() > orch::limits::MAX_STATE_FILTERS {
+            return Err(Error::from(FieldError::new(
+                "states",
+                format!(
+                    "{} entries, at most {}",
+                    req.states.len(),
+                    orch::limits::MAX_STATE_FILTERS
+                ),
+            ))
+            .into());
+        }
         let mut states = Vec::with_capacity(req.states.len());
         for (i, s) in req.states.iter().enumerate() {
             match TaskState::try_from(*s) {
@@ -153,13 +176,11 @@ impl Cluster for ClusterApi {
         if !req.node_id.is_empty() {
             validate::id("node_id", &req.node_id).map_err(Error::from)?;
         }
-        if req.page_size > MAX_PAGE_SIZE {
-            return Err(Error::from(FieldError::new(
-                "page_size",
-                format!("{} is more than {MAX_PAGE_SIZE}", req.page_size),
-            ))
-            .into());
+        if !req.service.is_empty() {
+            validate::service_name(&req.service)
+                .map_err(|e| Error::from(FieldError::new("service", e.rule)))?;
         }
+        let limit = page_size(req.page_size)?;
         let after = if req.page_token.is_empty() {
             None
         } else {
@@ -170,11 +191,6 @@ impl Cluster for ClusterApi {
                 ))
             })?)
         };
-        let limit = if req.page_size == 0 {
-            DEFAULT_PAGE_SIZE
-        } else {
-            req.page_size
-        } as usize;
         let engine = self.shared.lock();
         let service_id = if req.service.is_empty() {
             None
@@ -185,7 +201,7 @@ impl Cluster for ClusterApi {
                     .ok_or_else(|| Error::NotFound(format!("service {} not found", req.service)))?,
             )
         };
-        let (tasks, more) = engine.list_tasks(after, limit, |t| {
+        let (tasks, more) = engine.list_tasks(after, limit, MAX_PAGE_BYTES, |t| {
             (states.is_empty() || states.contains(&t.state()))
                 && (req.node_id.is_empty() || t.node_id == req.node_id)
                 && service_id.as_ref().is_none_or(|id| t.service_id == *id)
@@ -259,9 +275,9 @@ impl Cluster for ClusterApi {
 
     async fn list_services(
         &self,
-        _request: Request<ListServicesRequest>,
+        request: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        services::list(&self.shared)
+        services::list(&self.shared, request.into_inner())
     }
 
     async fn scale_service(

@@ -6,8 +6,8 @@
 use orch::v1::{
     ApplyServiceRequest, ApplyServiceResponse, DeleteServiceRequest, DeleteServiceResponse,
     GetServiceRequest, GetServiceResponse, ListServiceVersionsRequest, ListServiceVersionsResponse,
-    ListServicesResponse, RollbackServiceRequest, RollbackServiceResponse, ScaleServiceRequest,
-    ScaleServiceResponse,
+    ListServicesRequest, ListServicesResponse, RollbackServiceRequest, RollbackServiceResponse,
+    ScaleServiceRequest, ScaleServiceResponse,
 };
 use orch::validate::{self, FieldError};
 use tonic::{Response, Status};
@@ -55,9 +55,32 @@ pub fn get(
     }))
 }
 
-pub fn list(shared: &Shared) -> Result<Response<ListServicesResponse>, Status> {
-    let services = shared.lock().list_services();
-    Ok(Response::new(ListServicesResponse { services }))
+pub fn list(
+    shared: &Shared,
+    req: ListServicesRequest,
+) -> Result<Response<ListServicesResponse>, Status> {
+    let limit = super::page_size(req.page_size)?;
+    let after = if req.page_token.is_empty() {
+        None
+    } else {
+        Some(name("page_token", &req.page_token)?)
+    };
+    let (services, more) =
+        shared
+            .lock()
+            .list_services(after.as_deref(), limit, crate::limits::MAX_PAGE_BYTES);
+    let next_page_token = match (more, services.last()) {
+        (true, Some(last)) => last
+            .spec
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    Ok(Response::new(ListServicesResponse {
+        services,
+        next_page_token,
+    }))
 }
 
 pub async fn scale(

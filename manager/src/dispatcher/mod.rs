@@ -5,26 +5,35 @@
 //! the engine pushes on the session's channel ([`sessions::Push`]) into the
 //! stream's messages; it makes no decision itself. [`sessions`] keeps the
 //! sessions themselves and the liveness deadlines.
+//!
+//! No message down a session is larger than about
+//! [`MAX_CHUNK_BYTES`](crate::limits::MAX_CHUNK_BYTES) plus one assignment:
+//! [`chunks`] cuts a large push into several, and a full set's parts say
+//! that more follows (`Assignments.more`). `Register` is limited to a rate
+//! ([`TokenBucket`]): a call over it is refused with `RESOURCE_EXHAUSTED`,
+//! at once.
 
 pub mod sessions;
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use orch::v1::dispatcher_server::Dispatcher;
 use orch::v1::{
-    JoinRequest, JoinResponse, ManagerMessage, RegisterRequest, RegisterResponse,
+    Assignments, JoinRequest, JoinResponse, ManagerMessage, RegisterRequest, RegisterResponse,
     RenewCertificateRequest, RenewCertificateResponse, WorkerMessage, manager_message,
     worker_message,
 };
 use orch::validate;
-use tokio::sync::mpsc;
+use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use self::sessions::Push;
+use self::sessions::{Push, SessionRx};
+use crate::limits::{Limits, MAX_CHUNK_BYTES, TokenBucket};
 use crate::{Error, Shared};
 
 /// How long a new stream may take to send its `open` message.
@@ -33,12 +42,41 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The `Dispatcher` service over the manager's shared state.
 pub struct DispatcherApi {
     shared: Arc<Shared>,
+    /// `Register`'s rate limit.
+    registers: Mutex<TokenBucket>,
+    limits: Limits,
 }
 
 impl DispatcherApi {
-    /// A service over `shared`.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    /// A service over `shared`, `Register` limited as `limits` say.
+    pub fn new(shared: Arc<Shared>, limits: &Limits) -> Self {
+        let bucket = TokenBucket::new(
+            limits.registers_per_second,
+            limits.register_burst,
+            shared.now().at,
+        );
+        Self {
+            shared,
+            registers: Mutex::new(bucket),
+            limits: *limits,
+        }
+    }
+
+    /// Takes a place for one `Register` call.
+    fn admit_register(&self) -> Result<(), Status> {
+        let now = self.shared.now().at;
+        let taken = match self.registers.lock() {
+            Ok(mut bucket) => bucket.take(now),
+            Err(poisoned) => poisoned.into_inner().take(now),
+        };
+        taken.map_err(|wait| {
+            Status::resource_exhausted(format!(
+                "Register is limited to {} calls a second (bursts of {}); retry in {} ms",
+                self.limits.registers_per_second,
+                self.limits.register_burst,
+                wait.as_millis().max(1)
+            ))
+        })
     }
 }
 
@@ -148,6 +186,7 @@ impl Dispatcher for DispatcherApi {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        self.admit_register()?;
         let caller = self.caller(&request)?;
         let mut req = request.into_inner();
         if let Some((node, _)) = caller.node {
@@ -196,7 +235,7 @@ impl Dispatcher for DispatcherApi {
             return Err(not_yours("open.node_id", &open.node_id, node));
         }
         let session_id = validate::id("open.session_id", &open.session_id).map_err(Error::from)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = sessions::channel();
         self.shared.lock().open_session(node_id, session_id, tx)?;
         tracing::info!(node = %node_id, session = %session_id, "session opened");
         tokio::spawn(serve_session(
@@ -209,24 +248,70 @@ impl Dispatcher for DispatcherApi {
     }
 }
 
-/// The response stream of a session: each push as a message, and an end
-/// the manager decided as an `UNAVAILABLE` status, after which the stream
-/// ends. It also ends when the engine drops the session's sender.
-fn outbound(
-    rx: mpsc::UnboundedReceiver<Push>,
-) -> impl Stream<Item = Result<ManagerMessage, Status>> + Send + 'static {
-    futures::stream::unfold(Some(rx), |rx| async move {
-        let mut rx = rx?;
-        match rx.recv().await? {
-            Push::Assignments(a) => Some((
-                Ok(ManagerMessage {
-                    kind: Some(manager_message::Kind::Assignments(a)),
-                }),
-                Some(rx),
-            )),
-            Push::End(why) => Some((Err(Status::unavailable(why)), None)),
+/// The response stream of a session: each push as one message or more
+/// ([`chunks`]), and an end the manager decided as an `UNAVAILABLE` status,
+/// after which the stream ends. It also ends when the engine drops the
+/// session's sender.
+fn outbound(rx: SessionRx) -> impl Stream<Item = Result<ManagerMessage, Status>> + Send + 'static {
+    let message = |a| ManagerMessage {
+        kind: Some(manager_message::Kind::Assignments(a)),
+    };
+    futures::stream::unfold(
+        (Some(rx), VecDeque::new()),
+        move |(rx, mut parts)| async move {
+            if let Some(part) = parts.pop_front() {
+                return Some((Ok(message(part)), (rx, parts)));
+            }
+            let mut rx = rx?;
+            match rx.recv().await? {
+                Push::Assignments(a) => {
+                    parts.extend(chunks(a, MAX_CHUNK_BYTES));
+                    let first = parts.pop_front()?;
+                    Some((Ok(message(first)), (Some(rx), parts)))
+                }
+                Push::End(why) => Some((Err(Status::unavailable(why)), (None, parts))),
+            }
+        },
+    )
+}
+
+/// `a` as messages of at most about `max` encoded bytes each: each holds at
+/// least one assignment or stop, so one larger than `max` goes alone. The
+/// parts of a full set are each `full`, all but the last with `more`; the
+/// parts of a change are changes. Always at least one message, so an empty
+/// full set is sent too.
+fn chunks(a: Assignments, max: usize) -> Vec<Assignments> {
+    let full = a.full;
+    let empty = || Assignments {
+        full,
+        ..Default::default()
+    };
+    let mut parts = vec![empty()];
+    let mut size = 0;
+    // The index of the part with room for a field of `len` bytes (its tag,
+    // its length and itself), a new one if the last is full.
+    let mut room = |parts: &mut Vec<Assignments>, len: usize| {
+        let len = 1 + prost::length_delimiter_len(len) + len;
+        if size > 0 && size + len > max {
+            parts.push(empty());
+            size = 0;
         }
-    })
+        size += len;
+        parts.len() - 1
+    };
+    for run in a.run {
+        let i = room(&mut parts, run.encoded_len());
+        parts[i].run.push(run);
+    }
+    for stop in a.stop {
+        let i = room(&mut parts, stop.encoded_len());
+        parts[i].stop.push(stop);
+    }
+    let last = parts.len() - 1;
+    for part in &mut parts[..last] {
+        part.more = full;
+    }
+    parts
 }
 
 /// Reads a session's messages until the stream ends, then closes the session.
@@ -251,7 +336,11 @@ async fn serve_session(
                     .lock()
                     .heartbeat(node_id, session_id, hb.metrics.unwrap_or_default())
             }
-            worker_message::Kind::Status(batch) => {
+            worker_message::Kind::Status(mut batch) => {
+                if let Err(e) = validate::statuses(&mut batch.statuses) {
+                    tracing::warn!(node = %node_id, error = %e, "report refused; closing the session");
+                    break;
+                }
                 shared.lock().report(node_id, session_id, batch.statuses)
             }
             worker_message::Kind::Open(_) => true,
@@ -263,4 +352,99 @@ async fn serve_session(
     }
     shared.lock().close_session(node_id, session_id);
     tracing::info!(node = %node_id, session = %session_id, "session closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use orch::v1::{TaskAssignment, TaskSpec, TaskStop};
+
+    use super::*;
+    use crate::limits::MAX_MESSAGE_BYTES;
+
+    fn assignment(n: usize, bytes: usize) -> TaskAssignment {
+        TaskAssignment {
+            task_id: format!("t{n}"),
+            attempt: 1,
+            spec: Some(TaskSpec {
+                image: "i".into(),
+                command: vec!["x".repeat(bytes)],
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn full_set(run: Vec<TaskAssignment>) -> Assignments {
+        Assignments {
+            full: true,
+            run,
+            stop: vec![],
+            more: false,
+        }
+    }
+
+    fn ids(parts: &[Assignments]) -> Vec<String> {
+        parts
+            .iter()
+            .flat_map(|p| p.run.iter().map(|r| r.task_id.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_large_full_set_is_cut_into_parts_that_say_more_follows() {
+        let run: Vec<_> = (0..100).map(|n| assignment(n, 100_000)).collect();
+        let want: Vec<String> = run.iter().map(|r| r.task_id.clone()).collect();
+        let parts = chunks(full_set(run), 1 << 20);
+        assert_eq!(parts.len(), 10, "ten of about 100 KB per MiB");
+        assert_eq!(ids(&parts), want, "every assignment once, in order");
+        for (i, part) in parts.iter().enumerate() {
+            assert!(part.full);
+            assert_eq!(part.more, i + 1 < parts.len());
+            assert!(part.encoded_len() <= 1 << 20, "part {i}");
+        }
+    }
+
+    #[test]
+    fn a_full_set_of_the_largest_specs_stays_under_the_message_limit() {
+        let spec = orch::limits::MAX_SPEC_BYTES - 64;
+        let run: Vec<_> = (0..40).map(|n| assignment(n, spec)).collect();
+        let parts = chunks(full_set(run), MAX_CHUNK_BYTES);
+        assert_eq!(ids(&parts).len(), 40);
+        for part in &parts {
+            let message = ManagerMessage {
+                kind: Some(manager_message::Kind::Assignments(part.clone())),
+            };
+            assert!(message.encoded_len() < MAX_MESSAGE_BYTES);
+        }
+    }
+
+    #[test]
+    fn a_small_or_empty_push_is_one_message_and_a_large_change_several() {
+        let empty = Assignments {
+            full: true,
+            ..Default::default()
+        };
+        assert_eq!(chunks(empty.clone(), 100), vec![empty]);
+        let stops: Vec<_> = (0..10)
+            .map(|n| TaskStop {
+                task_id: format!("t{n}"),
+                attempt: 1,
+                grace_period: None,
+            })
+            .collect();
+        let change = Assignments {
+            full: false,
+            run: vec![assignment(0, 200)],
+            stop: stops,
+            more: false,
+        };
+        let parts = chunks(change.clone(), 1 << 20);
+        assert_eq!(parts, vec![change.clone()]);
+        // One larger than the size goes alone; a change's parts are changes.
+        let parts = chunks(change, 100);
+        assert_eq!(parts.len(), 2);
+        assert_eq!((parts[0].run.len(), parts[0].stop.len()), (1, 0));
+        assert!(parts.iter().all(|p| !p.full && !p.more));
+        let stops: usize = parts.iter().map(|p| p.stop.len()).sum();
+        assert_eq!(stops, 10);
+    }
 }

@@ -8,6 +8,13 @@
 //! plain value on a channel, so the core never holds the state lock across
 //! I/O. It decides nothing about tasks; whether a silent node goes down, and
 //! what happens to its tasks, is the engine's call.
+//!
+//! A session's channel is bounded ([`SESSION_BUFFER`] pushes) and a push
+//! never waits, for the engine pushes under its lock: a session whose
+//! worker does not keep up is ended ("fell behind") when its channel is
+//! full, and the worker's next session opens with the full set, as after
+//! any break. One place of the channel is kept for that end, so the worker
+//! is always told why.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,8 +24,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+pub use crate::limits::SESSION_BUFFER;
+
 /// What the manager sends down a worker's session. The dispatcher turns it
-/// into the stream's messages.
+/// into the stream's messages (several, for a large one).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Push {
     /// Tasks to run and to stop.
@@ -28,7 +37,15 @@ pub enum Push {
 }
 
 /// The sending half of a session's stream.
-pub type SessionTx = mpsc::UnboundedSender<Push>;
+pub type SessionTx = mpsc::Sender<Push>;
+/// The receiving half of a session's stream.
+pub type SessionRx = mpsc::Receiver<Push>;
+
+/// A session's channel, of [`SESSION_BUFFER`] pushes and one place more,
+/// kept for [`Push::End`].
+pub fn channel() -> (SessionTx, SessionRx) {
+    mpsc::channel(SESSION_BUFFER + 1)
+}
 
 /// Liveness settings.
 #[derive(Debug, Clone, Copy)]
@@ -173,18 +190,37 @@ impl Sessions {
             .map(|e| e.last_seen + self.liveness.deadline())
     }
 
-    /// Sends `assignments` down `node`'s session, if it has one. A worker
-    /// that has gone away is no error: its next session opens with the full set.
-    pub fn push(&self, node: Uuid, assignments: Assignments) {
-        if let Some((_, tx)) = self.entries.get(&node).and_then(|e| e.open.as_ref()) {
-            let _ = tx.send(Push::Assignments(assignments));
+    /// Sends `assignments` down `node`'s session, if it has one, without
+    /// waiting. A worker that has gone away is no error: its next session
+    /// opens with the full set. A session whose channel is full (its
+    /// worker is [`SESSION_BUFFER`] pushes behind) is ended instead, and
+    /// for the same reason loses nothing. Returns false if it ended the
+    /// session.
+    pub fn push(&mut self, node: Uuid, assignments: Assignments) -> bool {
+        let Some((session, tx)) = self.entries.get(&node).and_then(|e| e.open.as_ref()) else {
+            return true;
+        };
+        // The last place is the end's.
+        if tx.capacity() > 1 {
+            let _ = tx.try_send(Push::Assignments(assignments));
+            return true;
         }
+        tracing::warn!(%node, %session, pushes = SESSION_BUFFER, "a worker fell behind its session; ending it");
+        self.end(
+            node,
+            &format!(
+                "the worker fell {SESSION_BUFFER} messages behind; open a new session for the full set"
+            ),
+        );
+        false
     }
 
-    /// Ends `node`'s open session, telling the worker `why`.
+    /// Ends `node`'s open session, telling the worker `why` after what is
+    /// already waiting on its channel.
     pub fn end(&mut self, node: Uuid, why: &str) {
         if let Some((_, tx)) = self.entries.get_mut(&node).and_then(|e| e.open.take()) {
-            let _ = tx.send(Push::End(why.to_owned()));
+            // There is always a place for it: pushes leave the last one.
+            let _ = tx.try_send(Push::End(why.to_owned()));
         }
     }
 
@@ -219,7 +255,7 @@ mod tests {
         let node = Uuid::new_v4();
         let first = s.register(node, now);
         let second = s.register(node, now);
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = channel();
         assert_eq!(
             s.open(node, first, tx.clone(), now),
             Err(StaleSession {
@@ -240,10 +276,10 @@ mod tests {
         let mut s = Sessions::new(LIVENESS);
         let node = Uuid::new_v4();
         let old = s.register(node, now);
-        let (old_tx, mut old_rx) = mpsc::unbounded_channel();
+        let (old_tx, mut old_rx) = channel();
         s.open(node, old, old_tx, now).unwrap();
         let new = s.register(node, now);
-        let (new_tx, mut new_rx) = mpsc::unbounded_channel();
+        let (new_tx, mut new_rx) = channel();
         s.open(node, new, new_tx, now).unwrap();
         assert_eq!(old_rx.try_recv(), Err(TryRecvError::Disconnected));
         assert!(!s.close(node, old), "superseded");
@@ -263,12 +299,42 @@ mod tests {
         let mut s = Sessions::new(LIVENESS);
         let node = Uuid::new_v4();
         let session = s.register(node, now);
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = channel();
         s.open(node, session, tx, now).unwrap();
         s.end(node, "no heartbeat");
         assert_eq!(rx.try_recv(), Ok(Push::End("no heartbeat".into())));
         assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
         assert!(!s.connected(node));
+    }
+
+    #[test]
+    fn a_session_that_falls_behind_is_ended_and_told_why() {
+        let now = Instant::now();
+        let mut s = Sessions::new(LIVENESS);
+        let node = Uuid::new_v4();
+        let session = s.register(node, now);
+        let (tx, mut rx) = channel();
+        s.open(node, session, tx, now).unwrap();
+        for _ in 0..SESSION_BUFFER {
+            assert!(s.push(node, Assignments::default()));
+        }
+        assert!(s.connected(node), "a full buffer, not more");
+        assert!(!s.push(node, Assignments::default()));
+        assert!(!s.connected(node));
+        for _ in 0..SESSION_BUFFER {
+            assert_eq!(rx.try_recv(), Ok(Push::Assignments(Assignments::default())));
+        }
+        match rx.try_recv() {
+            Ok(Push::End(why)) => assert!(why.contains("fell 65536 messages behind"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+        // The next session starts with room again.
+        let next = s.register(node, now);
+        let (tx, mut rx) = channel();
+        s.open(node, next, tx, now).unwrap();
+        s.push(node, Assignments::default());
+        assert_eq!(rx.try_recv(), Ok(Push::Assignments(Assignments::default())));
     }
 
     #[test]

@@ -144,16 +144,21 @@ impl Engine {
         self.committer.queue_durable(self.state.take_writes())
     }
 
-    /// Sends one node a change of assignments.
-    fn push(&self, node: Uuid, run: Vec<TaskAssignment>, stop: Vec<TaskStop>) {
-        self.sessions.push(
-            node,
-            Assignments {
-                full: false,
-                run,
-                stop,
-            },
-        );
+    /// Sends one node a change of assignments. A session that falls behind
+    /// is ended there (see `Sessions::push`), and its node takes no new
+    /// tasks until its worker opens the next.
+    fn push(&mut self, node: Uuid, run: Vec<TaskAssignment>, stop: Vec<TaskStop>) {
+        let assignments = Assignments {
+            full: false,
+            run,
+            stop,
+            more: false,
+        };
+        if !self.sessions.push(node, assignments)
+            && let Some(i) = self.state.node_index(node)
+        {
+            self.refresh_placeable(i);
+        }
     }
 
     /// Tries to bind a pending task to a node; on failure it stays pending

@@ -115,9 +115,22 @@ impl Engine {
         self.state.service(name).map(|e| self.view(e))
     }
 
-    /// Every service, by name, with its counts.
-    pub fn list_services(&self) -> Vec<Service> {
-        self.state.services().map(|e| self.view(e)).collect()
+    /// The services after the name `after` (exclusive), by name, with their
+    /// counts: at most `limit`, and no more once they make `max_bytes`
+    /// encoded (`limits::page`); and whether more follow.
+    pub fn list_services(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> (Vec<Service>, bool) {
+        let views: Vec<Service> = self
+            .state
+            .services_after(after)
+            .take(limit.saturating_add(1))
+            .map(|e| self.view(e))
+            .collect();
+        crate::limits::page(views.iter(), limit, max_bytes)
     }
 
     /// The id of a service, to find its tasks.

@@ -131,7 +131,7 @@ impl Workers {
 
 /// The service's tasks that should run, as (slot, version, node, state).
 fn wanted(f: &Fixture, name: &str) -> Vec<(u32, u64, String, TaskState)> {
-    let (tasks, _) = f.state.list_tasks(None, usize::MAX, |t| {
+    let (tasks, _) = f.state.list_tasks(None, usize::MAX, usize::MAX, |t| {
         t.service == name && t.desired_state() == DesiredState::Running
     });
     let mut out: Vec<_> = tasks
@@ -226,7 +226,9 @@ async fn a_killed_replica_restarts_in_its_slot_after_the_backoff() {
     let mut workers = Workers::join(&mut f, 2);
     apply(&mut f, replicated("web", 2, "v1"));
     workers.pump(&mut f);
-    let (tasks, _) = f.state.list_tasks(None, 10, |t| t.service == "web");
+    let (tasks, _) = f
+        .state
+        .list_tasks(None, 10, usize::MAX, |t| t.service == "web");
     let victim = tasks[0].clone();
     let w = workers
         .workers
@@ -341,7 +343,7 @@ async fn a_global_service_runs_on_every_node_and_a_drained_nodes_task_stops_not_
     // Regression: it is stopped where it runs (same attempt, still on its
     // node, running until its worker says it stopped), not moved off as a
     // new attempt that then ends `stopped` while its container still runs.
-    let (on_drained, _) = f.state.list_tasks(None, 10, |t| {
+    let (on_drained, _) = f.state.list_tasks(None, 10, usize::MAX, |t| {
         t.service == "agent" && t.pinned_node_id == drained.to_string()
     });
     let t = &on_drained[0];
@@ -378,7 +380,7 @@ async fn a_batch_job_runs_its_completions_at_most_parallelism_at_a_time() {
     let mut completed = 0;
     while completed < 5 {
         workers.pump(&mut f);
-        let (running, _) = f.state.list_tasks(None, usize::MAX, |t| {
+        let (running, _) = f.state.list_tasks(None, usize::MAX, usize::MAX, |t| {
             t.service == "job" && t.state() == TaskState::Running
         });
         assert!(running.len() <= 2, "{running:?}");
@@ -514,7 +516,9 @@ async fn placement_constraints_keep_replicas_to_matching_nodes_and_say_why_they_
     });
     apply(&mut f, spec);
     workers.pump(&mut f);
-    let (tasks, _) = f.state.list_tasks(None, 10, |t| t.service == "web");
+    let (tasks, _) = f
+        .state
+        .list_tasks(None, 10, usize::MAX, |t| t.service == "web");
     assert!(
         tasks.iter().all(|t| t.state() == TaskState::Pending
             && t.message == "no node fits: node selector zone=a not matched on 1 node"),

@@ -118,21 +118,20 @@ impl Engine {
     }
 
     /// Tasks after `after` (exclusive) in submission order that pass `keep`,
-    /// at most `limit`; and whether more follow.
+    /// at most `limit` and no more once they make `max_bytes` encoded
+    /// (`limits::page`); and whether more follow.
     pub fn list_tasks(
         &self,
         after: Option<Uuid>,
         limit: usize,
+        max_bytes: usize,
         keep: impl Fn(&Task) -> bool,
     ) -> (Vec<Task>, bool) {
-        let mut out = Vec::new();
-        for task in self.state.tasks_after(after).filter(|t| keep(t)) {
-            if out.len() == limit {
-                return (out, true);
-            }
-            out.push(task.clone());
-        }
-        (out, false)
+        crate::limits::page(
+            self.state.tasks_after(after).filter(|t| keep(t)),
+            limit,
+            max_bytes,
+        )
     }
 
     /// Ends a drain handoff: the old attempt is told to stop.

@@ -15,7 +15,6 @@ use orch::v1::{
     Resources, Task, TaskSpec, TaskState, TaskStatus, TaskStop, event,
 };
 use prost_types::Timestamp;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::{Instant, advance};
 use uuid::Uuid;
@@ -43,7 +42,7 @@ pub(super) struct Fixture {
 pub(super) struct Worker {
     pub(super) node: Uuid,
     pub(super) session: Uuid,
-    pub(super) rx: mpsc::UnboundedReceiver<Push>,
+    pub(super) rx: crate::dispatcher::sessions::SessionRx,
 }
 
 impl Fixture {
@@ -108,7 +107,7 @@ impl Fixture {
     }
 
     pub(super) fn open(&mut self, node: Uuid, session: Uuid) -> Worker {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crate::dispatcher::sessions::channel();
         self.state
             .open_session(node, session, tx)
             .expect("open_session");
@@ -749,7 +748,7 @@ async fn open_session_refuses_a_superseded_used_or_unknown_session() {
     let (node, first) = f.register("", "n1", 0);
     let (_, second) = f.register(&node.to_string(), "n1", 0);
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = crate::dispatcher::sessions::channel();
     let refused = f.state.open_session(node, first, tx);
     assert!(
         matches!(refused, Err(Error::FailedPrecondition(_))),
@@ -768,7 +767,7 @@ async fn open_session_refuses_a_superseded_used_or_unknown_session() {
         (Uuid::new_v4(), second, "unknown node"),
         (node, Uuid::new_v4(), "unknown session"),
     ] {
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = crate::dispatcher::sessions::channel();
         let refused = f.state.open_session(node, session, tx);
         assert!(
             matches!(refused, Err(Error::FailedPrecondition(_))),
@@ -848,6 +847,36 @@ async fn a_disconnected_node_takes_no_new_tasks_until_its_worker_reconnects() {
         (TaskState::Scheduled, node.to_string().as_str())
     );
     back.expect_run(&placed);
+}
+
+#[tokio::test]
+async fn a_worker_that_falls_behind_loses_its_session_and_gets_everything_in_the_next() {
+    use crate::dispatcher::sessions::SESSION_BUFFER;
+    let mut f = Fixture::new();
+    let mut slow = f.join("n1", 0);
+    // The worker reads nothing: its full set and the pushes of the first
+    // SESSION_BUFFER - 1 tasks fill its channel, the next push ends it.
+    let tasks = f.submit(vec![spec("web"); SESSION_BUFFER]);
+    assert!(tasks.iter().all(|t| t.state() == TaskState::Scheduled));
+    // Cut off, the node takes no new task, though it stays ready within the
+    // liveness deadline.
+    let waiting = f.submit_one(spec("web"));
+    assert_eq!(waiting.state(), TaskState::Pending);
+    assert_eq!(f.node(slow.node).state(), NodeState::Ready);
+    assert!(slow.full_set().is_empty());
+    for _ in 1..SESSION_BUFFER {
+        assert!(!slow.next().full);
+    }
+    match slow.rx.try_recv() {
+        Ok(Push::End(why)) => assert!(why.contains("fell 65536 messages behind"), "{why}"),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    assert_eq!(slow.rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
+    // Its next session gets everything, the task that waited included.
+    let (node, session) = f.register(&slow.node.to_string(), "n1", 0);
+    let mut back = f.open(node, session);
+    assert_eq!(back.full_set().len(), SESSION_BUFFER);
+    back.expect_run(&f.task(&waiting));
 }
 
 #[tokio::test]

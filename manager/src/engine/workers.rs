@@ -100,12 +100,15 @@ impl Engine {
                 stop.push(stop_order(&status_of(task), task.spec.as_ref()));
             }
         }
+        // One push, however large: the dispatcher cuts it into messages
+        // (`Assignments.more`). A fresh channel has room for it.
         self.sessions.push(
             node_id,
             Assignments {
                 full: true,
                 run,
                 stop,
+                more: false,
             },
         );
         let live = self.live_state(i);

@@ -61,6 +61,15 @@ impl State {
         self.services.values()
     }
 
+    /// The services after the name `after` (exclusive; all with `None`), by name.
+    pub fn services_after(&self, after: Option<&str>) -> impl Iterator<Item = &ServiceEntry> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |name| Bound::Excluded(name.to_owned()));
+        self.services
+            .range((start, Bound::Unbounded))
+            .map(|(_, e)| e)
+    }
+
     /// Adds a service loaded from the store or just created (the caller
     /// writes it), with its versions. Its tasks join it as they are inserted.
     pub(super) fn insert_service(
