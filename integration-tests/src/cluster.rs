@@ -284,6 +284,28 @@ impl Cluster {
         ClusterClient::with_interceptor(self.channel().await, bearer)
     }
 
+    /// A mutual-TLS channel with worker `i`'s key and certificate: what
+    /// that worker itself speaks to the `Dispatcher` with.
+    pub async fn worker_channel(&self, i: usize) -> tonic::transport::Channel {
+        let dir = self.worker_dir(i);
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("a worker file");
+        tonic::transport::Endpoint::from_shared(self.url())
+            .expect("url")
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .domain_name(orch::auth::MANAGER_SERVER_NAME)
+                    .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.crt")))
+                    .identity(tonic::transport::Identity::from_pem(
+                        read("node.crt"),
+                        read("node.key"),
+                    )),
+            )
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     /// A TLS channel to the manager, verified against its CA, without a
     /// token (health checks and reflection need none).
     pub async fn channel(&self) -> tonic::transport::Channel {

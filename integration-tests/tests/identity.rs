@@ -9,25 +9,6 @@ use orch::v1::{
 };
 use orch_integration_tests::cluster::Cluster;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-/// A mutual-TLS channel with worker `i`'s key and certificate.
-async fn as_worker(cluster: &Cluster, i: usize) -> Channel {
-    let dir = cluster.worker_dir(i);
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("a worker file");
-    Endpoint::from_shared(cluster.url())
-        .expect("url")
-        .tls_config(
-            ClientTlsConfig::new()
-                .domain_name(orch::auth::MANAGER_SERVER_NAME)
-                .ca_certificate(Certificate::from_pem(read("ca.crt")))
-                .identity(Identity::from_pem(read("node.crt"), read("node.key"))),
-        )
-        .expect("tls")
-        .connect()
-        .await
-        .expect("connect")
-}
 
 fn register(node_id: &str) -> RegisterRequest {
     RegisterRequest {
@@ -47,7 +28,7 @@ async fn a_worker_can_speak_only_for_its_own_node() {
     let cluster = Cluster::builder().workers(2).start().await;
     let ids = cluster.node_ids();
     let (mine, theirs) = (&ids[0], &ids[1]);
-    let mut dispatcher = DispatcherClient::new(as_worker(&cluster, 0).await);
+    let mut dispatcher = DispatcherClient::new(cluster.worker_channel(0).await);
 
     let err = dispatcher
         .register(register(theirs))
