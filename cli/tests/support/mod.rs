@@ -19,8 +19,14 @@
 //! kills the processes and removes this cluster's containers (task
 //! containers of its nodes, worker containers) and its network.
 //!
-//! Shared by `tests/failures.rs`, `tests/lifecycle.rs`, `tests/services.rs`
-//! and `benches/recovery.rs`; each uses a part of it.
+//! Every cluster is secured as a user's is: the manager's first start writes
+//! the client configuration (CA and admin token) into the cluster's
+//! directory, where every orchctl it runs reads it (`ORCH_CONFIG`), and each
+//! worker joins with the join token.
+//!
+//! Shared by `tests/failures.rs`, `tests/lifecycle.rs`, `tests/services.rs`,
+//! `tests/service_failures.rs`, `tests/security.rs`, `tests/python_client.rs`,
+//! `tests/startup.rs` and `benches/recovery.rs`; each uses a part of it.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
