@@ -204,7 +204,10 @@ pub fn task_spec(spec: &TaskSpec) -> Result<(), FieldError> {
         ("labels", &spec.labels),
         ("node_selector", &spec.node_selector),
     ] {
-        for key in map.keys() {
+        // In order, so the same spec always gets the same answer.
+        let mut keys: Vec<&String> = map.keys().collect();
+        keys.sort();
+        for key in keys {
             if key.is_empty() {
                 return Err(FieldError::new(field, "keys must be non-empty"));
             }
