@@ -1005,3 +1005,58 @@ pub fn wild_register_request() -> impl Strategy<Value = RegisterRequest> {
             },
         )
 }
+
+/// Whether `path` is a field path as [`crate::validate`] writes them: names
+/// joined by `.`, each with optional `[index]` or `["key"]` (a key quoted as
+/// Rust debug-prints it), the first name one of `fields`.
+pub fn is_field_path(path: &str, fields: &[&str]) -> bool {
+    path_len(path, fields) == Some(path.len())
+}
+
+/// Whether `message` reads `PATH: RULE`, as a [`crate::validate::FieldError`]
+/// displays: a field path (see [`is_field_path`]), then a rule.
+pub fn names_a_field(message: &str, fields: &[&str]) -> bool {
+    path_len(message, fields)
+        .and_then(|n| message[n..].strip_prefix(": "))
+        .is_some_and(|rule| !rule.trim().is_empty())
+}
+
+/// The length of the field path `text` starts with, if its first name is one
+/// of `fields`.
+fn path_len(text: &str, fields: &[&str]) -> Option<usize> {
+    let first = text.split(['.', '[', ':']).next().unwrap_or_default();
+    if !fields.contains(&first) {
+        return None;
+    }
+    let mut rest = text;
+    loop {
+        let name_len = rest
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(rest.len());
+        if name_len == 0 {
+            return None;
+        }
+        rest = &rest[name_len..];
+        while let Some(inner) = rest.strip_prefix('[') {
+            let end = if let Some(quoted) = inner.strip_prefix('"') {
+                // The closing quote is the first one not escaped.
+                let mut escaped = false;
+                let close = quoted.char_indices().find_map(|(i, c)| {
+                    let close = c == '"' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    close.then_some(i)
+                })?;
+                1 + close + 1
+            } else {
+                inner
+                    .find(|c: char| !c.is_ascii_digit())
+                    .filter(|n| *n > 0)?
+            };
+            rest = inner[end..].strip_prefix(']')?;
+        }
+        match rest.strip_prefix('.') {
+            Some(next) => rest = next,
+            None => return Some(text.len() - rest.len()),
+        }
+    }
+}

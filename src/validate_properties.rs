@@ -9,53 +9,6 @@ use prost::Message;
 use crate::testing;
 use crate::validate::{self, FieldError};
 
-/// Whether `path` is a field path as the rules write them: names joined by
-/// `.`, each with optional `[index]` or `["key"]` (a key quoted as Rust
-/// debug-prints it), the first name one of `fields`.
-fn is_path(path: &str, fields: &[&str]) -> bool {
-    let first = path.split(['.', '[']).next().unwrap_or_default();
-    if !fields.contains(&first) {
-        return false;
-    }
-    let mut rest = path;
-    loop {
-        let name_len = rest
-            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
-            .unwrap_or(rest.len());
-        if name_len == 0 {
-            return false;
-        }
-        rest = &rest[name_len..];
-        while let Some(inner) = rest.strip_prefix('[') {
-            let end = if let Some(quoted) = inner.strip_prefix('"') {
-                // The closing quote is the first one not escaped.
-                let mut escaped = false;
-                let Some(close) = quoted.char_indices().find_map(|(i, c)| {
-                    let close = c == '"' && !escaped;
-                    escaped = c == '\\' && !escaped;
-                    close.then_some(i)
-                }) else {
-                    return false;
-                };
-                1 + close + 1
-            } else {
-                inner
-                    .find(|c: char| !c.is_ascii_digit())
-                    .filter(|n| *n > 0)
-                    .unwrap_or(0)
-            };
-            if end == 0 || !inner[end..].starts_with(']') {
-                return false;
-            }
-            rest = &inner[end + 1..];
-        }
-        match rest.strip_prefix('.') {
-            Some(next) => rest = next,
-            None => return rest.is_empty(),
-        }
-    }
-}
-
 /// The top-level fields of each message, as the paths name them.
 const TASK_FIELDS: &[&str] = &[
     "name",
@@ -86,7 +39,7 @@ const REGISTER_FIELDS: &[&str] = &["node_id", "name", "address", "labels", "capa
 
 fn proper(e: &FieldError, fields: &[&str]) -> Result<(), TestCaseError> {
     prop_assert!(
-        is_path(&e.field, fields),
+        testing::is_field_path(&e.field, fields),
         "{:?} is not a field path",
         e.field
     );
@@ -129,12 +82,19 @@ fn paths_are_recognised() {
         "health_check.exec.command[0]",
         "labels[\"orch.x\"]",
     ] {
-        assert!(is_path(good, TASK_FIELDS), "{good}");
+        assert!(testing::is_field_path(good, TASK_FIELDS), "{good}");
     }
     for bad in [
         "", "spec", "image.", "ports[]", "ports[x]", "env[\"a]", "Image", "image: x",
     ] {
-        assert!(!is_path(bad, TASK_FIELDS), "{bad}");
+        assert!(!testing::is_field_path(bad, TASK_FIELDS), "{bad}");
+    }
+    assert!(testing::names_a_field(
+        "env[\"a: b\"]: must not contain NUL",
+        TASK_FIELDS
+    ));
+    for bad in ["image", "image:", "image: ", "image x", "spec.image: x"] {
+        assert!(!testing::names_a_field(bad, TASK_FIELDS), "{bad}");
     }
 }
 
@@ -180,27 +140,35 @@ proptest! {
     /// Every spec the documented rules allow is accepted, and still is
     /// after a round trip through the wire format, which changes nothing.
     #[test]
-    fn valid_messages_are_accepted(
-        task in testing::task_spec(),
-        service in testing::service_spec(),
-        register in testing::register_request(),
-    ) {
-        accepted(&task, validate::task_spec)?;
-        accepted(&service, validate::service_spec)?;
-        accepted(&register, validate::register)?;
+    fn valid_task_specs_are_accepted(spec in testing::task_spec()) {
+        accepted(&spec, validate::task_spec)?;
+    }
+
+    #[test]
+    fn valid_service_specs_are_accepted(spec in testing::service_spec()) {
+        accepted(&spec, validate::service_spec)?;
+    }
+
+    #[test]
+    fn valid_registrations_are_accepted(req in testing::register_request()) {
+        accepted(&req, validate::register)?;
     }
 
     /// A valid message with one field broken is refused, naming that
     /// field, whatever the rest of the message holds.
     #[test]
-    fn one_broken_field_is_named(
-        task in testing::broken_task_spec(),
-        service in testing::broken_service_spec(),
-        register in testing::broken_register_request(),
-    ) {
-        refused(task, validate::task_spec, TASK_FIELDS)?;
-        refused(service, validate::service_spec, SERVICE_FIELDS)?;
-        refused(register, validate::register, REGISTER_FIELDS)?;
+    fn one_broken_task_field_is_named(broken in testing::broken_task_spec()) {
+        refused(broken, validate::task_spec, TASK_FIELDS)?;
+    }
+
+    #[test]
+    fn one_broken_service_field_is_named(broken in testing::broken_service_spec()) {
+        refused(broken, validate::service_spec, SERVICE_FIELDS)?;
+    }
+
+    #[test]
+    fn one_broken_registration_field_is_named(broken in testing::broken_register_request()) {
+        refused(broken, validate::register, REGISTER_FIELDS)?;
     }
 
     /// An id is accepted exactly when it is a UUID, and a refusal names the

@@ -21,6 +21,8 @@ pub mod clock;
 pub mod dispatcher;
 pub mod engine;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod orchestrator;
 pub mod persist;
 pub mod scheduler;

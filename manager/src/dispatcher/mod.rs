@@ -110,6 +110,27 @@ fn outbound(
     })
 }
 
+/// Hands one message of an open session to the engine. Returns false if
+/// the session is no longer current.
+pub(crate) fn receive(
+    shared: &Shared,
+    node_id: Uuid,
+    session_id: Uuid,
+    kind: worker_message::Kind,
+) -> bool {
+    match kind {
+        worker_message::Kind::Heartbeat(hb) => {
+            shared
+                .lock()
+                .heartbeat(node_id, session_id, hb.metrics.unwrap_or_default())
+        }
+        worker_message::Kind::Status(batch) => {
+            shared.lock().report(node_id, session_id, batch.statuses)
+        }
+        worker_message::Kind::Open(_) => true,
+    }
+}
+
 /// Reads a session's messages until the stream ends, then closes the session.
 async fn serve_session(
     shared: Arc<Shared>,
@@ -126,18 +147,7 @@ async fn serve_session(
                 break;
             }
         };
-        let current = match kind {
-            worker_message::Kind::Heartbeat(hb) => {
-                shared
-                    .lock()
-                    .heartbeat(node_id, session_id, hb.metrics.unwrap_or_default())
-            }
-            worker_message::Kind::Status(batch) => {
-                shared.lock().report(node_id, session_id, batch.statuses)
-            }
-            worker_message::Kind::Open(_) => true,
-        };
-        if !current {
+        if !receive(&shared, node_id, session_id, kind) {
             tracing::info!(node = %node_id, session = %session_id, "message on a superseded session; closing it");
             break;
         }
