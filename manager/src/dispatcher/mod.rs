@@ -19,7 +19,7 @@ use orch::v1::{
     worker_message,
 };
 use orch::validate;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -80,30 +80,34 @@ impl Dispatcher for DispatcherApi {
         let (tx, rx) = mpsc::unbounded_channel();
         self.shared.lock().open_session(node_id, session_id, tx)?;
         tracing::info!(node = %node_id, session = %session_id, "session opened");
+        let (ending, ended) = oneshot::channel();
         tokio::spawn(serve_session(
             self.shared.clone(),
             node_id,
             session_id,
             inbound,
+            ended,
         ));
-        Ok(Response::new(Box::pin(outbound(rx))))
+        Ok(Response::new(Box::pin(outbound(rx, ending))))
     }
 }
 
 /// The response stream of a session: each push as a message, and an end
 /// the manager decided as an `UNAVAILABLE` status, after which the stream
-/// ends. It also ends when the engine drops the session's sender.
+/// ends. It also ends when the engine drops the session's sender. `ending`
+/// is dropped with it, which tells `serve_session` to stop reading.
 fn outbound(
     rx: mpsc::UnboundedReceiver<Push>,
+    ending: oneshot::Sender<()>,
 ) -> impl Stream<Item = Result<ManagerMessage, Status>> + Send + 'static {
-    futures::stream::unfold(Some(rx), |rx| async move {
-        let mut rx = rx?;
+    futures::stream::unfold(Some((rx, ending)), |state| async move {
+        let (mut rx, ending) = state?;
         match rx.recv().await? {
             Push::Assignments(a) => Some((
                 Ok(ManagerMessage {
                     kind: Some(manager_message::Kind::Assignments(a)),
                 }),
-                Some(rx),
+                Some((rx, ending)),
             )),
             Push::End(why) => Some((Err(Status::unavailable(why)), None)),
         }
@@ -131,14 +135,23 @@ pub(crate) fn receive(
     }
 }
 
-/// Reads a session's messages until the stream ends, then closes the session.
+/// Reads a session's messages until the stream ends, or the manager ended
+/// the session (`ended`: the response stream is gone), then closes the
+/// session. Without the second, a worker that never closes its side would
+/// keep the stream, and a graceful shutdown of the server, waiting forever.
 async fn serve_session(
     shared: Arc<Shared>,
     node_id: Uuid,
     session_id: Uuid,
     mut inbound: Streaming<WorkerMessage>,
+    mut ended: oneshot::Receiver<()>,
 ) {
-    while let Some(msg) = inbound.next().await {
+    loop {
+        let msg = tokio::select! {
+            msg = inbound.next() => msg,
+            _ = &mut ended => None,
+        };
+        let Some(msg) = msg else { break };
         let kind = match msg {
             Ok(WorkerMessage { kind: Some(kind) }) => kind,
             Ok(WorkerMessage { kind: None }) => continue,
