@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use orch::v1::cluster_client::ClusterClient;
+use orch::v1::dispatcher_client::DispatcherClient;
 use orch::v1::{GetTaskRequest, ListNodesRequest, NodeState, Task, WatchEventsRequest};
 use orch_manager::scheduler::Strategy;
 use orch_worker::runtime::docker::DockerRuntime;
@@ -67,6 +68,8 @@ pub struct Cluster {
     pub docker: Docker,
     runtime: Arc<DockerRuntime>,
     worker_config: (Option<i64>, Option<i64>),
+    /// Whether [`Cluster::shutdown`] ran, removing the containers.
+    shut_down: bool,
 }
 
 impl Builder {
@@ -118,6 +121,7 @@ impl Builder {
             docker,
             runtime,
             worker_config: (self.milli_cpus, self.memory_bytes),
+            shut_down: false,
         };
         cluster.manager = Some(cluster.spawn_manager(listener));
         for _ in 0..self.workers {
@@ -216,10 +220,7 @@ impl Cluster {
     /// Stops the manager (its state stays on disk) and starts it again on
     /// the same address and data directory.
     pub async fn restart_manager(&mut self) {
-        if let Some(m) = self.manager.take() {
-            let _ = m.stop.send(());
-            m.task.await.expect("manager task").expect("manager run");
-        }
+        self.stop_manager().await;
         // The port was just released; binding it again can race with the
         // kernel for a moment.
         let listener = loop {
@@ -231,11 +232,36 @@ impl Cluster {
         self.manager = Some(self.spawn_manager(listener));
     }
 
+    /// Stops the manager and waits until it has let go of its store, which
+    /// the test may then open ([`Cluster::manager_dir`]); the workers keep
+    /// running. [`Cluster::restart_manager`] starts it again.
+    ///
+    /// # Panics
+    /// If the manager failed.
+    pub async fn stop_manager(&mut self) {
+        if let Some(m) = self.manager.take() {
+            let _ = m.stop.send(());
+            m.task.await.expect("manager task").expect("manager run");
+        }
+    }
+
     /// A client of the manager.
     pub async fn client(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel().await)
+    }
+
+    /// A client of the manager's `Dispatcher` service, as a worker uses it.
+    pub async fn dispatcher_client(&self) -> DispatcherClient<Channel> {
+        DispatcherClient::new(self.channel().await)
+    }
+
+    /// A connection to the manager, which every client above shares the
+    /// way of making.
+    async fn channel(&self) -> Channel {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            match ClusterClient::connect(self.url()).await {
+            let endpoint = Channel::from_shared(self.url()).expect("manager URL");
+            match endpoint.connect().await {
                 Ok(c) => return c,
                 Err(e) if tokio::time::Instant::now() > deadline => {
                     panic!("cannot connect to the manager: {e}")
@@ -402,6 +428,7 @@ impl Cluster {
             let _ = m.task.await;
         }
         containers::remove_on_nodes(&self.docker, &self.node_ids()).await;
+        self.shut_down = true;
     }
 
     /// The node ids the workers kept in their data directories.
@@ -426,7 +453,7 @@ impl Drop for Cluster {
     /// anyway, from a thread with its own runtime (the test's runtime may be
     /// going down), so no test leaves containers behind.
     fn drop(&mut self) {
-        if self.manager.is_none() {
+        if self.shut_down {
             return;
         }
         let nodes = self.node_ids();
