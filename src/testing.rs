@@ -1060,3 +1060,12 @@ fn path_len(text: &str, fields: &[&str]) -> Option<usize> {
         }
     }
 }
+
+/// How many cases a property runs: `PROPTEST_CASES` if set (to run longer),
+/// else `default`.
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}

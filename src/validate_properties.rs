@@ -99,7 +99,7 @@ fn paths_are_recognised() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(testing::cases(512)))]
 
     /// Whatever a client sends, validation answers, and a refusal names a
     /// field of the message and a rule.

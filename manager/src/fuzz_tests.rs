@@ -587,10 +587,7 @@ fn check_answer(kind: Kind, answer: &Result<(), Status>) -> Result<(), TestCaseE
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2000)
+    testing::cases(2000)
 }
 
 /// Runs `cases()` cases of each kind in `kinds` against one manager, on a
