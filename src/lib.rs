@@ -16,8 +16,12 @@ pub mod manifest;
 pub mod quantity;
 pub mod service;
 pub mod task_state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
 pub mod validate;
+#[cfg(test)]
+mod validate_properties;
 
 /// The generated `orch.v1` API: messages, `Cluster` and `Dispatcher` clients and servers.
 pub mod api {

@@ -227,3 +227,130 @@ mod tests {
         assert_eq!(parse("Running"), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use TaskState::*;
+
+    fn state() -> impl Strategy<Value = TaskState> {
+        prop::sample::select(ALL.to_vec())
+    }
+
+    fn successors(from: TaskState) -> Vec<TaskState> {
+        ALL.into_iter()
+            .filter(|to| can_transition(from, *to))
+            .collect()
+    }
+
+    #[test]
+    fn every_state_but_unspecified_is_reachable_from_pending() {
+        let mut seen = BTreeSet::from([Pending as i32]);
+        let mut todo = vec![Pending];
+        while let Some(from) = todo.pop() {
+            for to in successors(from) {
+                if seen.insert(to as i32) {
+                    todo.push(to);
+                }
+            }
+        }
+        let unreached: Vec<_> = ALL
+            .into_iter()
+            .filter(|s| !seen.contains(&(*s as i32)))
+            .collect();
+        assert_eq!(unreached, [Unspecified]);
+    }
+
+    #[test]
+    fn every_live_state_has_a_way_out_and_every_terminal_state_none() {
+        for s in ALL {
+            if s == Unspecified {
+                continue;
+            }
+            assert_eq!(successors(s).is_empty(), is_terminal(s), "{}", name(s));
+        }
+    }
+
+    proptest! {
+        /// A random walk along allowed moves, from pending, stays in the
+        /// table, never comes back to a state, and ends in a terminal state
+        /// within as many steps as there are live states.
+        #[test]
+        fn random_walks_end_in_a_terminal_state(choices in prop::collection::vec(any::<prop::sample::Index>(), 8)) {
+            let mut at = Pending;
+            let mut visited = vec![at];
+            for choice in &choices {
+                let next = successors(at);
+                if next.is_empty() {
+                    break;
+                }
+                let to = *choice.get(&next);
+                prop_assert_eq!(check_transition(at, to), Ok(()));
+                prop_assert!(!visited.contains(&to), "{:?} comes back to {:?}", visited, to);
+                visited.push(to);
+                at = to;
+            }
+            prop_assert!(is_terminal(at), "the walk {:?} did not end", visited);
+            prop_assert!(visited.len() <= 5, "{:?}", visited);
+            // The manager's states come first: a worker's report never leads
+            // back to pending.
+            prop_assert!(visited[1..].iter().all(|s| *s != Pending));
+        }
+
+        /// Applying any sequence of requested moves, keeping only those the
+        /// table allows, never revisits a state: late or duplicated reports
+        /// are harmless.
+        #[test]
+        fn accepted_moves_never_revisit_a_state(requests in prop::collection::vec(state(), 0..40)) {
+            let mut at = Pending;
+            let mut visited = vec![at];
+            for to in requests {
+                match check_transition(at, to) {
+                    Ok(()) => {
+                        prop_assert!(!visited.contains(&to));
+                        visited.push(to);
+                        at = to;
+                    }
+                    Err(e) => prop_assert_eq!(e, TransitionError::NotAllowed { from: at, to }),
+                }
+            }
+            prop_assert!(visited.len() <= 5);
+        }
+
+        /// A report is accepted exactly when it is about the current attempt
+        /// and its move is in the table; the error says which rule it broke.
+        #[test]
+        fn reports_are_fenced_by_attempt(
+            current in 0..4u64,
+            reported in 0..4u64,
+            from in state(),
+            to in state(),
+        ) {
+            let got = accept_report(current, from, reported, to);
+            if reported != current {
+                prop_assert_eq!(got, Err(TransitionError::StaleAttempt { reported, current }));
+            } else if TRANSITIONS.contains(&(from, to)) {
+                prop_assert_eq!(got, Ok(()));
+            } else {
+                prop_assert_eq!(got, Err(TransitionError::NotAllowed { from, to }));
+            }
+        }
+
+        /// Only moves between live states out of a state that holds nothing
+        /// into one that does (pending → scheduled) take resources, and
+        /// none gives them back except by ending the attempt.
+        #[test]
+        fn resources_are_held_from_placement_to_the_end(from in state(), to in state()) {
+            if can_transition(from, to) && is_active(from) {
+                prop_assert!(is_active(to) || is_terminal(to), "{:?} -> {:?}", from, to);
+            }
+            if can_transition(from, to) && !is_active(from) {
+                prop_assert!(from == Pending && (to == Scheduled || to == Stopped));
+            }
+        }
+    }
+}

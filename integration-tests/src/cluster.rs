@@ -22,6 +22,7 @@ use std::time::Duration;
 use bollard::Docker;
 use orch::auth::{Bearer, Client};
 use orch::v1::cluster_client::ClusterClient;
+use orch::v1::dispatcher_client::DispatcherClient;
 use orch::v1::{GetTaskRequest, ListNodesRequest, NodeState, Task, WatchEventsRequest};
 use orch_manager::limits::Limits;
 use orch_manager::scheduler::Strategy;
@@ -72,6 +73,8 @@ pub struct Cluster {
     worker_config: (Option<i64>, Option<i64>),
     /// The manager's CA, admin token and join token, from its first start.
     access: Option<orch_manager::ClientAccess>,
+    /// Whether [`Cluster::shutdown`] ran, removing the containers.
+    shut_down: bool,
 }
 
 impl Builder {
@@ -131,6 +134,7 @@ impl Builder {
             runtime,
             worker_config: (self.milli_cpus, self.memory_bytes),
             access: None,
+            shut_down: false,
         };
         cluster.manager = Some(cluster.spawn_manager(listener).await);
         for _ in 0..self.workers {
@@ -257,10 +261,7 @@ impl Cluster {
     /// Stops the manager (its state stays on disk) and starts it again on
     /// the same address and data directory.
     pub async fn restart_manager(&mut self) {
-        if let Some(m) = self.manager.take() {
-            let _ = m.stop.send(());
-            m.task.await.expect("manager task").expect("manager run");
-        }
+        self.stop_manager().await;
         // The port was just released; binding it again can race with the
         // kernel for a moment.
         let listener = loop {
@@ -270,6 +271,19 @@ impl Cluster {
             }
         };
         self.manager = Some(self.spawn_manager(listener).await);
+    }
+
+    /// Stops the manager and waits until it has let go of its store, which
+    /// the test may then open ([`Cluster::manager_dir`]); the workers keep
+    /// running. [`Cluster::restart_manager`] starts it again.
+    ///
+    /// # Panics
+    /// If the manager failed.
+    pub async fn stop_manager(&mut self) {
+        if let Some(m) = self.manager.take() {
+            let _ = m.stop.send(());
+            m.task.await.expect("manager task").expect("manager run");
+        }
     }
 
     /// A client of the manager, with the admin token.
@@ -282,6 +296,29 @@ impl Cluster {
     pub async fn client_with(&self, token: Option<&str>) -> Client {
         let bearer = Bearer::new(token).expect("token");
         ClusterClient::with_interceptor(self.channel().await, bearer)
+    }
+
+    /// A client of the manager's `Dispatcher` service over TLS, without a
+    /// node certificate (see [`Cluster::worker_channel`] for a worker's).
+    pub async fn dispatcher_client(&self) -> DispatcherClient<tonic::transport::Channel> {
+        DispatcherClient::new(self.channel().await)
+    }
+
+    /// Joins the cluster as a new node, as a worker does (with the join
+    /// token, keeping nothing on disk), and returns a mutual-TLS channel
+    /// with its certificate and its node id: a worker a test plays itself.
+    pub async fn join_node(&self) -> (tonic::transport::Channel, String) {
+        let identity = orch_worker::identity::join(&self.url(), &self.access().join_token, None)
+            .await
+            .expect("join");
+        let channel = tonic::transport::Endpoint::from_shared(self.url())
+            .expect("url")
+            .tls_config(identity.tls())
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect");
+        (channel, identity.node_id.to_string())
     }
 
     /// A mutual-TLS channel with worker `i`'s key and certificate: what
@@ -488,6 +525,7 @@ impl Cluster {
             let _ = m.task.await;
         }
         containers::remove_on_nodes(&self.docker, &self.node_ids()).await;
+        self.shut_down = true;
     }
 
     /// The node ids the workers kept in their data directories.
@@ -507,7 +545,7 @@ impl Drop for Cluster {
     /// anyway, from a thread with its own runtime (the test's runtime may be
     /// going down), so no test leaves containers behind.
     fn drop(&mut self) {
-        if self.manager.is_none() {
+        if self.shut_down {
             return;
         }
         let nodes = self.node_ids();

@@ -27,6 +27,8 @@ pub mod clock;
 pub mod dispatcher;
 pub mod engine;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod limits;
 pub mod orchestrator;
 pub mod persist;

@@ -29,6 +29,7 @@ use orch::v1::{
 };
 use orch::validate;
 use prost::Message;
+use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -238,36 +239,42 @@ impl Dispatcher for DispatcherApi {
         let (tx, rx) = sessions::channel();
         self.shared.lock().open_session(node_id, session_id, tx)?;
         tracing::info!(node = %node_id, session = %session_id, "session opened");
+        let (ending, ended) = oneshot::channel();
         tokio::spawn(serve_session(
             self.shared.clone(),
             node_id,
             session_id,
             inbound,
+            ended,
         ));
-        Ok(Response::new(Box::pin(outbound(rx))))
+        Ok(Response::new(Box::pin(outbound(rx, ending))))
     }
 }
 
 /// The response stream of a session: each push as one message or more
 /// ([`chunks`]), and an end the manager decided as an `UNAVAILABLE` status,
 /// after which the stream ends. It also ends when the engine drops the
-/// session's sender.
-fn outbound(rx: SessionRx) -> impl Stream<Item = Result<ManagerMessage, Status>> + Send + 'static {
+/// session's sender. `ending` is dropped with it, which tells
+/// `serve_session` to stop reading.
+fn outbound(
+    rx: SessionRx,
+    ending: oneshot::Sender<()>,
+) -> impl Stream<Item = Result<ManagerMessage, Status>> + Send + 'static {
     let message = |a| ManagerMessage {
         kind: Some(manager_message::Kind::Assignments(a)),
     };
     futures::stream::unfold(
-        (Some(rx), VecDeque::new()),
-        move |(rx, mut parts)| async move {
+        (Some((rx, ending)), VecDeque::new()),
+        move |(open, mut parts)| async move {
             if let Some(part) = parts.pop_front() {
-                return Some((Ok(message(part)), (rx, parts)));
+                return Some((Ok(message(part)), (open, parts)));
             }
-            let mut rx = rx?;
+            let (mut rx, ending) = open?;
             match rx.recv().await? {
                 Push::Assignments(a) => {
                     parts.extend(chunks(a, MAX_CHUNK_BYTES));
                     let first = parts.pop_front()?;
-                    Some((Ok(message(first)), (Some(rx), parts)))
+                    Some((Ok(message(first)), (Some((rx, ending)), parts)))
                 }
                 Push::End(why) => Some((Err(Status::unavailable(why)), (None, parts))),
             }
@@ -314,14 +321,49 @@ fn chunks(a: Assignments, max: usize) -> Vec<Assignments> {
     parts
 }
 
-/// Reads a session's messages until the stream ends, then closes the session.
+/// Hands one message of an open session to the engine. Returns false if
+/// the session is no longer current, or sent a report over the limits (the
+/// session is then closed).
+pub(crate) fn receive(
+    shared: &Shared,
+    node_id: Uuid,
+    session_id: Uuid,
+    kind: worker_message::Kind,
+) -> bool {
+    match kind {
+        worker_message::Kind::Heartbeat(hb) => {
+            shared
+                .lock()
+                .heartbeat(node_id, session_id, hb.metrics.unwrap_or_default())
+        }
+        worker_message::Kind::Status(mut batch) => {
+            if let Err(e) = validate::statuses(&mut batch.statuses) {
+                tracing::warn!(node = %node_id, error = %e, "report refused; closing the session");
+                return false;
+            }
+            shared.lock().report(node_id, session_id, batch.statuses)
+        }
+        worker_message::Kind::Open(_) => true,
+    }
+}
+
+/// Reads a session's messages until the stream ends, or the manager ended
+/// the session (`ended`: the response stream is gone), then closes the
+/// session. Without the second, a worker that never closes its side would
+/// keep the stream, and a graceful shutdown of the server, waiting forever.
 async fn serve_session(
     shared: Arc<Shared>,
     node_id: Uuid,
     session_id: Uuid,
     mut inbound: Streaming<WorkerMessage>,
+    mut ended: oneshot::Receiver<()>,
 ) {
-    while let Some(msg) = inbound.next().await {
+    loop {
+        let msg = tokio::select! {
+            msg = inbound.next() => msg,
+            _ = &mut ended => None,
+        };
+        let Some(msg) = msg else { break };
         let kind = match msg {
             Ok(WorkerMessage { kind: Some(kind) }) => kind,
             Ok(WorkerMessage { kind: None }) => continue,
@@ -330,22 +372,7 @@ async fn serve_session(
                 break;
             }
         };
-        let current = match kind {
-            worker_message::Kind::Heartbeat(hb) => {
-                shared
-                    .lock()
-                    .heartbeat(node_id, session_id, hb.metrics.unwrap_or_default())
-            }
-            worker_message::Kind::Status(mut batch) => {
-                if let Err(e) = validate::statuses(&mut batch.statuses) {
-                    tracing::warn!(node = %node_id, error = %e, "report refused; closing the session");
-                    break;
-                }
-                shared.lock().report(node_id, session_id, batch.statuses)
-            }
-            worker_message::Kind::Open(_) => true,
-        };
-        if !current {
+        if !receive(&shared, node_id, session_id, kind) {
             tracing::info!(node = %node_id, session = %session_id, "message on a superseded session; closing it");
             break;
         }

@@ -553,4 +553,86 @@ mod tests {
         assert_eq!(s.snapshots()[i].allocated.milli_cpus, 0);
         assert_eq!(s.snapshots()[i].task_count, 0);
     }
+
+    mod properties {
+        use orch::task_state::{ALL, TRANSITIONS};
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One operation of the engine on a task's observed state.
+        #[derive(Debug, Clone)]
+        enum Op {
+            Set(usize, TaskState),
+            BeginAttempt(usize),
+            Enqueue(usize),
+        }
+
+        fn op(tasks: usize) -> impl Strategy<Value = Op> {
+            let task = 0..tasks;
+            prop_oneof![
+                6 => (task.clone(), prop::sample::select(ALL.to_vec()))
+                    .prop_map(|(t, to)| Op::Set(t, to)),
+                1 => task.clone().prop_map(Op::BeginAttempt),
+                1 => task.prop_map(Op::Enqueue),
+            ]
+        }
+
+        /// What a task should look like: its attempt, its state, and
+        /// whether it waits in the queue, kept beside the `State` from the
+        /// table alone.
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        struct Model {
+            attempt: u64,
+            state: TaskState,
+            queued: bool,
+        }
+
+        proptest! {
+            /// `State::set_task_state` accepts exactly the moves
+            /// `TRANSITIONS` lists, from whatever state the task reached,
+            /// and a refused move changes nothing, not even the queue.
+            #[test]
+            fn set_task_state_refuses_exactly_what_the_table_refuses(
+                ops in prop::collection::vec(op(3), 1..60),
+            ) {
+                let mut s = state();
+                let ids: Vec<Uuid> = (0..3).map(|_| s.insert_task(pending_task())).collect();
+                let mut models = [Model { attempt: 1, state: TaskState::Pending, queued: true }; 3];
+                for op in ops {
+                    match op {
+                        Op::Set(t, to) => {
+                            let m = &mut models[t];
+                            let allowed = TRANSITIONS.contains(&(m.state, to));
+                            let got = s.set_task_state(ids[t], to);
+                            prop_assert_eq!(got.is_ok(), allowed, "{:?} -> {:?}: {:?}", m.state, to, got);
+                            if allowed {
+                                m.state = to;
+                                m.queued &= to == TaskState::Pending;
+                            }
+                        }
+                        Op::BeginAttempt(t) => {
+                            s.begin_attempt(ids[t]);
+                            let m = &mut models[t];
+                            *m = Model { attempt: m.attempt + 1, state: TaskState::Pending, queued: m.queued };
+                        }
+                        Op::Enqueue(t) => {
+                            s.enqueue(ids[t]);
+                            let m = &mut models[t];
+                            m.queued |= m.state == TaskState::Pending;
+                        }
+                    }
+                    for (id, m) in ids.iter().zip(&models) {
+                        let task = s.task(*id).expect("task");
+                        prop_assert_eq!(
+                            Model { attempt: task.attempt, state: task.state(), queued: s.is_pending(*id) },
+                            *m
+                        );
+                    }
+                }
+                // A task the state does not hold changes nothing.
+                prop_assert!(s.set_task_state(Uuid::now_v7(), TaskState::Running).is_ok());
+            }
+        }
+    }
 }
