@@ -1,5 +1,6 @@
 //! The fuzz target of the public API, on the stable toolchain: bytes decoded
-//! as every request message of the `Cluster` and `Dispatcher` services, and
+//! as every request message of the `Cluster` and `Dispatcher` services
+//! (tokens, join tokens, node removal and joining included), and
 //! what decodes handed to the real handlers (`ClusterApi`, `DispatcherApi`,
 //! and a session's messages to `dispatcher::receive`) of a manager over a
 //! `MemoryStore`, as tonic would after decoding them.
@@ -31,6 +32,10 @@ use orch::v1::{
     ScaleServiceRequest, SessionOpen, StatusBatch, StopTaskRequest, SubmitTaskRequest,
     SubmitTasksRequest, TaskStatus, WatchEventsRequest, WorkerMessage, service_spec,
     worker_message,
+};
+use orch::v1::{
+    CreateTokenRequest, GetJoinTokenRequest, JoinRequest, ListTokensRequest, RemoveNodeRequest,
+    RenewCertificateRequest, RevokeTokenRequest,
 };
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -74,9 +79,16 @@ enum Kind {
     Register,
     /// A message of an open session.
     Session,
+    RemoveNode,
+    CreateToken,
+    ListTokens,
+    RevokeToken,
+    GetJoinToken,
+    Join,
+    RenewCertificate,
 }
 
-const KINDS: [Kind; 20] = [
+const KINDS: [Kind; 27] = [
     Kind::SubmitTask,
     Kind::SubmitTasks,
     Kind::StopTask,
@@ -97,6 +109,14 @@ const KINDS: [Kind; 20] = [
     Kind::ListServiceVersions,
     Kind::Register,
     Kind::Session,
+    Kind::RemoveNode,
+    Kind::CreateToken,
+    Kind::ListTokens,
+    Kind::RevokeToken,
+    // Before GetJoinToken, whose rotations retire the join token it uses.
+    Kind::Join,
+    Kind::GetJoinToken,
+    Kind::RenewCertificate,
 ];
 
 /// The top-level fields of each request, as field paths name them.
@@ -112,7 +132,16 @@ fn fields(kind: Kind) -> &'static [&'static str] {
         Kind::ScaleService => &["name", "count"],
         Kind::RollbackService => &["name", "to_version"],
         Kind::Register => &["node_id", "name", "address", "labels", "capacity"],
-        Kind::ListNodes | Kind::WatchEvents | Kind::ListServices | Kind::Session => &[],
+        Kind::RemoveNode | Kind::RevokeToken => &["id"],
+        Kind::CreateToken => &["role", "name", "ttl"],
+        Kind::GetJoinToken => &["rotate", "ttl", "uses"],
+        Kind::Join => &["token", "csr"],
+        Kind::RenewCertificate => &["csr"],
+        Kind::ListNodes
+        | Kind::WatchEvents
+        | Kind::ListServices
+        | Kind::Session
+        | Kind::ListTokens => &[],
     }
 }
 
@@ -160,6 +189,24 @@ struct Known {
     services: Vec<String>,
     /// The open session: node id and session id.
     session: (String, String),
+    /// The ids of the client tokens the manager holds.
+    tokens: Vec<String>,
+    /// The current join token.
+    join_token: String,
+    /// Valid certificate requests (DER), each for a key of its own.
+    csrs: Vec<Vec<u8>>,
+}
+
+/// A duration of any sign and size, or none.
+fn ttl() -> BoxedStrategy<Option<prost_types::Duration>> {
+    proptest::option::of(
+        (
+            prop_oneof![-5..100_000i64, any::<i64>()],
+            prop_oneof![Just(0), any::<i32>()],
+        )
+            .prop_map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+    )
+    .boxed()
 }
 
 /// An id the manager holds, a fresh one, or anything at all.
@@ -272,6 +319,46 @@ fn request(kind: Kind, known: &Known) -> BoxedStrategy<Vec<u8>> {
             1 => testing::wild_register_request(),
         ]),
         Kind::Session => encoded(worker_message(known)),
+        Kind::RemoveNode => encoded(node().prop_map(|id| RemoveNodeRequest { id })),
+        Kind::CreateToken => encoded(
+            (
+                prop_oneof![-1..5i32, any::<i32>()],
+                prop_oneof![3 => "[a-z ]{0,20}", 1 => testing::wild_text()],
+                ttl(),
+            )
+                .prop_map(|(role, name, ttl)| CreateTokenRequest { role, name, ttl }),
+        ),
+        Kind::ListTokens => encoded(Just(ListTokensRequest {})),
+        Kind::RevokeToken => {
+            encoded(id_from(known.tokens.clone()).prop_map(|id| RevokeTokenRequest { id }))
+        }
+        Kind::GetJoinToken => encoded(
+            (
+                // Rarely: a rotation retires the join token the Join cases use.
+                prop_oneof![20 => Just(false), 1 => Just(true)],
+                ttl(),
+                prop_oneof![Just(0), 1..5u32, any::<u32>()],
+            )
+                .prop_map(|(rotate, ttl, uses)| GetJoinTokenRequest {
+                    rotate,
+                    ttl,
+                    uses,
+                }),
+        ),
+        Kind::Join => encoded(
+            (
+                prop_oneof![4 => Just(known.join_token.clone()), 1 => testing::wild_text()],
+                prop_oneof![
+                    3 => select(known.csrs.clone()),
+                    1 => proptest::collection::vec(any::<u8>(), 0..64),
+                ],
+            )
+                .prop_map(|(token, csr)| JoinRequest { token, csr }),
+        ),
+        Kind::RenewCertificate => encoded(
+            proptest::collection::vec(any::<u8>(), 0..64)
+                .prop_map(|csr| RenewCertificateRequest { csr }),
+        ),
     }
 }
 
@@ -473,11 +560,39 @@ impl Fixture {
             .await
             .expect("apply");
         let events = shared.lock().subscribe();
+        let tokens = (0..4)
+            .map(|i| {
+                let (info, _, _) = shared
+                    .auth()
+                    .create_token(orch::auth::Role::ALL[i % 3], "fuzz", None, now)
+                    .expect("a token");
+                info.id
+            })
+            .collect();
+        let join_token = shared
+            .auth()
+            .join_token(false, None, None, now)
+            .expect("the join token")
+            .0
+            .token;
+        let csrs = (0..3)
+            .map(|_| {
+                let key = rcgen::KeyPair::generate().expect("a key");
+                rcgen::CertificateParams::default()
+                    .serialize_request(&key)
+                    .expect("a csr")
+                    .der()
+                    .to_vec()
+            })
+            .collect();
         let known = Known {
             tasks,
             nodes,
             services: vec!["web".into(), "gone".into()],
             session: (node_id, session_id),
+            tokens,
+            join_token,
+            csrs,
         };
         let fixture = Self {
             shared,
@@ -529,6 +644,17 @@ impl Fixture {
             Kind::DeleteService => c.delete_service(decode(bytes)?).await.map(drop),
             Kind::ListServiceVersions => c.list_service_versions(decode(bytes)?).await.map(drop),
             Kind::Register => self.dispatcher.register(decode(bytes)?).await.map(drop),
+            Kind::RemoveNode => c.remove_node(decode(bytes)?).await.map(drop),
+            Kind::CreateToken => c.create_token(decode(bytes)?).await.map(drop),
+            Kind::ListTokens => c.list_tokens(decode(bytes)?).await.map(drop),
+            Kind::RevokeToken => c.revoke_token(decode(bytes)?).await.map(drop),
+            Kind::GetJoinToken => c.get_join_token(decode(bytes)?).await.map(drop),
+            Kind::Join => self.dispatcher.join(decode(bytes)?).await.map(drop),
+            Kind::RenewCertificate => self
+                .dispatcher
+                .renew_certificate(decode(bytes)?)
+                .await
+                .map(drop),
             Kind::Session => {
                 let msg = WorkerMessage::decode(bytes).ok()?;
                 if let Some(kind) = msg.kind {
@@ -577,6 +703,8 @@ fn check_answer(kind: Kind, answer: &Result<(), Status>) -> Result<(), TestCaseE
         Code::AlreadyExists,
         Code::ResourceExhausted,
         Code::OutOfRange,
+        // A join token that is not one: a client can act on that too.
+        Code::Unauthenticated,
     ];
     prop_assert!(
         proper.contains(&status.code()),
@@ -662,7 +790,9 @@ fn fuzz_on_this_thread(kinds: &[Kind]) {
         // The cases reach the handlers, and past validation into the
         // engine, not only the decoder's errors (counted when there are
         // enough cases to count).
-        if cases() < 1000 || kind == Kind::Session {
+        // A session message has no answer; without TLS there is no
+        // certificate to renew, so every renewal is FAILED_PRECONDITION.
+        if cases() < 1000 || matches!(kind, Kind::Session | Kind::RenewCertificate) {
             continue;
         }
         assert!(seen.contains_key("accepted"), "{kind:?}: {seen:?}");
@@ -684,5 +814,10 @@ fn fuzz_service_requests() {
 
 #[test]
 fn fuzz_worker_requests() {
-    fuzz(&KINDS[18..]);
+    fuzz(&KINDS[18..20]);
+}
+
+#[test]
+fn fuzz_access_requests() {
+    fuzz(&KINDS[20..]);
 }
