@@ -23,13 +23,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use orch::auth::{Bearer, Client};
 use orch::v1::cluster_client::ClusterClient;
-use orch::v1::{NodeState, WatchEventsRequest, event};
+use orch::v1::{GetJoinTokenRequest, NodeState, WatchEventsRequest, event};
 use orch_worker::runtime::sim::{SimConfig, SimRuntime};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::Error;
 use crate::measure::{Pid, ProcStats, proc_stats};
@@ -54,6 +55,59 @@ pub enum ManagerKind {
     Child(PathBuf),
 }
 
+/// How a client reaches the manager: its URL and, with TLS, the cluster's
+/// CA and an admin token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// `http://...` without TLS (`--insecure`), `https://...` with it.
+    pub url: String,
+    /// The CA to verify the manager against (PEM), with TLS.
+    pub ca: Option<String>,
+    /// The client token sent with every call, with TLS.
+    pub token: Option<String>,
+}
+
+impl Access {
+    /// A manager without TLS or tokens at `url`.
+    pub fn insecure(url: String) -> Self {
+        Self {
+            url,
+            ca: None,
+            token: None,
+        }
+    }
+
+    /// The manager's endpoint, TLS verified against the CA if there is one.
+    ///
+    /// # Errors
+    /// If the URL or the CA is unusable.
+    pub fn endpoint(&self) -> Result<Endpoint, Error> {
+        let endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| Error::Manager(format!("bad URL: {e}")))?;
+        match &self.ca {
+            None => Ok(endpoint),
+            Some(ca) => endpoint
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .domain_name(orch::auth::MANAGER_SERVER_NAME)
+                        .ca_certificate(Certificate::from_pem(ca)),
+                )
+                .map_err(|e| Error::Manager(format!("TLS settings: {e}"))),
+        }
+    }
+
+    /// A client over `channel` that sends the token.
+    ///
+    /// # Errors
+    /// If the token cannot be sent as a header.
+    pub fn client(&self, channel: Channel) -> Result<Client, Error> {
+        let bearer = Bearer::new(self.token.as_deref()).map_err(Error::Manager)?;
+        Ok(ClusterClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+}
+
 /// Builds a [`SimCluster`].
 #[derive(Debug, Clone)]
 pub struct Builder {
@@ -62,6 +116,7 @@ pub struct Builder {
     heartbeat_period: Duration,
     missed_heartbeats: u32,
     sim: SimConfig,
+    tls: bool,
 }
 
 struct Worker {
@@ -86,6 +141,9 @@ pub struct SimCluster {
     workers: Vec<Worker>,
     /// The engine every worker runs its "containers" on.
     pub runtime: Arc<SimRuntime>,
+    access: Access,
+    /// The join token workers join with, with TLS.
+    join_token: Option<String>,
 }
 
 impl Builder {
@@ -120,6 +178,14 @@ impl Builder {
         self
     }
 
+    /// Secure the cluster as a user's is by default (TLS, join tokens,
+    /// client tokens); without, it runs as with `--insecure`, as every
+    /// figure before security came was measured (default: without).
+    pub fn tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Starts the manager, then the workers in waves, and waits until every
     /// worker's node is ready.
     ///
@@ -129,34 +195,54 @@ impl Builder {
         let dir = tempfile::tempdir().map_err(|e| Error::Io(format!("temp dir: {e}")))?;
         let (listener, addr) = loopback_listener().await?;
         let data_dir = dir.path().join("manager");
-        let manager = match &self.manager {
+        let http = format!("http://{addr}");
+        let (manager, access) = match &self.manager {
             ManagerKind::InProcess => {
                 let (stop, stopped) = oneshot::channel();
                 let config = orch_manager::Config {
                     data_dir: Some(data_dir),
                     heartbeat_period: self.heartbeat_period,
                     missed_heartbeats: self.missed_heartbeats,
-                    // Measured without TLS, as before security came, so the
-                    // figures compare with the earlier runs.
-                    tls: false,
+                    tls: self.tls,
                     ..orch_manager::Config::default()
                 };
-                let task = tokio::spawn(orch_manager::run(config, listener, async {
+                let manager = orch_manager::start(config, listener)
+                    .await
+                    .map_err(|e| Error::Manager(format!("the manager cannot start: {e}")))?;
+                let client = manager.client().clone();
+                let access = if self.tls {
+                    Access {
+                        url: client.url,
+                        ca: Some(client.ca_pem),
+                        token: client.admin_token,
+                    }
+                } else {
+                    Access::insecure(http)
+                };
+                let task = tokio::spawn(manager.serve(async {
                     let _ = stopped.await;
                 }));
-                Manager::InProcess { stop, task }
+                (Manager::InProcess { stop, task }, access)
             }
             ManagerKind::Child(orchctl) => {
                 // The child binds the port this process just found free.
                 drop(listener);
-                Manager::Child(spawn_child(
+                let config = dir.path().join("config.toml");
+                let child = Manager::Child(spawn_child(
                     orchctl,
                     addr,
                     &data_dir,
                     dir.path(),
                     self.heartbeat_period,
                     self.missed_heartbeats,
-                )?)
+                    self.tls.then_some(config.as_path()),
+                )?);
+                let access = if self.tls {
+                    child_access(&config).await?
+                } else {
+                    Access::insecure(http)
+                };
+                (child, access)
             }
         };
         let mut cluster = SimCluster {
@@ -165,7 +251,19 @@ impl Builder {
             manager,
             workers: Vec::with_capacity(self.workers),
             runtime: Arc::new(SimRuntime::new(self.sim.clone())),
+            access,
+            join_token: None,
         };
+        if self.tls {
+            let token = cluster
+                .client()
+                .await?
+                .get_join_token(GetJoinTokenRequest::default())
+                .await?
+                .into_inner()
+                .token;
+            cluster.join_token = Some(token);
+        }
         let mut client = cluster.client().await?;
         // Subscribe before any worker starts, so no node's ready event is missed.
         let mut events = client
@@ -209,6 +307,37 @@ impl Builder {
     }
 }
 
+/// How to reach a child manager that was started with TLS: what its first
+/// start wrote into the client configuration at `path` (waited for).
+async fn child_access(path: &Path) -> Result<Access, Error> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        manager: String,
+        token: String,
+        ca: String,
+    }
+    let deadline = tokio::time::Instant::now() + START_DEADLINE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(file) = toml::from_str::<File>(&text)
+        {
+            return Ok(Access {
+                url: file.manager,
+                ca: Some(file.ca),
+                token: Some(file.token),
+            });
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Manager(format!(
+                "the manager wrote no client configuration to {} in {START_DEADLINE:?}",
+                path.display()
+            )));
+        }
+        // Nothing to wait on but the file: look again shortly.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A listener on a free loopback port, and its address. A manager started
 /// as a child process binds the same address once this listener is dropped.
 ///
@@ -224,6 +353,11 @@ pub(crate) async fn loopback_listener() -> Result<(TcpListener, SocketAddr), Err
     Ok((listener, addr))
 }
 
+/// Starts `orchctl manager` as a child process: with TLS if `config` names
+/// where its first start writes the client configuration, else `--insecure`.
+///
+/// # Errors
+/// If it cannot be started.
 pub(crate) fn spawn_child(
     orchctl: &Path,
     addr: SocketAddr,
@@ -231,10 +365,13 @@ pub(crate) fn spawn_child(
     log_dir: &Path,
     heartbeat_period: Duration,
     missed_heartbeats: u32,
+    config: Option<&Path>,
 ) -> Result<tokio::process::Child, Error> {
-    let args = [
-        // Measured without TLS, as before security came (see BENCHMARKS.md).
-        "--insecure".into(),
+    let mut args: Vec<String> = Vec::new();
+    if config.is_none() {
+        args.push("--insecure".into());
+    }
+    args.extend([
         "manager".into(),
         "--listen".into(),
         addr.to_string(),
@@ -244,8 +381,14 @@ pub(crate) fn spawn_child(
         humantime::format_duration(heartbeat_period).to_string(),
         "--missed-heartbeats".into(),
         missed_heartbeats.to_string(),
-    ];
-    orchctl_child(orchctl, &args, &log_dir.join("manager.log"))
+    ]);
+    let mut child = orchctl_command(orchctl, &args, &log_dir.join("manager.log"))?;
+    if let Some(config) = config {
+        child.env("ORCH_CONFIG", config);
+    }
+    child
+        .spawn()
+        .map_err(|e| Error::Io(format!("cannot start {}: {e}", orchctl.display())))
 }
 
 /// Starts `orchctl` with `args` as a child process that logs warnings and
@@ -258,9 +401,21 @@ pub(crate) fn orchctl_child(
     args: &[String],
     log: &Path,
 ) -> Result<tokio::process::Child, Error> {
+    orchctl_command(orchctl, args, log)?
+        .spawn()
+        .map_err(|e| Error::Io(format!("starting {}: {e}", orchctl.display())))
+}
+
+/// The command of [`orchctl_child`], to add to before it starts.
+fn orchctl_command(
+    orchctl: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<tokio::process::Command, Error> {
     let log = std::fs::File::create(log)
         .map_err(|e| Error::Io(format!("log file {}: {e}", log.display())))?;
-    tokio::process::Command::new(orchctl)
+    let mut command = tokio::process::Command::new(orchctl);
+    command
         .args(args)
         // Info logs one line per worker registration and session.
         .env("ORCH_LOG", "warn")
@@ -268,9 +423,8 @@ pub(crate) fn orchctl_child(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Error::Io(format!("starting {}: {e}", orchctl.display())))
+        .kill_on_drop(true);
+    Ok(command)
 }
 
 /// Stops a child `orchctl` gracefully: SIGTERM, then SIGKILL if it has not
@@ -293,20 +447,17 @@ pub(crate) async fn terminate(child: &mut tokio::process::Child) {
     }
 }
 
-/// A client of the manager at `url` on a connection of its own, retrying
-/// until the manager answers.
+/// A client of the manager `access` names, on a connection of its own,
+/// retrying until the manager answers.
 ///
 /// # Errors
 /// If the manager does not answer within two minutes.
-pub async fn connect(url: &str) -> Result<ClusterClient<Channel>, Error> {
+pub async fn connect(access: &Access) -> Result<Client, Error> {
     let deadline = tokio::time::Instant::now() + START_DEADLINE;
+    let endpoint = access.endpoint()?;
     loop {
-        match ClusterClient::connect(url.to_string()).await {
-            Ok(c) => {
-                return Ok(c
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE));
-            }
+        match endpoint.connect().await {
+            Ok(channel) => return access.client(channel),
             Err(e) if tokio::time::Instant::now() > deadline => {
                 return Err(Error::Manager(format!("cannot connect: {e}")));
             }
@@ -324,12 +475,18 @@ impl SimCluster {
             heartbeat_period: Duration::from_secs(1),
             missed_heartbeats: 3,
             sim: SimConfig::default(),
+            tls: false,
         }
     }
 
     /// The manager's URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.access.url.clone()
+    }
+
+    /// How a client reaches the manager.
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// A client of the manager on a connection of its own, retrying until the
@@ -337,8 +494,8 @@ impl SimCluster {
     ///
     /// # Errors
     /// If the manager does not answer within two minutes.
-    pub async fn client(&self) -> Result<ClusterClient<Channel>, Error> {
-        connect(&self.url()).await
+    pub async fn client(&self) -> Result<Client, Error> {
+        connect(&self.access).await
     }
 
     fn add_worker(&mut self) {
@@ -353,8 +510,8 @@ impl SimCluster {
             memory_bytes: None,
             disk_bytes: None,
             data_dir: None,
-            join_token: None,
-            insecure: true,
+            join_token: self.join_token.clone(),
+            insecure: self.join_token.is_none(),
         };
         let task = tokio::spawn(orch_worker::run(config, self.runtime.clone(), async {
             let _ = stopped.await;

@@ -17,12 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{
     ListTasksRequest, SubmitTasksRequest, TaskSpec, TaskState, WatchEventsRequest, event,
 };
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 
 use crate::Error;
 use crate::cluster::{ManagerKind, SimCluster};
@@ -52,6 +50,8 @@ pub struct Params {
     pub manager: ManagerKind,
     /// How long to wait for all tasks to run before giving up.
     pub timeout: Duration,
+    /// Secure the cluster (TLS, join and client tokens), as by default.
+    pub tls: bool,
 }
 
 impl Default for Params {
@@ -64,6 +64,7 @@ impl Default for Params {
             heartbeat_period: Duration::from_secs(1),
             manager: ManagerKind::InProcess,
             timeout: Duration::from_secs(300),
+            tls: false,
         }
     }
 }
@@ -260,7 +261,7 @@ async fn watch(
 /// task among thousands of simulated workers' and falls behind the stream;
 /// on its own thread the OS gives it a fair share of the cpu.
 async fn watch_apart(
-    url: String,
+    access: crate::cluster::Access,
     tasks: usize,
 ) -> Result<oneshot::Receiver<Result<Watched, Error>>, Error> {
     let (subscribed_tx, subscribed) = oneshot::channel();
@@ -274,14 +275,14 @@ async fn watch_apart(
             // Large HTTP/2 windows: with the default 64 KiB the manager may
             // have only ~600 events in flight before it waits for a window
             // update from this busy process.
-            let channel = tonic::transport::Endpoint::from_shared(url)
-                .map_err(|e| Error::Manager(format!("bad URL: {e}")))?
+            let channel = access
+                .endpoint()?
                 .initial_stream_window_size(Some(WATCH_WINDOW))
                 .initial_connection_window_size(Some(WATCH_WINDOW))
                 .connect()
                 .await
                 .map_err(|e| Error::Manager(format!("watcher cannot connect: {e}")))?;
-            let mut client = ClusterClient::new(channel);
+            let mut client = access.client(channel)?;
             let events = client
                 .watch_events(WatchEventsRequest {})
                 .await?
@@ -313,7 +314,7 @@ async fn watch_apart(
 /// found stays running, and the next call can start from it: the whole wait
 /// scans each task about once, instead of listing all of them every time.
 async fn oldest_not_running(
-    client: &mut ClusterClient<Channel>,
+    client: &mut orch::auth::Client,
     from: Option<uuid::Uuid>,
 ) -> Result<Option<uuid::Uuid>, Error> {
     // The page token is exclusive: start just before `from`.
@@ -343,7 +344,7 @@ async fn oldest_not_running(
 
 /// Every running task's id and `updated_at`, page by page.
 async fn running_tasks(
-    client: &mut ClusterClient<Channel>,
+    client: &mut orch::auth::Client,
 ) -> Result<Vec<(String, SystemTime)>, Error> {
     let mut out = Vec::new();
     let mut page_token = String::new();
@@ -374,7 +375,7 @@ async fn running_tasks(
 /// Submits batches taken from `next` until `tasks` are submitted; returns
 /// each batch's task ids with the time its request was sent.
 async fn submitter(
-    mut client: ClusterClient<Channel>,
+    mut client: orch::auth::Client,
     next: Arc<AtomicUsize>,
     tasks: usize,
     batch: usize,
@@ -424,6 +425,7 @@ pub async fn run(params: &Params) -> Result<Report, Error> {
         .workers(params.workers)
         .manager(params.manager.clone())
         .heartbeat_period(params.heartbeat_period)
+        .tls(params.tls)
         .start()
         .await?;
     let startup = begun.elapsed();
@@ -438,7 +440,7 @@ async fn measure(
     startup: Duration,
 ) -> Result<Report, Error> {
     let batch = params.batch.clamp(1, MAX_BATCH);
-    let watch = watch_apart(cluster.url(), params.tasks).await?;
+    let watch = watch_apart(cluster.access().clone(), params.tasks).await?;
     let mut watcher = cluster.client().await?;
     let mut clients = Vec::with_capacity(params.clients.max(1));
     for _ in 0..params.clients.max(1) {

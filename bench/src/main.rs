@@ -80,6 +80,11 @@ struct ControlPlaneArgs {
     /// Give up if not all tasks run within this time.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Secure the cluster as orch is by default: TLS on every connection,
+    /// workers joining with a join token and a node certificate, clients
+    /// with a token (without: as with --insecure).
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -258,15 +263,21 @@ async fn control(args: ControlPlaneArgs) -> Result<(), String> {
         heartbeat_period,
         manager: manager.clone(),
         timeout: args.timeout,
+        tls: args.tls,
     };
     println!(
-        "control-plane: {} tasks, {} workers, {} clients, batches of {}, heartbeat {:?}, manager {}",
+        "control-plane: {} tasks, {} workers, {} clients, batches of {}, heartbeat {:?}, manager {}, {}",
         args.tasks,
         args.workers,
         args.clients,
         args.batch,
         heartbeat_period,
-        where_(&manager)
+        where_(&manager),
+        if args.tls {
+            "TLS and tokens"
+        } else {
+            "insecure"
+        }
     );
     let report = control_plane::run(&params)
         .await

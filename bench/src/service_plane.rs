@@ -25,13 +25,11 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{
     ApplyServiceRequest, Event, GetServiceRequest, ListTasksRequest, ReplicatedMode,
     ScaleServiceRequest, ServiceSpec, TaskSpec, TaskState, WatchEventsRequest, event, service_spec,
 };
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 
 use crate::Error;
 use crate::cluster::{ManagerKind, SimCluster};
@@ -274,7 +272,7 @@ async fn watch(mut events: tonic::Streaming<Event>, goal: Goal) -> Result<Watche
 /// the shared runtime it is one task among thousands of simulated workers'
 /// and falls behind), and returns once it is subscribed.
 async fn watch_apart(
-    url: String,
+    access: crate::cluster::Access,
     goal: Goal,
 ) -> Result<oneshot::Receiver<Result<Watched, Error>>, Error> {
     let (subscribed_tx, subscribed) = oneshot::channel();
@@ -285,14 +283,14 @@ async fn watch_apart(
             .build()
             .map_err(|e| Error::Io(format!("watcher runtime: {e}")))?;
         rt.block_on(async move {
-            let channel = tonic::transport::Endpoint::from_shared(url)
-                .map_err(|e| Error::Manager(format!("bad URL: {e}")))?
+            let channel = access
+                .endpoint()?
                 .initial_stream_window_size(Some(WATCH_WINDOW))
                 .initial_connection_window_size(Some(WATCH_WINDOW))
                 .connect()
                 .await
                 .map_err(|e| Error::Manager(format!("watcher cannot connect: {e}")))?;
-            let mut client = ClusterClient::new(channel);
+            let mut client = access.client(channel)?;
             let events = client
                 .watch_events(WatchEventsRequest {})
                 .await?
@@ -321,7 +319,7 @@ async fn watch_apart(
 /// the goal here, so the next call can start from the one found: the whole
 /// wait scans each task about once.
 async fn oldest_short(
-    client: &mut ClusterClient<Channel>,
+    client: &mut orch::auth::Client,
     goal: Goal,
     from: Option<uuid::Uuid>,
 ) -> Result<Option<uuid::Uuid>, Error> {
@@ -346,7 +344,7 @@ async fn oldest_short(
 }
 
 /// The service's `running` count, by `GetService`.
-async fn running(client: &mut ClusterClient<Channel>) -> Result<u32, Error> {
+async fn running(client: &mut orch::auth::Client) -> Result<u32, Error> {
     let reply = client
         .get_service(GetServiceRequest {
             name: SERVICE.into(),
@@ -462,13 +460,13 @@ async fn measure(
 /// `ListTasks` on `client` if the watch was cut off).
 async fn phase(
     cluster: &SimCluster,
-    client: &mut ClusterClient<Channel>,
+    client: &mut orch::auth::Client,
     params: &Params,
     goal: Goal,
     what: &str,
     call: impl Future<Output = Result<(), tonic::Status>>,
 ) -> Result<Phase, Error> {
-    let watch = watch_apart(cluster.url(), goal).await?;
+    let watch = watch_apart(cluster.access().clone(), goal).await?;
     let cpu_before = cluster.manager_stats().map(|s| s.cpu).unwrap_or_default();
     let harness_before = proc_stats(Pid::This).map(|s| s.cpu).unwrap_or_default();
     let t0 = Instant::now();

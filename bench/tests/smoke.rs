@@ -10,6 +10,17 @@ use orch_bench::{control_plane, schedule, service_plane};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_runs_every_task_at_smoke_size() {
+    control_plane_at_smoke_size(false).await;
+}
+
+/// The same with TLS, join tokens and client tokens: every simulated worker
+/// joins and gets its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_runs_every_task_at_smoke_size_with_tls() {
+    control_plane_at_smoke_size(true).await;
+}
+
+async fn control_plane_at_smoke_size(tls: bool) {
     let params = control_plane::Params {
         tasks: 200,
         workers: 10,
@@ -18,6 +29,7 @@ async fn control_plane_runs_every_task_at_smoke_size() {
         heartbeat_period: Duration::from_secs(1),
         manager: ManagerKind::InProcess,
         timeout: Duration::from_secs(60),
+        tls,
     };
     let report = control_plane::run(&params)
         .await

@@ -9,7 +9,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{
     Event, NodeState, SubmitTaskRequest, SubmitTasksRequest, TaskSpec, TaskState,
     WatchEventsRequest, event,
@@ -17,7 +16,6 @@ use orch::v1::{
 use orch_worker::runtime::docker::DockerRuntime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use super::docker::{COMMAND, Engine};
 use crate::Error;
@@ -41,7 +39,7 @@ struct Procs {
 pub struct OrchCluster {
     _dir: tempfile::TempDir,
     procs: Procs,
-    client: ClusterClient<Channel>,
+    client: orch::auth::Client,
     events: tonic::Streaming<Event>,
 }
 
@@ -128,10 +126,12 @@ impl OrchCluster {
                     dir.path(),
                     defaults.heartbeat_period,
                     defaults.missed_heartbeats,
+                    // Without TLS, as before security came.
+                    None,
                 )?);
             }
         }
-        let mut client = connect(&url).await?;
+        let mut client = connect(&crate::cluster::Access::insecure(url.clone())).await?;
         // Subscribe before the worker starts, so its ready event is not missed.
         let events = client
             .watch_events(WatchEventsRequest {})
@@ -339,7 +339,7 @@ impl OrchCluster {
 
     /// The client and the event stream (subscribed before the worker
     /// started), for measurements of other calls than tasks'.
-    pub fn parts(&mut self) -> (&mut ClusterClient<Channel>, &mut tonic::Streaming<Event>) {
+    pub fn parts(&mut self) -> (&mut orch::auth::Client, &mut tonic::Streaming<Event>) {
         (&mut self.client, &mut self.events)
     }
 
