@@ -230,6 +230,10 @@ pub struct ManagerArgs {
     /// How long node certificates are valid (workers renew them at 50-80%).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub node_cert_ttl: Duration,
+    /// Make a new admin token at this start and write the client
+    /// configuration again (for one that was lost); older tokens keep working.
+    #[arg(long)]
+    pub new_admin_token: bool,
 }
 
 #[derive(Debug, Args)]

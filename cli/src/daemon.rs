@@ -94,12 +94,16 @@ pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> 
         tls: !insecure,
         advertise: args.advertise,
         node_cert_lifetime: args.node_cert_ttl,
-        admin_token: orch_manager::AdminToken::FirstStart,
+        admin_token: if args.new_admin_token {
+            orch_manager::AdminToken::ThisStart
+        } else {
+            orch_manager::AdminToken::FirstStart
+        },
         ..orch_manager::Config::default()
     };
     let manager = start_manager(config, listener).await?;
     if let Some(path) = write_client_config(manager.client())? {
-        eprintln!("orch: first start: an admin token and the cluster's CA are in {path}");
+        eprintln!("orch: a new admin token and the cluster's CA are in {path}");
     }
     eprintln!(
         "orch: manager on {}; add workers with the token `orchctl join-token worker` prints",

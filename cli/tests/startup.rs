@@ -23,6 +23,8 @@ async fn a_data_directory_in_use_stops_dev_and_manager_with_the_reason() {
         .args(["dev", "--listen"])
         .arg(format!("127.0.0.1:{}", free_port()))
         .args(["--data-dir", &data])
+        // Its client configuration goes here, never into the user's own.
+        .env("ORCH_CONFIG", dir.path().join("config.toml"))
         .env_remove("ORCH_MANAGER")
         .env_remove("ORCH_LOG")
         .stdin(Stdio::null())
@@ -64,4 +66,87 @@ async fn a_data_directory_in_use_stops_dev_and_manager_with_the_reason() {
     }
     first.start_kill().expect("stop the first orchctl dev");
     first.wait().await.expect("reap it");
+}
+
+/// A lost admin token is not the end: `orchctl manager --new-admin-token`
+/// makes another at this start and writes the client configuration again,
+/// and the old token keeps working until it is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_can_make_a_new_admin_token_for_a_lost_one() {
+    let dir = tempfile::Builder::new()
+        .prefix("orch-startup-")
+        .tempdir()
+        .expect("temp dir");
+    let data = dir.path().join("data").display().to_string();
+    let config = dir.path().join("config.toml");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("https://{listen}");
+    let start = |extra: &'static [&'static str]| {
+        let mut manager = Command::new(ORCHCTL);
+        manager
+            .args(["manager", "--listen", &listen, "--data-dir", &data])
+            .args(extra)
+            .env("ORCH_CONFIG", &config)
+            .env_remove("ORCH_MANAGER")
+            .env_remove("ORCH_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = manager.spawn().expect("spawn orchctl manager");
+        let stderr = child.stderr.take().expect("stderr");
+        async move {
+            let mut lines = BufReader::new(stderr).lines();
+            tokio::time::timeout(DEADLINE, async {
+                while let Some(line) = lines.next_line().await.expect("read stderr") {
+                    if line.contains("orch: manager on") {
+                        return;
+                    }
+                }
+                panic!("the manager ended without serving");
+            })
+            .await
+            .expect("the manager serves in time");
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            child
+        }
+    };
+    let token = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("token = \""))
+            .and_then(|t| t.strip_suffix('"'))
+            .expect("a token in the configuration")
+            .to_string()
+    };
+    let nodes = |token: String| {
+        let (url, config) = (url.clone(), config.clone());
+        async move {
+            support::orchctl_in(
+                DEADLINE,
+                &["--manager", &url, "--token", &token, "nodes"],
+                Some(&config),
+            )
+            .await
+        }
+    };
+
+    let mut first = start(&[]).await;
+    let lost = token(&std::fs::read_to_string(&config).expect("the first start's configuration"));
+    first.start_kill().expect("stop the manager");
+    first.wait().await.expect("reap it");
+    std::fs::remove_file(&config).expect("lose the configuration");
+
+    // A plain restart makes no token and writes nothing.
+    let mut again = start(&[]).await;
+    assert!(!config.exists(), "a restart writes no configuration");
+    again.start_kill().expect("stop the manager");
+    again.wait().await.expect("reap it");
+
+    let mut renewed = start(&["--new-admin-token"]).await;
+    let fresh = token(&std::fs::read_to_string(&config).expect("a new configuration"));
+    assert_ne!(fresh, lost);
+    nodes(fresh).await.ok();
+    nodes(lost).await.ok();
+    renewed.start_kill().expect("stop the manager");
+    renewed.wait().await.expect("reap it");
 }

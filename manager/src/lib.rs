@@ -96,10 +96,15 @@ pub enum AdminToken {
     /// At every start, revoking the one the previous start made
     /// (`orchctl dev`, whose configuration must always work).
     EveryStart,
+    /// At this start, whatever exists (`orchctl manager --new-admin-token`,
+    /// for a lost one): the older tokens keep working until revoked.
+    ThisStart,
 }
 
 /// The name of the admin token [`AdminToken::FirstStart`] makes.
 pub const FIRST_ADMIN_TOKEN: &str = "first admin";
+/// The name of the admin token [`AdminToken::ThisStart`] makes.
+pub const NEW_ADMIN_TOKEN: &str = "new admin";
 /// The name of the admin token [`AdminToken::EveryStart`] makes.
 pub const DEV_ADMIN_TOKEN: &str = "orchctl dev";
 
@@ -377,6 +382,7 @@ pub async fn start_with_store(
             }
             Some(DEV_ADMIN_TOKEN)
         }
+        AdminToken::ThisStart => Some(NEW_ADMIN_TOKEN),
     }
     .map(|name| {
         auth.create_token(orch::auth::Role::Admin, name, None, wall)
