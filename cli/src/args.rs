@@ -41,6 +41,12 @@ pub struct Cli {
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 
+    /// Log format of the daemons (`dev`, `manager`, `worker`); which logs,
+    /// by `ORCH_LOG` (default `info`; for example `ORCH_LOG=debug` or
+    /// `ORCH_LOG=orch_manager=debug,info`).
+    #[arg(long, global = true, env = "ORCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -81,11 +87,29 @@ pub enum Command {
     /// Create, list, inspect, scale, roll back and remove services.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Print a shell completion script: `source <(orchctl completion bash)`.
+    Completion(CompletionArgs),
     /// Create, list and revoke client tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
     /// Print, rotate or make the token workers join with (admin).
     JoinToken(JoinTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// How the daemons write their logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,7 +177,8 @@ fn parse_strategy(s: &str) -> Result<Strategy, String> {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 10s or 500ms: {e}"))
+        // humantime's own words ("expected number at 0") mean nothing here.
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 1m"))
 }
 
 fn parse_bytes(s: &str) -> Result<i64, String> {

@@ -46,7 +46,11 @@ fn main() -> ExitCode {
                 }
                 _ => {}
             }
-            eprintln!("orchctl: {} (see orchctl --help)", one_line(&e.to_string()));
+            eprintln!(
+                "orchctl: {} (see orchctl {}--help)",
+                one_line(&e.to_string()),
+                subcommand_path(std::env::args().skip(1))
+            );
             return ExitCode::from(2);
         }
     };
@@ -54,7 +58,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Dev(_) | Command::Manager(_) | Command::Worker(_)
     );
-    init_logging(daemon);
+    init_logging(daemon, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,14 +110,44 @@ fn one_line(text: &str) -> String {
     line
 }
 
-fn init_logging(daemon: bool) {
+/// The subcommands named in `args`, each followed by a space: where a usage
+/// error sends a person for help (`service create `).
+fn subcommand_path(args: impl Iterator<Item = String>) -> String {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    let mut path = String::new();
+    // A word after `--flag` may be its value (`-o json`), not a command.
+    let mut after_flag = false;
+    for arg in args {
+        if arg.starts_with('-') {
+            after_flag = !arg.contains('=');
+            continue;
+        }
+        match command.find_subcommand(&arg).cloned() {
+            Some(sub) => {
+                path.push_str(sub.get_name());
+                path.push(' ');
+                command = sub;
+            }
+            None if after_flag => {}
+            None => break,
+        }
+        after_flag = false;
+    }
+    path
+}
+
+fn init_logging(daemon: bool, format: args::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let default = if daemon { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("ORCH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        args::LogFormat::Text => logs.try_init(),
+        args::LogFormat::Json => logs.json().try_init(),
+    };
 }
 
 /// The manager the client commands talk to, from flags, environment and
@@ -141,6 +175,18 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Dev(a) => return daemon::dev(a, insecure).await,
         Command::Manager(a) => return daemon::manager(a, insecure).await,
+        Command::Completion(a) => {
+            use clap::CommandFactory;
+            use std::io::Write as _;
+            // Into memory first: clap_complete panics on a failed write,
+            // and a closed pipe (`| head`) is no error of ours.
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut Cli::command(), "orchctl", &mut script);
+            return match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            };
+        }
         Command::Worker(a) => {
             let manager = cli
                 .manager
@@ -163,6 +209,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Apply(a) => services::apply(manager, a, out).await,
         Command::Service(c) => services::service(manager, c, out).await,
         Command::Token(c) => access::token(manager, c, out).await,
+        Command::Completion(_) => Ok(()),
         Command::JoinToken(a) => access::join_token(manager, a, out).await,
     }
 }
@@ -194,5 +241,23 @@ mod tests {
         assert!(line.contains("\"web\" is not NAME=N"), "{line}");
         let line = refusal(&["orchctl", "-o", "yaml", "nodes"]);
         assert!(line.ends_with("[possible values: table, json]"), "{line}");
+        // A duration's error in words, not the parser's internals.
+        let line = refusal(&["orchctl", "run", "--stop-timeout", "forever", "img"]);
+        assert!(
+            line.ends_with("\"forever\" is not a duration like 10s, 500ms or 1m"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_usage_error_points_to_the_help_of_the_subcommand_typed() {
+        let path = |args: &[&str]| subcommand_path(args.iter().map(|a| a.to_string()));
+        assert_eq!(
+            path(&["service", "create", "--bogus", "web"]),
+            "service create "
+        );
+        assert_eq!(path(&["-o", "json", "run", "--cpus", "x"]), "run ");
+        assert_eq!(path(&["--bogus"]), "");
+        assert_eq!(path(&["nosuch", "run"]), "");
     }
 }

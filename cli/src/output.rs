@@ -125,6 +125,7 @@ pub fn event_json(e: &Event) -> Value {
         Some(event::Kind::Task(t)) => {
             v["type"] = "task".into();
             v["task_id"] = t.task_id.clone().into();
+            v["name"] = t.name.clone().into();
             v["attempt"] = t.attempt.into();
             v["state"] = task_state::name(t.state()).into();
             v["desired_state"] = desired_name(t.desired_state()).into();
@@ -170,8 +171,13 @@ pub fn event_line(e: &Event) -> String {
     let time = time.as_str().unwrap_or("-");
     match &e.kind {
         Some(event::Kind::Task(t)) => format!(
-            "{time} task {} attempt {} {}{}{}{}",
+            "{time} task {}{} attempt {} {}{}{}{}",
             t.task_id,
+            if t.name.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", t.name)
+            },
             t.attempt,
             task_state::name(t.state()),
             if t.desired_state() == DesiredState::Stopped && !task_state::is_terminal(t.state()) {
@@ -1020,6 +1026,27 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn a_task_event_names_the_task() {
+        let event = |name: &str| Event {
+            sequence: 7,
+            time: None,
+            kind: Some(event::Kind::Task(orch::v1::TaskEvent {
+                task_id: "0192".into(),
+                attempt: 2,
+                state: orch::v1::TaskState::Running as i32,
+                name: name.into(),
+                ..Default::default()
+            })),
+        };
+        assert_eq!(
+            event_line(&event("web")),
+            "- task 0192 (web) attempt 2 running"
+        );
+        assert_eq!(event_line(&event("")), "- task 0192 attempt 2 running");
+        assert_eq!(event_json(&event("web"))["name"], "web");
+    }
 
     fn keys(v: &Value) -> Vec<String> {
         let mut keys: Vec<String> = v

@@ -380,6 +380,27 @@ async fn an_unreachable_manager_is_named_in_one_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_scripts_name_the_commands_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F _orchctl"),
+        ("zsh", "#compdef orchctl"),
+        ("fish", "complete -c orchctl"),
+    ] {
+        let run = orchctl_env(&["completion", shell], &[]).await;
+        let script = run.ok();
+        assert!(script.contains(marker), "{shell}: {script:.200}");
+        for command in ["join-token", "service", "apply"] {
+            assert!(script.contains(command), "{shell} completes {command}");
+        }
+    }
+    let bad = orchctl_env(&["completion", "tcsh"], &[]).await;
+    assert!(
+        bad.refused().contains("(see orchctl completion --help)"),
+        "{bad:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_exits_zero() {
     let top = orchctl_env(&["--help"], &[]).await;
     let text = top.ok();

@@ -1054,19 +1054,22 @@ async fn events_are_numbered_in_order_and_durable() {
     }
     let sequences: Vec<u64> = seen.iter().map(|e| e.sequence).collect();
     assert_eq!(sequences, (1..=4).collect::<Vec<_>>());
-    let task_states: Vec<TaskState> = seen
+    let task_states: Vec<(TaskState, &str)> = seen
         .iter()
         .filter_map(|e| match &e.kind {
-            Some(event::Kind::Task(t)) if t.task_id == task.id => Some(t.state()),
+            Some(event::Kind::Task(t)) if t.task_id == task.id => {
+                Some((t.state(), t.name.as_str()))
+            }
             _ => None,
         })
         .collect();
+    // Each names its task, for people reading `orchctl events`.
     assert_eq!(
         task_states,
         [
-            TaskState::Scheduled,
-            TaskState::Running,
-            TaskState::Completed
+            (TaskState::Scheduled, "web"),
+            (TaskState::Running, "web"),
+            (TaskState::Completed, "web")
         ]
     );
     assert!(matches!(&seen[0].kind, Some(event::Kind::Node(n)) if n.state() == NodeState::Ready));

@@ -299,6 +299,11 @@ impl State {
             health: task.health,
             service: task.service.clone(),
             slot: task.slot,
+            name: task
+                .spec
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
         });
         // No copy of the spec to make, queue and drop for every change of state.
         let spec = task.spec.take();

@@ -475,6 +475,7 @@ mod checks {
                 health: orch::v1::HealthState::Healthy.into(),
                 service: "web".to_owned(),
                 slot: 2,
+                name: "web.2".to_owned(),
             })
         } else {
             event::Kind::Node(NodeEvent {
