@@ -458,5 +458,8 @@ pub async fn events(manager: &Target, out: Output) -> Result<(), CliError> {
             Output::Table => println!("{}", output::event_line(&event)),
         }
     }
-    Ok(())
+    // The stream never ends while the manager serves: it stopped.
+    Err(CliError(format!(
+        "the manager at {manager} closed the event stream (it stopped or restarted); events after this were not seen"
+    )))
 }

@@ -380,6 +380,59 @@ async fn an_unreachable_manager_is_named_in_one_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_says_so_and_exits_non_zero_when_the_manager_goes_away() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut cluster = Cluster::builder().start().await;
+    let url = cluster.url();
+    let ca = cluster.manager_dir().join("ca.crt").display().to_string();
+    let token = cluster.access().admin_token.clone().unwrap_or_default();
+    let no_config = std::env::temp_dir().join("orch-tests-no-config.toml");
+    let mut events = Command::new(env!("CARGO_BIN_EXE_orchctl"))
+        .args(["--manager", &url, "--ca", &ca, "--token", &token, "events"])
+        .env("ORCH_CONFIG", no_config)
+        .env_remove("ORCH_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn orchctl events");
+    // Once it prints the event of a task, it is following.
+    let mut lines = BufReader::new(events.stdout.take().expect("stdout")).lines();
+    let image = cluster.busybox().await;
+    let task = cluster
+        .submit(orch::v1::TaskSpec {
+            name: "watched".into(),
+            image,
+            command: vec!["true".into()],
+            ..Default::default()
+        })
+        .await;
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("stdout") {
+            if line.contains(&task.id) && line.contains("(watched)") {
+                return;
+            }
+        }
+        panic!("events ended before the task's event");
+    })
+    .await
+    .expect("the task's event in time");
+    cluster.stop_manager().await;
+    let out = tokio::time::timeout(DEADLINE, events.wait_with_output())
+        .await
+        .expect("events ends once the manager is gone")
+        .expect("orchctl events");
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("the manager at {url}")),
+        "{stderr}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completion_scripts_name_the_commands_for_each_shell() {
     for (shell, marker) in [
         ("bash", "complete -F _orchctl"),
