@@ -298,6 +298,13 @@ pub fn print_tasks(tasks: &[Task]) {
 
 /// One task, in detail.
 pub fn print_task(t: &Task) {
+    for (k, v) in task_detail(t) {
+        println!("{:<14} {v}", format!("{k}:"));
+    }
+}
+
+/// What `orchctl status TASK` shows of a task, line by line.
+fn task_detail(t: &Task) -> Vec<(&'static str, String)> {
     let spec = t.spec.clone().unwrap_or_default();
     let limit =
         |v: Option<i64>, f: fn(i64) -> String| v.map(f).unwrap_or_else(|| "no limit".into());
@@ -314,13 +321,33 @@ pub fn print_task(t: &Task) {
             },
         ),
         ("state", state_cell(t)),
-        ("desired state", desired_name(t.desired_state()).into()),
+    ];
+    // An ended task wants nothing any more: "desired state: running" of a
+    // completed task would only puzzle.
+    if !task_state::is_terminal(t.state()) {
+        lines.push(("desired state", desired_name(t.desired_state()).into()));
+    }
+    lines.extend([
         ("node", or_dash(&t.node_id)),
         ("container", or_dash(&t.container_id)),
         ("attempt", t.attempt.to_string()),
         ("restarts", t.restart_count.to_string()),
         ("cpus", limit(spec.milli_cpus, format_milli_cpus)),
         ("memory", limit(spec.memory_bytes, format_bytes)),
+        ("env", pairs_text(&spec.env)),
+        (
+            "ports",
+            if spec.ports.is_empty() {
+                "none".into()
+            } else {
+                spec.ports
+                    .iter()
+                    .map(port_text)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        ("restart", restart_text(&spec.restart.unwrap_or_default())),
         (
             "created",
             rfc3339(t.created_at.as_ref())
@@ -328,7 +355,7 @@ pub fn print_task(t: &Task) {
                 .unwrap_or("-")
                 .to_string(),
         ),
-    ];
+    ]);
     if let Some(code) = t.exit_code {
         lines.push(("exit code", code.to_string()));
     }
@@ -338,9 +365,7 @@ pub fn print_task(t: &Task) {
     if !t.message.is_empty() {
         lines.push(("message", t.message.clone()));
     }
-    for (k, v) in lines {
-        println!("{:<14} {v}", format!("{k}:"));
-    }
+    lines
 }
 
 /// The node list.
@@ -1026,6 +1051,41 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn a_task_in_detail_shows_env_ports_and_restart_and_no_wish_once_ended() {
+        let task = |state: orch::v1::TaskState| Task {
+            id: "0192".into(),
+            state: state as i32,
+            desired_state: DesiredState::Running as i32,
+            spec: Some(TaskSpec {
+                image: "busybox".into(),
+                env: HashMap::from([("B".into(), "2".into()), ("A".into(), "1".into())]),
+                ports: vec![PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: Protocol::Tcp as i32,
+                }],
+                restart: Some(RestartPolicy {
+                    condition: RestartCondition::OnFailure as i32,
+                    max_restarts: 3,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let done: HashMap<_, _> = task_detail(&task(orch::v1::TaskState::Completed))
+            .into_iter()
+            .collect();
+        assert_eq!(done["env"], "A=1, B=2");
+        assert_eq!(done["ports"], "8080:80");
+        assert_eq!(done["restart"], "on-failure, at most 3 times");
+        assert!(!done.contains_key("desired state"), "{done:?}");
+        let running: HashMap<_, _> = task_detail(&task(orch::v1::TaskState::Running))
+            .into_iter()
+            .collect();
+        assert_eq!(running["desired state"], "running");
+    }
 
     #[test]
     fn a_task_event_names_the_task() {
