@@ -307,6 +307,69 @@ impl Builder {
     }
 }
 
+/// The watcher's HTTP/2 flow-control window, in bytes: with the default
+/// 64 KiB the manager may have only ~600 events in flight before it waits
+/// for a window update from this busy process.
+const WATCH_WINDOW: u32 = 64 << 20;
+
+/// Subscribes to the manager's events on a thread of its own with its own
+/// tokio runtime, and hands the stream to `watch` there; returns once
+/// subscribed, with what `watch` will return. On the shared runtime the
+/// watcher is one task among thousands of simulated workers' and falls
+/// behind the stream; on its own thread the OS gives it a fair share of the
+/// cpu.
+///
+/// # Errors
+/// If the watcher cannot connect or subscribe.
+pub async fn watch_apart<W, F, Fut>(
+    access: Access,
+    watch: F,
+) -> Result<oneshot::Receiver<Result<W, Error>>, Error>
+where
+    W: Send + 'static,
+    F: FnOnce(tonic::Streaming<orch::v1::Event>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<W, Error>>,
+{
+    let (subscribed_tx, subscribed) = oneshot::channel();
+    let (done_tx, done) = oneshot::channel();
+    let run = move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Io(format!("watcher runtime: {e}")))?;
+        rt.block_on(async move {
+            let channel = access
+                .endpoint()?
+                .initial_stream_window_size(Some(WATCH_WINDOW))
+                .initial_connection_window_size(Some(WATCH_WINDOW))
+                .connect()
+                .await
+                .map_err(|e| Error::Manager(format!("watcher cannot connect: {e}")))?;
+            let events = access
+                .client(channel)?
+                .watch_events(WatchEventsRequest {})
+                .await?
+                .into_inner();
+            let _ = subscribed_tx.send(());
+            watch(events).await
+        })
+    };
+    std::thread::Builder::new()
+        .name("bench-watch".into())
+        .spawn(move || {
+            let _ = done_tx.send(run());
+        })
+        .map_err(|e| Error::Io(format!("watcher thread: {e}")))?;
+    if subscribed.await.is_err() {
+        // The thread ended before subscribing; its result says why.
+        return match done.await {
+            Ok(Err(e)) => Err(e),
+            _ => Err(Error::Manager("the watcher could not subscribe".into())),
+        };
+    }
+    Ok(done)
+}
+
 /// How to reach a child manager that was started with TLS: what its first
 /// start wrote into the client configuration at `path` (waited for).
 async fn child_access(path: &Path) -> Result<Access, Error> {

@@ -17,10 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use orch::v1::{
-    ListTasksRequest, SubmitTasksRequest, TaskSpec, TaskState, WatchEventsRequest, event,
-};
-use tokio::sync::oneshot;
+use orch::v1::{ListTasksRequest, SubmitTasksRequest, TaskSpec, TaskState, event};
 
 use crate::Error;
 use crate::cluster::{ManagerKind, SimCluster};
@@ -28,8 +25,6 @@ use crate::measure::{Pid, proc_stats};
 
 /// Most specs in one `SubmitTasks` call (the manager's limit).
 pub const MAX_BATCH: usize = 10_000;
-/// The watcher's HTTP/2 flow-control window, in bytes.
-const WATCH_WINDOW: u32 = 64 << 20;
 /// How often the fallback completion check asks the manager.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -256,57 +251,6 @@ async fn watch(
     Ok(Watched::AllRunning(last_scheduled))
 }
 
-/// Starts [`watch`] on a thread of its own with its own tokio runtime, and
-/// returns once it is subscribed. On the shared runtime the watcher is one
-/// task among thousands of simulated workers' and falls behind the stream;
-/// on its own thread the OS gives it a fair share of the cpu.
-async fn watch_apart(
-    access: crate::cluster::Access,
-    tasks: usize,
-) -> Result<oneshot::Receiver<Result<Watched, Error>>, Error> {
-    let (subscribed_tx, subscribed) = oneshot::channel();
-    let (done_tx, done) = oneshot::channel();
-    let run = move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Io(format!("watcher runtime: {e}")))?;
-        rt.block_on(async move {
-            // Large HTTP/2 windows: with the default 64 KiB the manager may
-            // have only ~600 events in flight before it waits for a window
-            // update from this busy process.
-            let channel = access
-                .endpoint()?
-                .initial_stream_window_size(Some(WATCH_WINDOW))
-                .initial_connection_window_size(Some(WATCH_WINDOW))
-                .connect()
-                .await
-                .map_err(|e| Error::Manager(format!("watcher cannot connect: {e}")))?;
-            let mut client = access.client(channel)?;
-            let events = client
-                .watch_events(WatchEventsRequest {})
-                .await?
-                .into_inner();
-            let _ = subscribed_tx.send(());
-            watch(events, tasks).await
-        })
-    };
-    std::thread::Builder::new()
-        .name("bench-watch".into())
-        .spawn(move || {
-            let _ = done_tx.send(run());
-        })
-        .map_err(|e| Error::Io(format!("watcher thread: {e}")))?;
-    if subscribed.await.is_err() {
-        // The thread ended before subscribing; its result says why.
-        return match done.await {
-            Ok(Err(e)) => Err(e),
-            _ => Err(Error::Manager("the watcher could not subscribe".into())),
-        };
-    }
-    Ok(done)
-}
-
 /// The oldest task at or after `from` that is not running yet, if any.
 ///
 /// Tasks are listed in submission order and never leave `running` here (the
@@ -440,7 +384,10 @@ async fn measure(
     startup: Duration,
 ) -> Result<Report, Error> {
     let batch = params.batch.clamp(1, MAX_BATCH);
-    let watch = watch_apart(cluster.access().clone(), params.tasks).await?;
+    let tasks = params.tasks;
+    let watch =
+        crate::cluster::watch_apart(cluster.access().clone(), move |events| watch(events, tasks))
+            .await?;
     let mut watcher = cluster.client().await?;
     let mut clients = Vec::with_capacity(params.clients.max(1));
     for _ in 0..params.clients.max(1) {

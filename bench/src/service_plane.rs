@@ -27,9 +27,8 @@ use std::time::{Duration, Instant};
 
 use orch::v1::{
     ApplyServiceRequest, Event, GetServiceRequest, ListTasksRequest, ReplicatedMode,
-    ScaleServiceRequest, ServiceSpec, TaskSpec, TaskState, WatchEventsRequest, event, service_spec,
+    ScaleServiceRequest, ServiceSpec, TaskSpec, TaskState, event, service_spec,
 };
-use tokio::sync::oneshot;
 
 use crate::Error;
 use crate::cluster::{ManagerKind, SimCluster};
@@ -37,8 +36,6 @@ use crate::measure::{Pid, proc_stats};
 
 /// The service's name.
 pub const SERVICE: &str = "bench";
-/// The watcher's HTTP/2 flow-control window, in bytes.
-const WATCH_WINDOW: u32 = 64 << 20;
 /// How often the fallback completion check asks the manager.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -268,52 +265,6 @@ async fn watch(mut events: tonic::Streaming<Event>, goal: Goal) -> Result<Watche
     Ok(Watched::Reached(seen))
 }
 
-/// Starts [`watch`] on a thread of its own with its own tokio runtime (on
-/// the shared runtime it is one task among thousands of simulated workers'
-/// and falls behind), and returns once it is subscribed.
-async fn watch_apart(
-    access: crate::cluster::Access,
-    goal: Goal,
-) -> Result<oneshot::Receiver<Result<Watched, Error>>, Error> {
-    let (subscribed_tx, subscribed) = oneshot::channel();
-    let (done_tx, done) = oneshot::channel();
-    let run = move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Io(format!("watcher runtime: {e}")))?;
-        rt.block_on(async move {
-            let channel = access
-                .endpoint()?
-                .initial_stream_window_size(Some(WATCH_WINDOW))
-                .initial_connection_window_size(Some(WATCH_WINDOW))
-                .connect()
-                .await
-                .map_err(|e| Error::Manager(format!("watcher cannot connect: {e}")))?;
-            let mut client = access.client(channel)?;
-            let events = client
-                .watch_events(WatchEventsRequest {})
-                .await?
-                .into_inner();
-            let _ = subscribed_tx.send(());
-            watch(events, goal).await
-        })
-    };
-    std::thread::Builder::new()
-        .name("bench-watch".into())
-        .spawn(move || {
-            let _ = done_tx.send(run());
-        })
-        .map_err(|e| Error::Io(format!("watcher thread: {e}")))?;
-    if subscribed.await.is_err() {
-        return match done.await {
-            Ok(Err(e)) => Err(e),
-            _ => Err(Error::Manager("the watcher could not subscribe".into())),
-        };
-    }
-    Ok(done)
-}
-
 /// The oldest task of [`SERVICE`] at or after `from` still short of `goal`,
 /// if any. Tasks are listed in creation order and none moves back away from
 /// the goal here, so the next call can start from the one found: the whole
@@ -466,7 +417,9 @@ async fn phase(
     what: &str,
     call: impl Future<Output = Result<(), tonic::Status>>,
 ) -> Result<Phase, Error> {
-    let watch = watch_apart(cluster.access().clone(), goal).await?;
+    let watch =
+        crate::cluster::watch_apart(cluster.access().clone(), move |events| watch(events, goal))
+            .await?;
     let cpu_before = cluster.manager_stats().map(|s| s.cpu).unwrap_or_default();
     let harness_before = proc_stats(Pid::This).map(|s| s.cpu).unwrap_or_default();
     let t0 = Instant::now();
