@@ -13,7 +13,6 @@
 //! -----END CERTIFICATE-----"""
 //! ```
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -80,27 +79,19 @@ pub fn load(path: &Path) -> Result<FileConfig, CliError> {
 /// # Errors
 /// If the file cannot be written.
 pub fn save(path: &Path, config: &FileConfig) -> Result<(), CliError> {
-    let err = |e: std::io::Error| CliError(format!("writing {}: {e}", path.display()));
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CliError(format!("writing {}: {e}", path.display())))?;
     }
     let text = toml::to_string(config).map_err(|e| CliError(e.to_string()))?;
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&tmp).map_err(err)?;
-    file.write_all(
-        b"# orch client configuration, written by orchctl. It holds an admin token: keep it private.\n",
+    // The manager's own writer of private files: replaced whole, mode 0600.
+    orch_manager::auth::ca::write_private(
+        path,
+        &format!(
+            "# orch client configuration, written by orchctl. It holds an admin token: keep it private.\n{text}"
+        ),
     )
-    .map_err(err)?;
-    file.write_all(text.as_bytes()).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    .map_err(|e| CliError(format!("writing {e}")))
 }
 
 /// The manager a client command talks to, and how.
