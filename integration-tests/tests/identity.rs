@@ -10,6 +10,18 @@ use orch::v1::{
 use orch_integration_tests::cluster::Cluster;
 use tonic::Code;
 
+/// Every node, as the manager lists them now.
+async fn nodes(cluster: &Cluster) -> Vec<orch::v1::Node> {
+    cluster
+        .client()
+        .await
+        .list_nodes(orch::v1::ListNodesRequest {})
+        .await
+        .expect("nodes")
+        .into_inner()
+        .nodes
+}
+
 fn register(node_id: &str) -> RegisterRequest {
     RegisterRequest {
         node_id: node_id.into(),
@@ -50,14 +62,7 @@ async fn a_worker_can_speak_only_for_its_own_node() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     // The other node is untouched: still its own name, still ready.
-    let nodes = cluster
-        .client()
-        .await
-        .list_nodes(orch::v1::ListNodesRequest {})
-        .await
-        .expect("nodes")
-        .into_inner()
-        .nodes;
+    let nodes = nodes(&cluster).await;
     let other = nodes.iter().find(|n| &n.id == theirs).expect("listed");
     assert_eq!(other.name, "worker-1");
     assert!(nodes.iter().all(|n| n.name != "impostor"), "{nodes:?}");
@@ -104,14 +109,7 @@ async fn without_a_certificate_only_join_is_open_and_it_needs_a_good_token() {
         matches!(err.code(), Code::Unauthenticated | Code::InvalidArgument),
         "{err:?}"
     );
-    let nodes = cluster
-        .client()
-        .await
-        .list_nodes(orch::v1::ListNodesRequest {})
-        .await
-        .expect("nodes")
-        .into_inner()
-        .nodes;
+    let nodes = nodes(&cluster).await;
     assert!(nodes.is_empty(), "{nodes:?}");
     cluster.shutdown().await;
 }
