@@ -82,6 +82,8 @@ pub enum Command {
     Node(NodeCommand),
     /// Follow task and node state changes as they happen.
     Events,
+    /// Print a task's output (stdout and stderr), or every replica's of a service.
+    Logs(LogsArgs),
     /// Create or update services from a YAML file, and follow their rollouts.
     Apply(ApplyArgs),
     /// Create, list, inspect, scale, roll back and remove services.
@@ -262,6 +264,54 @@ pub struct ManagerArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The task (id, id prefix or name) or the service (name).
+    pub target: String,
+    /// Keep printing new output. A task's ends when its attempt ends, and
+    /// orchctl exits with the attempt's exit code (1 if it has none); a
+    /// service's follows its replicas and their replacements until Ctrl-C.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines of each attempt's output (default: all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub tail: u32,
+    /// Only output written within this long back from now, like 10m.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Start each line with the time it was written (RFC 3339).
+    #[arg(short, long)]
+    pub timestamps: bool,
+    /// The attempt of the task, from 1 (default: the current one).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub attempt: Option<u64>,
+    /// Only what the container wrote to stderr.
+    #[arg(long, conflicts_with = "stdout")]
+    pub stderr: bool,
+    /// Only what the container wrote to stdout.
+    #[arg(long)]
+    pub stdout: bool,
+}
+
+/// What a worker keeps of its containers' output: the flags `orchctl
+/// worker` and `orchctl dev` share.
+#[derive(Debug, Args)]
+pub struct LogKeepArgs {
+    /// How many ended attempts of each task the worker keeps the container
+    /// (and so the output) of; 0 removes a container as soon as it ends.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub log_keep_attempts: usize,
+    /// The longest an ended attempt's container is kept.
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_duration)]
+    pub log_retention: Duration,
+    /// The size at which a container's log file is rotated, like 10Mi.
+    #[arg(long, value_name = "SIZE", default_value = "10Mi", value_parser = parse_bytes)]
+    pub log_max_size: i64,
+    /// How many log files a container keeps (so at most SIZE × N of output).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_max_files: u32,
+}
+
+#[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// The node's name (default: the host name).
     #[arg(long)]
@@ -288,6 +338,8 @@ pub struct WorkerArgs {
     /// until the worker has its certificate in --data-dir.
     #[arg(long, env = "ORCH_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    #[command(flatten)]
+    pub logs: LogKeepArgs,
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +356,8 @@ pub struct DevArgs {
     /// A label of the local worker's node, KEY=VALUE; repeat for more.
     #[arg(long = "label", value_parser = parse_pair)]
     pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub logs: LogKeepArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

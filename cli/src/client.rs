@@ -86,7 +86,7 @@ pub fn status_error(s: tonic::Status) -> CliError {
 }
 
 /// Finds a task by full id, unique id prefix, or exact name.
-async fn resolve(client: &mut Client, key: &str) -> Result<Task, CliError> {
+pub(crate) async fn resolve(client: &mut Client, key: &str) -> Result<Task, CliError> {
     if Uuid::parse_str(key).is_ok() {
         let task = client
             .get_task(GetTaskRequest {

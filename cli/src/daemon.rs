@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use orch_worker::runtime::docker::DockerRuntime;
+use orch_worker::retention::Retention;
+use orch_worker::runtime::docker::{DockerRuntime, LogRotation};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinError;
 
 use crate::CliError;
-use crate::args::{DevArgs, ManagerArgs, WorkerArgs};
+use crate::args::{DevArgs, LogKeepArgs, ManagerArgs, WorkerArgs};
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn terminated() {
@@ -113,16 +114,31 @@ pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> 
     Ok(())
 }
 
-async fn docker() -> Result<Arc<DockerRuntime>, CliError> {
-    DockerRuntime::connect().await.map(Arc::new).map_err(|e| {
-        CliError(format!(
-            "{e} (is Docker running, and may this user use it?)"
-        ))
-    })
+async fn docker(logs: &LogKeepArgs) -> Result<Arc<DockerRuntime>, CliError> {
+    let rotation = LogRotation {
+        max_size: u64::try_from(logs.log_max_size).unwrap_or(u64::MAX),
+        max_files: logs.log_max_files,
+    };
+    DockerRuntime::connect()
+        .await
+        .map(|d| Arc::new(d.with_log_rotation(rotation)))
+        .map_err(|e| {
+            CliError(format!(
+                "{e} (is Docker running, and may this user use it?)"
+            ))
+        })
+}
+
+/// What the worker keeps of ended attempts, from the flags.
+fn retention(logs: &LogKeepArgs) -> Retention {
+    Retention {
+        keep_attempts: logs.log_keep_attempts,
+        max_age: logs.log_retention,
+    }
 }
 
 pub async fn worker(args: WorkerArgs, manager: &str, insecure: bool) -> Result<(), CliError> {
-    let runtime = docker().await?;
+    let runtime = docker(&args.logs).await?;
     let config = orch_worker::Config {
         manager: manager.to_string(),
         name: args.name.unwrap_or_else(host_name),
@@ -134,6 +150,7 @@ pub async fn worker(args: WorkerArgs, manager: &str, insecure: bool) -> Result<(
         data_dir: Some(args.data_dir),
         join_token: args.join_token,
         insecure,
+        retention: retention(&args.logs),
     };
     orch_worker::run(config, runtime, terminated()).await?;
     Ok(())
@@ -149,7 +166,7 @@ fn manager_ended(ended: Result<Result<(), orch_manager::ServeError>, JoinError>)
 }
 
 pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
-    let runtime = docker().await?;
+    let runtime = docker(&args.logs).await?;
     let listener = bind(args.listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -177,6 +194,7 @@ pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
         data_dir: Some(args.data_dir.join("worker")),
         join_token: Some(access.join_token.clone()),
         insecure,
+        retention: retention(&args.logs),
     };
     let mut worker = tokio::spawn(orch_worker::run(worker_config, runtime, stopped(stop_rx)));
     let config_note = config_path

@@ -10,6 +10,7 @@ mod args;
 mod client;
 mod config;
 mod daemon;
+mod logs;
 mod output;
 mod services;
 
@@ -206,6 +207,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Nodes => client::nodes(manager, out).await,
         Command::Node(c) => client::node(manager, c, out).await,
         Command::Events => client::events(manager, out).await,
+        Command::Logs(a) => {
+            let code = logs::logs(manager, a).await?;
+            if code != 0 {
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Apply(a) => services::apply(manager, a, out).await,
         Command::Service(c) => services::service(manager, c, out).await,
         Command::Token(c) => access::token(manager, c, out).await,

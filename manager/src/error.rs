@@ -20,6 +20,10 @@ pub enum Error {
     /// The object to create exists already.
     #[error("{0}")]
     AlreadyExists(String),
+    /// Something the request needs cannot be reached now (a node that is
+    /// down); the message says what.
+    #[error("{0}")]
+    Unavailable(String),
     /// The store failed; the request was not acknowledged and may be retried (the
     /// message says whether the change was dropped or is kept to be written).
     #[error(transparent)]
@@ -36,6 +40,7 @@ impl From<Error> for Status {
             Error::NotFound(m) => (Code::NotFound, m),
             Error::FailedPrecondition(m) => (Code::FailedPrecondition, m),
             Error::AlreadyExists(m) => (Code::AlreadyExists, m),
+            Error::Unavailable(m) => (Code::Unavailable, m),
             Error::Store(s) => (Code::Unavailable, format!("{s}; retry later")),
         };
         orch::limits::truncate(&mut message, orch::limits::MAX_ERROR_BYTES);

@@ -30,6 +30,7 @@ mod error;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod limits;
+pub mod logs;
 pub mod orchestrator;
 pub mod persist;
 pub mod scheduler;

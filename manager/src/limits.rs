@@ -163,6 +163,11 @@ where
         let answer = std::mem::replace(&mut self.inner, clone).call(request);
         Box::pin(async move {
             let _permit = permit;
+            // A worker's SendLogs answers only once the output it streams
+            // ends, which a followed task's may do after days.
+            if method == UNTIMED {
+                return answer.await.map(|r| over_size(r, &method));
+            }
             match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(response)) => Ok(over_size(response, &method)),
                 Ok(Err(e)) => Err(e),
@@ -175,6 +180,10 @@ where
         })
     }
 }
+
+/// The one call the request timeout does not apply to: it is answered
+/// when the stream it reads ends.
+const UNTIMED: &str = "/orch.v1.Dispatcher/SendLogs";
 
 /// Tonic answers a request message over the limit with `OUT_OF_RANGE`
 /// ("decoded message length too large: found N bytes, the limit is: M

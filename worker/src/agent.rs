@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::executor::{Command, Executor, FullSet};
 use crate::identity::{self, Identity};
+use crate::logs::LogStreams;
 use crate::metrics::Meter;
 use crate::runtime::Runtime;
 
@@ -61,6 +62,8 @@ pub struct Config {
     /// Speak plaintext to a manager started with `--insecure`: no TLS, no
     /// node certificate.
     pub insecure: bool,
+    /// How long the containers (and so the output) of ended attempts are kept.
+    pub retention: crate::retention::Retention,
 }
 
 /// Why the worker stopped.
@@ -225,13 +228,7 @@ pub async fn run<R: Runtime>(
     tokio::pin!(shutdown);
     loop {
         let attempt = async {
-            let mut endpoint = identity::endpoint(&config.manager)
-                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-            if let Some(identity) = &identity {
-                endpoint = endpoint
-                    .tls_config(identity.tls())
-                    .map_err(|e| tonic::Status::invalid_argument(format!("TLS settings: {e}")))?;
-            }
+            let endpoint = manager_endpoint(&config, identity.as_ref())?;
             let channel = endpoint.connect().await.map_err(|e| {
                 tonic::Status::unavailable(format!("cannot reach the manager: {e}"))
             })?;
@@ -246,13 +243,15 @@ pub async fn run<R: Runtime>(
                 })
                 .await?
                 .into_inner();
-            Ok::<_, tonic::Status>((client, reply))
+            // Log output goes up on a connection of its own (see `logs`).
+            let logs = endpoint.connect_lazy();
+            Ok::<_, tonic::Status>((client, reply, logs))
         };
         let registered = tokio::select! {
             r = attempt => r,
             () = &mut shutdown => return Ok(()),
         };
-        let (client, reply) = match registered {
+        let (client, reply, logs_channel) = match registered {
             Ok(ok) => ok,
             Err(status)
                 if matches!(
@@ -297,14 +296,16 @@ pub async fn run<R: Runtime>(
                     reply.cluster_id.clone(),
                     id,
                     reports_tx.clone(),
+                    config.retention,
                 );
                 executor = Some((reply.cluster_id.clone(), exec.clone()));
                 exec
             }
         };
         tracing::info!(node = %id, cluster = %reply.cluster_id, "registered");
+        let logs = LogStreams::new(runtime.clone(), logs_channel, config.name.clone());
         let ended = tokio::select! {
-            r = session(client, &reply, id, &exec, &mut reports, &mut meter, &mut backoff, &mut identity, config.data_dir.as_deref()) => r,
+            r = session(client, &reply, id, &exec, logs, &mut reports, &mut meter, &mut backoff, &mut identity, config.data_dir.as_deref()) => r,
             () = &mut shutdown => return Ok(()),
         };
         tracing::warn!(reason = %ended, "session ended; reconnecting");
@@ -313,6 +314,21 @@ pub async fn run<R: Runtime>(
             () = &mut shutdown => return Ok(()),
         }
     }
+}
+
+/// Where the manager is, with the node's TLS identity if it has one.
+fn manager_endpoint(
+    config: &Config,
+    identity: Option<&Identity>,
+) -> Result<tonic::transport::Endpoint, tonic::Status> {
+    let mut endpoint = identity::endpoint(&config.manager)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    if let Some(identity) = identity {
+        endpoint = endpoint
+            .tls_config(identity.tls())
+            .map_err(|e| tonic::Status::invalid_argument(format!("TLS settings: {e}")))?;
+    }
+    Ok(endpoint)
 }
 
 /// The heartbeat period the manager asked for (1 s if it named none).
@@ -397,12 +413,14 @@ fn renewal_in(identity: Option<&Identity>) -> Duration {
 
 /// Runs one session until its stream ends; returns why it ended. The node
 /// certificate is renewed on the session's channel when its time comes.
+/// The log requests the session brings are served by `logs`, and end with it.
 #[allow(clippy::too_many_arguments)]
-async fn session(
+async fn session<R: Runtime>(
     mut client: DispatcherClient<Channel>,
     reply: &RegisterResponse,
     node_id: Uuid,
     executor: &Executor,
+    mut logs: LogStreams<R>,
     reports: &mut mpsc::UnboundedReceiver<TaskStatus>,
     meter: &mut Metrics,
     backoff: &mut Backoff,
@@ -457,13 +475,16 @@ async fn session(
                 }
             }
             msg = inbound.message() => match msg {
-                Ok(Some(m)) => {
-                    if let Some(manager_message::Kind::Assignments(a)) = m.kind
-                        && let Some(a) = full_set.add(a)
-                    {
-                        executor.send(Command::Assign(a));
+                Ok(Some(m)) => match m.kind {
+                    Some(manager_message::Kind::Assignments(a)) => {
+                        if let Some(a) = full_set.add(a) {
+                            executor.send(Command::Assign(a));
+                        }
                     }
-                }
+                    Some(manager_message::Kind::Logs(request)) => logs.start(request),
+                    Some(manager_message::Kind::CancelLogs(c)) => logs.cancel(&c.request_id),
+                    None => {}
+                },
                 Ok(None) => return "the manager closed the session".into(),
                 Err(status) => return format!("session failed: {}", status.message()),
             },

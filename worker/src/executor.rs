@@ -16,6 +16,12 @@
 //! each change of health it finds comes back to the actor, which reports it
 //! as a `running` status with `health` set. Whether an unhealthy task is
 //! restarted is for the manager to say.
+//!
+//! The container of an ended attempt (exited, or stopped) is kept for its
+//! output, as [`Retention`] says (by default the last 3 attempts of each
+//! task, for at most an hour), and removed after; [`retention::expired`]
+//! decides which go, when an attempt ends and at every audit. A full set
+//! that no longer lists a task leaves its kept containers alone.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,6 +34,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::health;
+use crate::retention::{self, Kept, Retention};
 use crate::runtime::{ContainerInfo, Exit, Runtime, StartRequest};
 
 /// How often the executor compares its running attempts with the engine's
@@ -99,12 +106,14 @@ impl Executor {
     /// Starts the executor for this cluster and node. It first adopts the
     /// containers the node already has (left by an earlier run of the worker):
     /// running ones are reported `running`, exited ones with their exit code.
-    /// Reports are sent on `reports`.
+    /// Reports are sent on `reports`; ended attempts' containers are kept as
+    /// `retention` says.
     pub fn start<R: Runtime>(
         runtime: Arc<R>,
         cluster_id: String,
         node_id: Uuid,
         reports: mpsc::UnboundedSender<TaskStatus>,
+        retention: Retention,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -116,6 +125,8 @@ impl Executor {
             done: done_tx,
             slots: HashMap::new(),
             finished: HashMap::new(),
+            retention,
+            kept: HashMap::new(),
         };
         tokio::spawn(actor.run(rx, done_rx));
         Self { tx }
@@ -206,6 +217,10 @@ struct Actor<R> {
     /// The final report of each recently ended attempt, kept until the
     /// manager shows (by a full assignment set without it) that it has it.
     finished: HashMap<Uuid, TaskStatus>,
+    /// How long ended attempts' containers are kept.
+    retention: Retention,
+    /// The kept containers of each task's ended attempts.
+    kept: HashMap<Uuid, Vec<Kept>>,
 }
 
 fn status(task: Uuid, attempt: u64, state: TaskState) -> TaskStatus {
@@ -250,7 +265,10 @@ impl<R: Runtime> Actor<R> {
         audit.tick().await;
         loop {
             tokio::select! {
-                _ = audit.tick() => self.audit(),
+                _ = audit.tick() => {
+                    self.audit();
+                    self.expire();
+                }
                 command = commands.recv() => match command {
                     Some(Command::Assign(a)) => self.assign(a),
                     None => return,
@@ -276,14 +294,22 @@ impl<R: Runtime> Actor<R> {
     }
 
     /// Takes over the containers an earlier run of this worker left.
+    /// Exited containers are kept (their age counts from now), and only the
+    /// newest attempt of each task is reported.
     async fn adopt(&mut self) {
-        let found = match self.runtime.list(&self.cluster_id, self.node_id).await {
+        let mut found = match self.runtime.list(&self.cluster_id, self.node_id).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list existing containers");
                 return;
             }
         };
+        let mut newest: HashMap<Uuid, u64> = HashMap::new();
+        for c in &found {
+            let n = newest.entry(c.task_id).or_default();
+            *n = (*n).max(c.attempt);
+        }
+        found.sort_by_key(|c| c.attempt);
         for c in found {
             if c.running {
                 tracing::info!(task = %c.task_id, attempt = c.attempt, "adopting running container");
@@ -307,13 +333,56 @@ impl<R: Runtime> Actor<R> {
                 );
                 self.report(c.task_id, running);
             } else {
-                let code = c.exit_code.unwrap_or(-1);
-                self.report(
-                    c.task_id,
-                    exit_status(c.task_id, c.attempt, &c.container_id, code),
-                );
-                self.remove(c.container_id);
+                if newest.get(&c.task_id) == Some(&c.attempt) {
+                    let code = c.exit_code.unwrap_or(-1);
+                    self.report(
+                        c.task_id,
+                        exit_status(c.task_id, c.attempt, &c.container_id, code),
+                    );
+                }
+                self.keep(c.task_id, c.attempt, c.container_id);
             }
+        }
+    }
+
+    /// Keeps the container of an ended attempt for its output, and removes
+    /// the task's kept containers that its retention no longer covers.
+    fn keep(&mut self, task: Uuid, attempt: u64, container_id: String) {
+        let kept = self.kept.entry(task).or_default();
+        if !kept.iter().any(|k| k.container_id == container_id) {
+            kept.push(Kept {
+                attempt,
+                container_id,
+                ended_at: tokio::time::Instant::now(),
+            });
+        }
+        self.expire_task(task, tokio::time::Instant::now());
+    }
+
+    /// Removes every kept container past its retention.
+    fn expire(&mut self) {
+        let now = tokio::time::Instant::now();
+        let tasks: Vec<Uuid> = self.kept.keys().copied().collect();
+        for task in tasks {
+            self.expire_task(task, now);
+        }
+    }
+
+    /// Removes one task's kept containers past their retention at `now`.
+    fn expire_task(&mut self, task: Uuid, now: tokio::time::Instant) {
+        let Some(kept) = self.kept.get_mut(&task) else {
+            return;
+        };
+        let gone = retention::expired(kept, now, self.retention);
+        let mut ids = Vec::with_capacity(gone.len());
+        for i in gone.into_iter().rev() {
+            ids.push(kept.swap_remove(i).container_id);
+        }
+        if kept.is_empty() {
+            self.kept.remove(&task);
+        }
+        for id in ids {
+            self.remove(id);
         }
     }
 
@@ -617,7 +686,7 @@ impl<R: Runtime> Actor<R> {
                         } else if let Some(code) = slot.early_exit {
                             self.slots.remove(&task);
                             self.report(task, exit_status(task, attempt, &cid, code));
-                            self.remove(cid);
+                            self.keep(task, attempt, cid);
                         } else {
                             let health = if slot.check.is_some() {
                                 HealthState::Starting
@@ -648,6 +717,7 @@ impl<R: Runtime> Actor<R> {
                 if stop.failures > 0 {
                     tracing::info!(%task, attempt, failures = stop.failures, "stopped after failed tries");
                 }
+                self.keep(task, attempt, stop.container_id.clone());
                 // The container is gone now (or was already): report the stop.
                 if self.slots.get(&task).is_some_and(|s| s.attempt == attempt) {
                     let slot = self.slots.remove(&task);
@@ -740,9 +810,8 @@ impl<R: Runtime> Actor<R> {
             return;
         }
         if slot.stopping {
-            // The stop call removes the container and reports `stopped` once
-            // it returns, so the task is not called stopped while its
-            // container still exists.
+            // The stop call reports `stopped` once it returns, so the task
+            // is not called stopped while its container may still run.
             slot.early_exit = Some(exit.exit_code);
             return;
         }
@@ -754,8 +823,9 @@ impl<R: Runtime> Actor<R> {
             exit.exit_code,
         );
         self.report(exit.task_id, ended);
-        // The exit code has been read and reported: the container can go.
-        self.remove(exit.container_id);
+        // The exit code has been read and reported; the container stays for
+        // its output, as long as the retention says.
+        self.keep(exit.task_id, exit.attempt, exit.container_id);
     }
 
     fn resync(&mut self) {

@@ -94,7 +94,13 @@ impl Harness {
         let (exits, rx) = mpsc::unbounded_channel();
         *runtime.exits.lock().unwrap() = Some(rx);
         let (tx, reports) = mpsc::unbounded_channel();
-        let executor = Executor::start(runtime.clone(), "cluster".into(), Uuid::now_v7(), tx);
+        let executor = Executor::start(
+            runtime.clone(),
+            "cluster".into(),
+            Uuid::now_v7(),
+            tx,
+            Retention::default(),
+        );
         Self {
             runtime,
             exits,
@@ -445,4 +451,62 @@ fn a_full_set_in_parts_reaches_the_executor_whole_and_only_whole() {
     assert_eq!(ids, ["a", "b", "c", "d"]);
     // A set in one message passes as it is, and nothing of the last is left.
     assert_eq!(set.add(part(&["e"], false)), Some(part(&["e"], false)));
+}
+
+/// The fake's containers, by id, sorted.
+fn containers(h: &Harness) -> Vec<String> {
+    let mut ids: Vec<String> = h
+        .runtime
+        .containers
+        .lock()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(start_paused = true)]
+async fn ended_attempts_are_kept_the_newest_three_for_an_hour() {
+    let mut h = Harness::new();
+    let task = Uuid::now_v7();
+    for attempt in 1..=4 {
+        h.run(task, attempt, "img");
+        let cid = h.running(task, attempt).await;
+        h.exits
+            .send(Exit {
+                container_id: cid,
+                task_id: task,
+                attempt,
+                exit_code: 1,
+            })
+            .unwrap();
+        h.expect(task, attempt, TaskState::Failed).await;
+    }
+    // A full set that no longer lists the task leaves its kept containers.
+    h.assign(Assignments {
+        full: true,
+        ..Default::default()
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while containers(&h) != ["c2", "c3", "c4"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            containers(&h)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Past the hour, the next audit removes them all.
+    tokio::time::advance(Duration::from_secs(3600 + 30)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !containers(&h).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            containers(&h)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

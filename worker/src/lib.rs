@@ -6,6 +6,8 @@
 //! - [`executor`]: the lifecycle of each task attempt on this node;
 //! - [`health`]: health probes of running containers, for the executor;
 //! - [`identity`]: the node certificate: joining, keeping, renewing;
+//! - [`logs`]: streams a container's output up for the manager's log requests;
+//! - [`retention`]: how long ended attempts' containers (and output) are kept;
 //! - [`runtime`]: the container engine behind a trait (Docker via bollard);
 //! - [`metrics`]: machine capacity and usage (sysinfo).
 
@@ -13,7 +15,9 @@ pub mod agent;
 pub mod executor;
 pub mod health;
 pub mod identity;
+pub mod logs;
 pub mod metrics;
+pub mod retention;
 pub mod runtime;
 
 pub use agent::{Config, Error, run};

@@ -33,6 +33,7 @@ use crate::engine::Engine;
 use crate::limits::MAX_PAGE_BYTES;
 
 mod access;
+mod logs;
 mod services;
 use crate::{Error, Shared};
 
@@ -347,6 +348,16 @@ impl Cluster for ClusterApi {
         access::join_token(&self.shared, request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    type LogsStream = logs::LogsStream;
+
+    async fn logs(
+        &self,
+        request: Request<orch::v1::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let stream = logs::start(self.shared.clone(), request.into_inner())?;
+        Ok(Response::new(stream))
     }
 
     type WatchEventsStream = EventStream;

@@ -26,7 +26,8 @@ pub fn required_role(method: &str) -> Role {
         | "WatchEvents"
         | "GetService"
         | "ListServices"
-        | "ListServiceVersions" => Role::ReadOnly,
+        | "ListServiceVersions"
+        | "Logs" => Role::ReadOnly,
         "SubmitTask" | "SubmitTasks" | "StopTask" | "ApplyService" | "CreateService"
         | "UpdateService" | "ScaleService" | "RollbackService" | "DeleteService" => Role::Operator,
         _ => Role::Admin,

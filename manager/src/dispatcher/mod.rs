@@ -23,9 +23,9 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use orch::v1::dispatcher_server::Dispatcher;
 use orch::v1::{
-    Assignments, JoinRequest, JoinResponse, ManagerMessage, RegisterRequest, RegisterResponse,
-    RenewCertificateRequest, RenewCertificateResponse, WorkerMessage, manager_message,
-    worker_message,
+    Assignments, CancelLogs, JoinRequest, JoinResponse, LogsChunk, ManagerMessage, RegisterRequest,
+    RegisterResponse, RenewCertificateRequest, RenewCertificateResponse, SendLogsResponse,
+    WorkerMessage, manager_message, worker_message,
 };
 use orch::validate;
 use prost::Message;
@@ -249,6 +249,38 @@ impl Dispatcher for DispatcherApi {
         ));
         Ok(Response::new(Box::pin(outbound(rx, ending))))
     }
+
+    async fn send_logs(
+        &self,
+        request: Request<Streaming<LogsChunk>>,
+    ) -> Result<Response<SendLogsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no first message within 10s"))??
+            .ok_or_else(|| Status::invalid_argument("the stream ended before its first message"))?;
+        let id = validate::id("request_id", &first.request_id).map_err(Error::from)?;
+        let tx = self
+            .shared
+            .lock()
+            .claim_logs(id, caller.node.map(|(node, _)| node))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "request_id: no log request {id} waits for this node's output"
+                ))
+            })?;
+        let mut next = Some(first);
+        while let Some(chunk) = next {
+            // The client went away (or its stream ended): stop reading, and
+            // the worker's call ends.
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+            next = inbound.message().await?;
+        }
+        Ok(Response::new(SendLogsResponse {}))
+    }
 }
 
 /// The response stream of a session: each push as one message or more
@@ -263,6 +295,7 @@ fn outbound(
     let message = |a| ManagerMessage {
         kind: Some(manager_message::Kind::Assignments(a)),
     };
+    let other = |kind| ManagerMessage { kind: Some(kind) };
     futures::stream::unfold(
         (Some((rx, ending)), VecDeque::new()),
         move |(open, mut parts)| async move {
@@ -276,6 +309,16 @@ fn outbound(
                     let first = parts.pop_front()?;
                     Some((Ok(message(first)), (Some((rx, ending)), parts)))
                 }
+                Push::Logs(request) => Some((
+                    Ok(other(manager_message::Kind::Logs(request))),
+                    (Some((rx, ending)), parts),
+                )),
+                Push::CancelLogs(request_id) => Some((
+                    Ok(other(manager_message::Kind::CancelLogs(CancelLogs {
+                        request_id,
+                    }))),
+                    (Some((rx, ending)), parts),
+                )),
                 Push::End(why) => Some((Err(Status::unavailable(why)), (None, parts))),
             }
         },

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use orch::v1::Assignments;
+use orch::v1::{Assignments, WorkerLogsRequest};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -32,6 +32,10 @@ pub use crate::limits::SESSION_BUFFER;
 pub enum Push {
     /// Tasks to run and to stop.
     Assignments(Assignments),
+    /// Stream an attempt's output up (on a `SendLogs` call).
+    Logs(WorkerLogsRequest),
+    /// Stop streaming the output of this request.
+    CancelLogs(String),
     /// The manager ends the session, for this reason; the worker registers again.
     End(String),
 }
@@ -213,6 +217,23 @@ impl Sessions {
             ),
         );
         false
+    }
+
+    /// Sends a log request (or its cancel) down `node`'s session without
+    /// waiting. Returns false if the node has no open session or its
+    /// channel is full; unlike an assignment, a lost one is no reason to
+    /// end the session: the client is told instead.
+    pub fn send(&mut self, node: Uuid, push: Push) -> bool {
+        let Some((_, tx)) = self.entries.get(&node).and_then(|e| e.open.as_ref()) else {
+            return false;
+        };
+        // The last place is the end's.
+        tx.capacity() > 1 && tx.try_send(push).is_ok()
+    }
+
+    /// When `node`'s worker was last heard from, if it is tracked.
+    pub fn last_seen(&self, node: Uuid) -> Option<Instant> {
+        self.entries.get(&node).map(|e| e.last_seen)
     }
 
     /// Ends `node`'s open session, telling the worker `why` after what is

@@ -16,6 +16,7 @@
 //! calls), `nodes` (drain and activate), `workers` (the dispatcher's calls
 //! and liveness).
 
+mod logs;
 mod nodes;
 mod services;
 mod tasks;
@@ -34,6 +35,7 @@ use uuid::Uuid;
 
 use crate::clock::{Clock, Now};
 use crate::dispatcher::sessions::{Liveness, Sessions};
+use crate::logs::LogRequests;
 use crate::orchestrator::drain::Handoffs;
 use crate::orchestrator::restart::{self, Backoffs};
 use crate::persist::{Committer, Durable};
@@ -59,8 +61,14 @@ pub struct Engine {
     timers: BTreeSet<(tokio::time::Instant, String)>,
     /// Each service's one entry in `timers`.
     wakes: HashMap<String, tokio::time::Instant>,
+    /// The log requests in flight.
+    logs: LogRequests,
+    /// Each restarted task's last placed attempt and its node (since this
+    /// manager started), for the output of an attempt that has ended.
+    last_nodes: HashMap<Uuid, (u64, Uuid)>,
 }
 
+pub use self::logs::OpenLogs;
 pub use self::services::How;
 
 impl Engine {
@@ -96,6 +104,8 @@ impl Engine {
             dirty,
             timers: BTreeSet::new(),
             wakes: HashMap::new(),
+            logs: LogRequests::default(),
+            last_nodes: HashMap::new(),
         };
         // Every service is reconciled once: a rollout carries on, a count
         // is restored.
@@ -295,6 +305,9 @@ impl Engine {
             (_, Some(code)) => format!("attempt {} exited with code {code}", task.attempt),
             _ => format!("attempt {} failed: {}", task.attempt, task.message),
         };
+        if let Ok(node) = Uuid::parse_str(&task.node_id) {
+            self.last_nodes.insert(id, (task.attempt, node));
+        }
         self.state.begin_attempt(id);
         let Some(task) = self.state.task_mut(id) else {
             return;

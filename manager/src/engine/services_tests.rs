@@ -101,6 +101,7 @@ impl Workers {
                             }
                         }
                         Ok(Push::End(why)) => panic!("session ended: {why}"),
+                        Ok(Push::Logs(_) | Push::CancelLogs(_)) => {}
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => panic!("session gone"),
                     }

@@ -123,10 +123,11 @@ impl Engine {
     /// was last heard from) to open a new one before it is declared down.
     /// Meanwhile it takes no new tasks.
     pub fn close_session(&mut self, node_id: Uuid, session_id: Uuid) {
-        if self.sessions.close(node_id, session_id)
-            && let Some(i) = self.state.node_index(node_id)
-        {
-            self.refresh_placeable(i);
+        if self.sessions.close(node_id, session_id) {
+            self.logs_node_gone(node_id, "disconnected: its session closed");
+            if let Some(i) = self.state.node_index(node_id) {
+                self.refresh_placeable(i);
+            }
         }
     }
 
@@ -369,8 +370,9 @@ impl Engine {
     /// ends. [`Engine::lose_tasks`] follows.
     fn node_down(&mut self, i: usize) {
         let why = "no heartbeat within the deadline";
-        self.sessions
-            .end(self.state.node_id(i), &format!("{why}; register again"));
+        let node = self.state.node_id(i);
+        self.sessions.end(node, &format!("{why}; register again"));
+        self.logs_node_gone(node, &format!("is down: {why}"));
         self.set_node_state(i, NodeState::Down, why);
     }
 

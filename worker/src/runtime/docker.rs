@@ -17,25 +17,29 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, EventMessage, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, EventMessage, HostConfig, HostConfigLogConfig,
+};
 use bollard::models::{PortBinding, PortMap};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use orch::labels;
-use orch::v1::Protocol;
+use orch::v1::{LogLine, LogStream, Protocol};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
 use super::{
-    ContainerInfo, EXEC_OUTPUT_LIMIT, ExecOutput, Exit, Runtime, RuntimeError, StartRequest,
-    container_labels,
+    ContainerInfo, EXEC_OUTPUT_LIMIT, ExecOutput, Exit, LogItem, LogsOptions, Runtime,
+    RuntimeError, StartRequest, container_labels,
 };
 
 /// How many exits may wait in the channel before the event reader waits for
@@ -53,11 +57,33 @@ const EVENTS_BACKOFF_MAX: Duration = Duration::from_secs(4);
 /// only once the container is dead, after SIGKILL and cleanup.
 const STOP_REQUEST_SLACK: Duration = Duration::from_secs(30);
 
+/// How the engine rotates each container's log (json-file driver): at most
+/// `max_files` files of `max_size` bytes, the oldest dropped, so that no
+/// task fills the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    /// The size at which a log file is rotated, in bytes.
+    pub max_size: u64,
+    /// How many log files a container keeps, the current one included.
+    pub max_files: u32,
+}
+
+impl Default for LogRotation {
+    /// 10 MiB × 3.
+    fn default() -> Self {
+        Self {
+            max_size: 10 << 20,
+            max_files: 3,
+        }
+    }
+}
+
 /// Runs task containers on the local Docker engine. Cloning is cheap: clones
 /// share one connection pool.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    rotation: LogRotation,
 }
 
 impl DockerRuntime {
@@ -75,12 +101,23 @@ impl DockerRuntime {
             .await
             .map_err(|e| runtime_error(Call::Engine, e))?;
         tracing::debug!(api_version = %docker.client_version(), "connected to the Docker engine");
-        Ok(Self { docker })
+        Ok(Self::from_client(docker))
     }
 
     /// Wraps a client that is already connected (and negotiated).
     pub fn from_client(docker: Docker) -> Self {
-        Self { docker }
+        Self {
+            docker,
+            rotation: LogRotation::default(),
+        }
+    }
+
+    /// The same runtime, rotating the logs of the containers it creates as
+    /// `rotation` says (instead of [`LogRotation::default`]).
+    #[must_use]
+    pub fn with_log_rotation(mut self, rotation: LogRotation) -> Self {
+        self.rotation = rotation;
+        self
     }
 
     /// The underlying bollard client, for callers (tests, image builds) that
@@ -127,7 +164,7 @@ impl DockerRuntime {
             let options = CreateContainerOptionsBuilder::new().name(&name).build();
             let err = match self
                 .docker
-                .create_container(Some(options), create_body(req))
+                .create_container(Some(options), create_body(req, self.rotation))
                 .await
             {
                 Ok(created) => return Ok(created.id),
@@ -215,7 +252,7 @@ impl Runtime for DockerRuntime {
                 other => return Err(other),
             },
         }
-        self.force_remove(container_id).await
+        Ok(())
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
@@ -287,6 +324,81 @@ impl Runtime for DockerRuntime {
             .unwrap_or(0);
         tokio::spawn(read_exits(self.docker.clone(), filters, since, tx));
         ReceiverStream::new(rx).boxed()
+    }
+
+    fn logs(
+        &self,
+        container: &str,
+        options: &LogsOptions,
+    ) -> BoxStream<'static, Result<LogItem, RuntimeError>> {
+        let since = options
+            .since
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
+        let tail = if options.tail == 0 {
+            "all".to_owned()
+        } else {
+            options.tail.to_string()
+        };
+        let query = LogsOptionsBuilder::new()
+            .follow(options.follow)
+            .stdout(options.stdout)
+            .stderr(options.stderr)
+            .since(since)
+            .timestamps(true)
+            .tail(&tail)
+            .build();
+        let name = container.to_owned();
+        // A followed stream may stay open for days: no request timeout.
+        let docker = self
+            .docker
+            .clone()
+            .with_timeout(Duration::from_secs(u64::from(u32::MAX)));
+        let output = docker.logs(&name, Some(query));
+        let lines = output.flat_map(move |item| {
+            let items: Vec<Result<LogItem, RuntimeError>> = match item {
+                Ok(frame) => log_lines(frame)
+                    .into_iter()
+                    .map(LogItem::Line)
+                    .map(Ok)
+                    .collect(),
+                Err(e) => vec![Err(runtime_error(Call::Container(&name), e))],
+            };
+            futures::stream::iter(items)
+        });
+        if !options.follow {
+            return lines.boxed();
+        }
+        // The engine ends a followed stream when the container exits; its
+        // exit code is read only then, so it is never a guess.
+        let this = self.clone();
+        let name = container.to_owned();
+        let exited = futures::stream::once(async move {
+            match this.docker.inspect_container(&name, None).await {
+                Ok(inspect) => {
+                    let state = inspect.state.unwrap_or_default();
+                    if state.running == Some(true) {
+                        Err(RuntimeError::Engine(format!(
+                            "the engine ended the output of {name} while it still runs"
+                        )))
+                    } else {
+                        let code = state.exit_code.unwrap_or(-1);
+                        Ok(LogItem::Exited(i32::try_from(code).unwrap_or(-1)))
+                    }
+                }
+                Err(e) => Err(runtime_error(Call::Container(&name), e)),
+            }
+        });
+        // An error ends the stream: nothing follows it.
+        let mut failed = false;
+        lines
+            .chain(exited)
+            .take_while(move |item| {
+                let go = !failed;
+                failed |= item.is_err();
+                futures::future::ready(go)
+            })
+            .boxed()
     }
 
     async fn address(&self, container_id: &str) -> Result<Option<IpAddr>, RuntimeError> {
@@ -443,8 +555,39 @@ pub fn container_name(task_id: Uuid, attempt: u64) -> String {
     format!("orch-{task_id}-{attempt}")
 }
 
+/// The lines of one frame of the engine's multiplexed log output: each
+/// frame is one line (or a piece of a long one) after the time the engine
+/// received it (`timestamps`), with its newline; a frame that holds several
+/// lines gives each of them that time.
+fn log_lines(frame: LogOutput) -> Vec<LogLine> {
+    let (stream, message) = match frame {
+        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+            (LogStream::Stdout, message)
+        }
+        LogOutput::StdErr { message } => (LogStream::Stderr, message),
+        LogOutput::StdIn { .. } => return Vec::new(),
+    };
+    let mut text: &[u8] = &message;
+    let mut time = None;
+    if let Some(space) = text.iter().position(|&b| b == b' ')
+        && let Ok(stamp) = std::str::from_utf8(&text[..space])
+        && let Ok(at) = humantime::parse_rfc3339(stamp)
+    {
+        time = Some(orch::time::timestamp(at));
+        text = &text[space + 1..];
+    }
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    text.split(|&b| b == b'\n')
+        .map(|line| LogLine {
+            stream: stream as i32,
+            time,
+            text: line.to_vec(),
+        })
+        .collect()
+}
+
 /// The create request for a task attempt.
-fn create_body(req: &StartRequest) -> ContainerCreateBody {
+fn create_body(req: &StartRequest, rotation: LogRotation) -> ContainerCreateBody {
     let spec = &req.spec;
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     // Map order is random; a stable order keeps `docker inspect` readable.
@@ -478,6 +621,13 @@ fn create_body(req: &StartRequest) -> ContainerCreateBody {
             memory: spec.memory_bytes,
             nano_cpus: spec.milli_cpus.map(|m| m.saturating_mul(1_000_000)),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".to_owned()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), rotation.max_size.to_string()),
+                    ("max-file".to_owned(), rotation.max_files.to_string()),
+                ])),
+            }),
             ..Default::default()
         }),
         ..Default::default()

@@ -12,7 +12,7 @@ pub mod sim;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::stream::BoxStream;
 use uuid::Uuid;
@@ -96,6 +96,32 @@ pub enum RuntimeError {
     Engine(String),
 }
 
+/// What [`Runtime::logs`] reads of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsOptions {
+    /// Keep reading until the container exits, then end with
+    /// [`LogItem::Exited`].
+    pub follow: bool,
+    /// Only the last this many lines; 0 for all.
+    pub tail: u32,
+    /// Only lines written at or after this time.
+    pub since: Option<SystemTime>,
+    /// Read the container's stdout.
+    pub stdout: bool,
+    /// Read the container's stderr.
+    pub stderr: bool,
+}
+
+/// One item of a container's output, as [`Runtime::logs`] streams it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogItem {
+    /// A line (or a piece of a long one), with its stream and time.
+    Line(orch::v1::LogLine),
+    /// The container exited with this code: the last item of a followed
+    /// stream, read from the engine once its output ended.
+    Exited(i32),
+}
+
 /// Runs task containers on this machine.
 pub trait Runtime: Send + Sync + 'static {
     /// Makes sure the image is present (pulling it if not), creates the
@@ -107,8 +133,10 @@ pub trait Runtime: Send + Sync + 'static {
         req: &StartRequest,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
 
-    /// Stops a container: SIGTERM, then SIGKILL once `grace` has passed; then
-    /// removes it. A container that is already gone is not an error.
+    /// Stops a container: SIGTERM, then SIGKILL once `grace` has passed. The
+    /// exited container is kept (its output matters); the executor removes
+    /// it with [`Runtime::remove`] once its retention ends. A container that
+    /// is already gone is not an error.
     fn stop(
         &self,
         container_id: &str,
@@ -131,6 +159,23 @@ pub trait Runtime: Send + Sync + 'static {
     /// runtime reconnects by itself; exits that happened in between are found by
     /// the caller through `list`.
     fn exits(&self, cluster_id: &str, node_id: Uuid) -> BoxStream<'static, Exit>;
+
+    /// The output of a container (by id or name), oldest line first. With
+    /// `follow`, the stream goes on until the container exits and then ends
+    /// with [`LogItem::Exited`]; a container that has already exited gives
+    /// what it wrote and its exit. [`RuntimeError::NotFound`] (as the only
+    /// item) if there is no such container.
+    ///
+    /// The default refuses: a runtime that keeps no output says so.
+    fn logs(
+        &self,
+        container: &str,
+        options: &LogsOptions,
+    ) -> BoxStream<'static, Result<LogItem, RuntimeError>> {
+        let _ = (container, options);
+        let refused = RuntimeError::Engine("this runtime keeps no container output".to_owned());
+        Box::pin(futures::stream::iter([Err(refused)]))
+    }
 
     /// The capacity of the machine this runtime simulates, or `None` (the
     /// default, and Docker's answer) when containers run on this host. A

@@ -7,7 +7,9 @@
 //! behaves towards the executor as Docker does: `list` shows running and
 //! exited containers of one cluster and node until they are removed, and
 //! every exit (including the one a stop causes, like Docker's `die` event) is
-//! pushed to the `exits` streams of its cluster and node, never polled.
+//! pushed to the `exits` streams of its cluster and node, never polled. A
+//! simulated container writes no output: its `logs` are empty, and a
+//! followed one ends when the container exits, with its code.
 //!
 //! Every timer is on tokio's clock, so tests can `tokio::time::pause()` and
 //! advance through minutes of simulated running in no time.
@@ -26,11 +28,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use uuid::Uuid;
 
-use super::{ContainerInfo, Exit, Runtime, RuntimeError, StartRequest};
+use super::{ContainerInfo, Exit, LogItem, LogsOptions, Runtime, RuntimeError, StartRequest};
 
 /// An image whose pull always fails.
 pub const FAIL_PULL_IMAGE: &str = "sim/fail-pull";
@@ -85,6 +87,8 @@ struct Container {
     task_id: Uuid,
     attempt: u64,
     exit_code: Option<i32>,
+    /// Tells followers of its logs the exit code.
+    exited: watch::Sender<Option<i32>>,
 }
 
 #[derive(Default)]
@@ -112,6 +116,7 @@ impl Engine {
             return false;
         };
         c.exit_code = Some(code);
+        c.exited.send_replace(Some(code));
         let exit = Exit {
             container_id: container_id.to_string(),
             task_id: c.task_id,
@@ -226,6 +231,7 @@ impl Runtime for SimRuntime {
                     task_id: req.task_id,
                     attempt: req.attempt,
                     exit_code: None,
+                    exited: watch::Sender::new(None),
                 },
             );
             engine.names.insert(name, id.clone());
@@ -250,10 +256,9 @@ impl Runtime for SimRuntime {
 
     async fn stop(&self, container_id: &str, _grace: Duration) -> Result<(), RuntimeError> {
         // Simulated processes honour SIGTERM at once, so the grace period
-        // never runs out. Like Docker, the stop produces an exit.
-        let mut engine = self.engine();
-        engine.exit(container_id, STOPPED_EXIT_CODE);
-        engine.remove(container_id);
+        // never runs out. Like Docker, the stop produces an exit, and the
+        // exited container stays until it is removed.
+        self.engine().exit(container_id, STOPPED_EXIT_CODE);
         Ok(())
     }
 
@@ -297,6 +302,37 @@ impl Runtime for SimRuntime {
 
     fn simulated_capacity(&self) -> Option<orch::v1::Resources> {
         Some(self.config.capacity)
+    }
+
+    fn logs(
+        &self,
+        container: &str,
+        options: &LogsOptions,
+    ) -> BoxStream<'static, Result<LogItem, RuntimeError>> {
+        let exited = {
+            let engine = self.engine();
+            let id = engine
+                .names
+                .get(container)
+                .map_or(container, String::as_str);
+            engine.containers.get(id).map(|c| c.exited.subscribe())
+        };
+        let Some(mut exited) = exited else {
+            let missing = RuntimeError::NotFound(container.to_owned());
+            return futures::stream::iter([Err(missing)]).boxed();
+        };
+        if !options.follow {
+            return futures::stream::empty().boxed();
+        }
+        let name = container.to_owned();
+        futures::stream::once(async move {
+            match exited.wait_for(Option::is_some).await {
+                Ok(code) => Ok(LogItem::Exited(code.unwrap_or(-1))),
+                // Removed while followed.
+                Err(_) => Err(RuntimeError::NotFound(name)),
+            }
+        })
+        .boxed()
     }
 }
 
@@ -391,7 +427,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn stop_ends_and_removes_a_container_that_never_exits() {
+    async fn stop_ends_a_container_that_never_exits_and_keeps_it_until_removed() {
         let rt = sim(None, 0);
         let node = Uuid::now_v7();
         let mut exits = rt.exits(CLUSTER, node);
@@ -403,6 +439,10 @@ mod tests {
         let exit = exits.next().await.expect("the stop's exit");
         assert_eq!(exit.exit_code, STOPPED_EXIT_CODE);
         assert_eq!(rt.running(), 0);
+        let kept = rt.list(CLUSTER, node).await.expect("list");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].exit_code, Some(STOPPED_EXIT_CODE));
+        rt.remove(&id).await.expect("remove");
         assert!(rt.list(CLUSTER, node).await.expect("list").is_empty());
         // Stopping again, or stopping a container that never was, is fine.
         rt.stop(&id, Duration::ZERO).await.expect("stop again");
