@@ -43,7 +43,13 @@ fn gap(earlier: SystemTime, later: SystemTime) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_task_restarts_after_growing_delays_then_fails_and_leaves_no_container() {
-    let cluster = Procs::start(Options::default(), 1).await;
+    // A worker that keeps no ended attempt's container (by default it
+    // keeps the last 3, for their output: see tests/logs.rs).
+    let options = Options {
+        worker_args: vec!["--log-keep-attempts".into(), "0".into()],
+        ..Options::default()
+    };
+    let cluster = Procs::start(options, 1).await;
     let image = cluster.busybox().await;
     let mut events = cluster.watch().await;
     let printed = cluster

@@ -481,7 +481,12 @@ fn peak(intervals: &[(SystemTime, SystemTime)]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_job_runs_five_completions_at_most_two_at_a_time() {
-    let cluster = Procs::start(patient(), 2).await;
+    // Workers that keep no ended attempt's container, so that none is left.
+    let options = Options {
+        worker_args: vec!["--log-keep-attempts".into(), "0".into()],
+        ..patient()
+    };
+    let cluster = Procs::start(options, 2).await;
     let image = cluster.busybox().await;
     let file = write(
         cluster.path(),

@@ -63,6 +63,20 @@ impl Fixture {
         }
     }
 
+    /// Asserts that a stopped container is kept, exited (for its output),
+    /// then removes it and asserts that it is gone.
+    async fn assert_stopped_then_remove(&self, container: &str) {
+        let inspect = self
+            .docker()
+            .inspect_container(container, None)
+            .await
+            .expect("a stopped container is kept");
+        let state = inspect.state.expect("state");
+        assert_eq!(state.running, Some(false), "{container} stopped: {state:?}");
+        self.runtime.remove(container).await.expect("remove");
+        self.assert_gone(container).await;
+    }
+
     /// Waits for the container to exist no more.
     async fn assert_gone(&self, container: &str) {
         let err = self
@@ -223,7 +237,7 @@ async fn start_applies_the_spec_and_stop_removes_the_container() {
         .stop(&id, Duration::from_secs(1))
         .await
         .expect("stop");
-    f.assert_gone(&id).await;
+    f.assert_stopped_then_remove(&id).await;
     // Stopping or removing what is gone is not an error.
     f.runtime
         .stop(&id, Duration::from_secs(1))
@@ -357,7 +371,7 @@ async fn stop_kills_a_container_that_ignores_sigterm_after_the_grace_period() {
         .await
         .expect("stop should return long before the container's 60 s sleep ends")
         .expect("stop");
-    f.assert_gone(&id).await;
+    f.assert_stopped_then_remove(&id).await;
 }
 
 #[tokio::test]
@@ -380,7 +394,7 @@ async fn stop_sends_sigterm_first_so_a_container_that_handles_it_ends_within_the
         .expect("stop");
     // It ran its own handler (exit 42) rather than dying of SIGKILL (137).
     assert_eq!(next_exit_of(&mut exits, &id).await.exit_code, 42);
-    f.assert_gone(&id).await;
+    f.assert_stopped_then_remove(&id).await;
 }
 
 #[tokio::test]

@@ -75,6 +75,8 @@ pub struct Options {
     pub worker_memory: String,
     /// More arguments of `orchctl manager`.
     pub manager_args: Vec<String>,
+    /// More arguments of every `orchctl worker`.
+    pub worker_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -86,6 +88,7 @@ impl Default for Options {
             worker_cpus: "2".into(),
             worker_memory: "2Gi".into(),
             manager_args: Vec::new(),
+            worker_args: Vec::new(),
         }
     }
 }
@@ -402,6 +405,7 @@ impl Procs {
             .arg(&self.options.worker_memory)
             .arg("--join-token")
             .arg(join_token)
+            .args(&self.options.worker_args)
             .env_remove("ORCH_MANAGER")
             .env("ORCH_LOG", "info")
             .stdin(Stdio::null())
