@@ -319,3 +319,84 @@ async fn a_follow_ends_naming_the_node_when_its_worker_is_killed() {
     assert!(line.contains("last heartbeat was"), "{line}");
     assert!(started.elapsed() < Duration::from_secs(10), "at once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_started_with_the_task_misses_nothing() {
+    let cluster = Procs::start(Options::default(), 1).await;
+    let image = cluster.busybox().await;
+    let task = cluster
+        .submit(script(&image, "quick", "echo early; echo oops >&2; exit 0"))
+        .await;
+    // At once, while the task is still being scheduled or started.
+    let ran = cluster
+        .orchctl_within(DEADLINE, &["logs", "-f", &task.id])
+        .await;
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    assert_eq!(ran.stdout, "early\n");
+    assert_eq!(
+        ran.stderr, "oops\norchctl: task quick exited with code 0\n",
+        "stderr lines to stderr, then the end"
+    );
+    let only = cluster
+        .orchctl_within(DEADLINE, &["logs", "--stderr", &task.id])
+        .await;
+    assert_eq!((only.code, only.stdout.as_str()), (Some(0), ""));
+    assert_eq!(only.stderr, "oops\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_follow_prefixes_each_replica_and_goes_on_across_restarts() {
+    let cluster = Procs::start(Options::default(), 1).await;
+    let image = cluster.busybox().await;
+    // Each attempt says which container it is, then crashes; the replicated
+    // service's default policy restarts it.
+    let created = cluster
+        .orchctl_within(
+            DEADLINE,
+            &[
+                "service",
+                "create",
+                "web",
+                "--replicas",
+                "2",
+                "--detach",
+                &image,
+                "sh",
+                "-c",
+                "echo \"up in $HOSTNAME\"; sleep 1; exit 1",
+            ],
+        )
+        .await;
+    created.ok();
+    let mut follow = spawn_logs(&cluster, &["-f", "web"]);
+    let stdout = follow.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    // Two attempts of each replica, each line after its NAME.SLOT.
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let read = async {
+        while seen.values().filter(|hosts| hosts.len() >= 2).count() < 2 {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read orchctl's stdout")
+                .expect("the follow of a service goes on");
+            let (name, text) = line.split_once(" | ").expect("NAME.SLOT | line");
+            let host = text.strip_prefix("up in ").expect("the task's line");
+            let hosts = seen.entry(name.to_owned()).or_default();
+            if !hosts.iter().any(|h| h == host) {
+                hosts.push(host.to_owned());
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .unwrap_or_else(|_| panic!("two attempts of each replica followed: {seen:?}"));
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["web.1", "web.2"],
+        "{seen:?}"
+    );
+    // Still following: only Ctrl-C (here, a kill) ends it.
+    assert!(follow.try_wait().expect("poll").is_none());
+    follow.kill().await.expect("kill orchctl logs -f");
+}

@@ -55,6 +55,31 @@ pub fn start(shared: Arc<Shared>, req: LogsRequest) -> Result<LogsStream, Error>
     let (tx, rx) = mpsc::channel(OUT_BUFFER);
     if !req.task_id.is_empty() {
         let id = validate::id("task_id", &req.task_id)?;
+        let (events, starting) = {
+            let engine = shared.lock();
+            let starting = engine.task(id).is_some_and(|t| starting(t.state()));
+            // Subscribed first: the start cannot fall between the two.
+            (engine.subscribe(), starting)
+        };
+        if req.follow && req.attempt == 0 && starting {
+            // Its container may not exist yet: follow it once it runs (or
+            // has ended), so `run` then `logs -f` misses nothing.
+            tokio::spawn(async move {
+                if !started(&shared, id, events, &tx).await {
+                    return;
+                }
+                let opened = shared.lock().open_logs(id, ask);
+                let failed = match opened {
+                    Ok(opened) => match relay(&shared, opened, true, &tx).await {
+                        Relayed::Failed(status) => status,
+                        Relayed::Done | Relayed::Gone => return,
+                    },
+                    Err(e) => Status::from(e),
+                };
+                let _ = tx.send(Err(failed)).await;
+            });
+            return Ok(Box::pin(ReceiverStream::new(rx)));
+        }
         let opened = shared.lock().open_logs(id, ask)?;
         tokio::spawn(async move {
             if let Relayed::Failed(status) = relay(&shared, opened, req.follow, &tx).await {
@@ -79,6 +104,41 @@ pub fn start(shared: Arc<Shared>, req: LogsRequest) -> Result<LogsStream, Error>
         });
     }
     Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+/// Whether an attempt in `state` is placed but its container may not run
+/// yet.
+fn starting(state: TaskState) -> bool {
+    matches!(state, TaskState::Scheduled | TaskState::Starting)
+}
+
+/// Waits until task `id` is past starting (running, ended, or moved on);
+/// false if the client went away or the manager is shutting down first.
+async fn started(
+    shared: &Shared,
+    id: Uuid,
+    mut events: tokio::sync::broadcast::Receiver<orch::v1::Event>,
+    out: &Out,
+) -> bool {
+    let task = id.to_string();
+    loop {
+        tokio::select! {
+            () = out.closed() => return false,
+            event = events.recv() => match event.map(|e| e.kind) {
+                Ok(Some(event::Kind::Task(t))) if t.task_id == task && !starting(t.state()) => {
+                    return true;
+                }
+                Ok(_) => {}
+                // Events were missed: look at the task itself.
+                Err(RecvError::Lagged(_)) => {
+                    if !shared.lock().task(id).is_some_and(|t| starting(t.state())) {
+                        return true;
+                    }
+                }
+                Err(RecvError::Closed) => return false,
+            },
+        }
+    }
 }
 
 /// What the worker is asked, from a checked request.
