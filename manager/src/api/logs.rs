@@ -361,3 +361,58 @@ async fn follow_service(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(req: LogsRequest) -> String {
+        match worker_request(&req) {
+            Ok(ask) => panic!("accepted: {ask:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_bad_request_names_its_field() {
+        let task = || LogsRequest {
+            task_id: "t".into(),
+            ..Default::default()
+        };
+        assert!(refused(LogsRequest::default()).starts_with("task_id: give task_id or service"));
+        let both = LogsRequest {
+            service: "web".into(),
+            ..task()
+        };
+        assert!(refused(both).starts_with("service: "));
+        let attempt = LogsRequest {
+            service: "web".into(),
+            attempt: 2,
+            ..Default::default()
+        };
+        assert!(refused(attempt).starts_with("attempt: only with task_id"));
+        let stream = LogsRequest {
+            stream: 9,
+            ..task()
+        };
+        assert!(refused(stream).starts_with("stream: 9 is not a LogStream"));
+        let since = LogsRequest {
+            since: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            ..task()
+        };
+        assert!(refused(since).starts_with("since: "));
+        let ask = worker_request(&LogsRequest {
+            follow: true,
+            tail: 3,
+            attempt: 2,
+            stream: LogStream::Stderr as i32,
+            ..task()
+        })
+        .expect("a good request");
+        assert!(ask.follow && ask.tail == 3 && ask.attempt == 2);
+        assert_eq!(ask.stream(), LogStream::Stderr);
+    }
+}

@@ -1491,3 +1491,85 @@ async fn the_restart_backoff_doubles_for_short_runs_and_starts_over_after_a_stab
         vec![1, 2, 4, 1, 2]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_log_request_goes_to_the_tasks_node_and_ends_naming_it_when_its_session_closes() {
+    use orch::v1::WorkerLogsRequest;
+    let mut f = Fixture::new();
+    let mut w = f.join("worker-2", 1000);
+    let task = f.submit_one(TaskSpec {
+        image: "img".into(),
+        ..Default::default()
+    });
+    let id = Uuid::parse_str(&task.id).unwrap();
+    while w.rx.try_recv().is_ok() {}
+    let ask = WorkerLogsRequest {
+        follow: true,
+        tail: 5,
+        ..Default::default()
+    };
+    let opened = f.state.open_logs(id, ask.clone()).expect("open");
+    assert_eq!(opened.header.attempt, 1);
+    assert_eq!(opened.node, format!("worker-2 (id {})", w.node));
+    match w.rx.try_recv() {
+        Ok(Push::Logs(r)) => {
+            assert_eq!(r.request_id, opened.rx.id.to_string());
+            assert_eq!((r.task_id.as_str(), r.attempt), (task.id.as_str(), 1));
+            assert!(r.follow && r.tail == 5);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Only the node asked may answer, and once.
+    assert!(
+        f.state
+            .claim_logs(opened.rx.id, Some(Uuid::new_v4()))
+            .is_none()
+    );
+    assert!(f.state.claim_logs(opened.rx.id, Some(w.node)).is_some());
+    assert!(f.state.claim_logs(opened.rx.id, Some(w.node)).is_none());
+
+    // A client that goes away tells the worker to stop.
+    let other = f.state.open_logs(id, ask.clone()).expect("open");
+    let _ = w.rx.try_recv();
+    f.state.end_logs(other.rx.id, true);
+    assert_eq!(
+        w.rx.try_recv(),
+        Ok(Push::CancelLogs(other.rx.id.to_string()))
+    );
+
+    // The session closes: the stream ends, naming the node.
+    f.state.close_session(w.node, w.session);
+    let why = opened.rx.aborted.await.expect("a reason");
+    assert_eq!(
+        why,
+        format!(
+            "node worker-2 (id {}) disconnected: its session closed",
+            w.node
+        )
+    );
+    // Asked now, it is refused at once, saying since when it is silent.
+    advance(Duration::from_secs(2)).await;
+    match f.state.open_logs(id, ask) {
+        Err(Error::Unavailable(m)) => assert_eq!(
+            m,
+            format!(
+                "node worker-2 (id {}) is down: its last heartbeat was 2s ago",
+                w.node
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    // An attempt that never was, or a task that is not, is not found.
+    let never = WorkerLogsRequest {
+        attempt: 2,
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.state.open_logs(id, never),
+        Err(Error::NotFound(_))
+    ));
+    let unknown = f
+        .state
+        .open_logs(Uuid::now_v7(), WorkerLogsRequest::default());
+    assert!(matches!(unknown, Err(Error::NotFound(_))));
+}
