@@ -100,6 +100,13 @@ impl LogRequests {
         }
     }
 
+    /// Every request ends, told `why` (the manager is shutting down).
+    pub fn close_all(&mut self, why: &str) {
+        for (_, p) in self.pending.drain() {
+            let _ = p.abort.send(why.to_owned());
+        }
+    }
+
     /// How many requests are in flight.
     pub fn len(&self) -> usize {
         self.pending.len()

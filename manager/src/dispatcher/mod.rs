@@ -277,7 +277,12 @@ impl Dispatcher for DispatcherApi {
             if tx.send(chunk).await.is_err() {
                 break;
             }
-            next = inbound.message().await?;
+            // A worker with nothing to say for a while must not keep the
+            // call (and a graceful shutdown) once nobody waits for it.
+            next = tokio::select! {
+                m = inbound.message() => m?,
+                () = tx.closed() => None,
+            };
         }
         Ok(Response::new(SendLogsResponse {}))
     }

@@ -389,11 +389,13 @@ impl Engine {
         }
     }
 
-    /// Ends every session and event stream, so a graceful server shutdown
+    /// Ends every session, event stream and log stream, so a graceful server shutdown
     /// does not wait on streams that would otherwise never end. Workers see
     /// their session close and reconnect (to this manager's successor).
     pub fn close_streams(&mut self) {
         self.sessions.close_all();
+        self.logs
+            .close_all("the manager is shutting down; ask again once it is back");
         self.state.close_events();
     }
 }
