@@ -271,7 +271,7 @@ async fn a_restarted_worker_readopts_its_containers_and_reports_an_exit_in_betwe
     let image = cluster.busybox().await;
     let long = cluster.submit(sleeper(&image)).await.id;
     let short = cluster
-        .submit(spec(&image, &["sh", "-c", "sleep 2; exit 4"]))
+        .submit(spec(&image, &["sh", "-c", "echo short; sleep 2; exit 4"]))
         .await
         .id;
     let (long_before, short_before) = cluster
@@ -349,34 +349,23 @@ async fn a_restarted_worker_readopts_its_containers_and_reports_an_exit_in_betwe
         (TaskState::Running, 1, &long_before.container_id),
         "the same container, the same attempt"
     );
-    // The exited container is removed once its exit code is reported.
-    let gone = cluster
+    // The restarted worker keeps the exited container, for its output: its
+    // logs still end with the exit the worker missed.
+    let kept = cluster
         .docker
         .inspect_container(&short_before.container_id, None::<InspectContainerOptions>)
+        .await
+        .expect("the exited container is kept")
+        .state
+        .expect("state");
+    assert_eq!(kept.running, Some(false), "kept, exited");
+    let logs = cluster
+        .orchctl_within(DEADLINE, &["logs", "-f", &short])
         .await;
-    let gone = match gone {
-        Err(_) => true,
-        Ok(_) => {
-            // Removal is asynchronous: wait for its `destroy` event.
-            let filters = HashMap::from([
-                ("type", vec!["container".to_string()]),
-                ("event", vec!["destroy".to_string()]),
-                ("container", vec![short_before.container_id.clone()]),
-            ]);
-            let mut destroys = cluster.docker.events(Some(
-                EventsOptionsBuilder::default().filters(&filters).build(),
-            ));
-            let still = cluster
-                .docker
-                .inspect_container(&short_before.container_id, None::<InspectContainerOptions>)
-                .await
-                .is_ok();
-            !still
-                || tokio::time::timeout(DEADLINE, destroys.next())
-                    .await
-                    .is_ok()
-        }
-    };
-    assert!(gone, "the exited container is removed");
+    assert_eq!(
+        (logs.code, logs.stdout.as_str()),
+        (Some(4), "short\n"),
+        "{logs:#?}"
+    );
     cluster.assert_exactly_running(&[long_after]).await;
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use futures::StreamExt;
-use orch::v1::{PortMapping, Protocol, TaskSpec};
+use orch::v1::{LogStream, PortMapping, Protocol, TaskSpec};
 use orch_integration_tests::images;
 use orch_worker::runtime::docker::{DockerRuntime, container_name};
-use orch_worker::runtime::{Exit, Runtime, RuntimeError, StartRequest};
+use orch_worker::runtime::{Exit, LogItem, LogsOptions, Runtime, RuntimeError, StartRequest};
 use uuid::Uuid;
 
 /// How long anything the engine does in these tests may take.
@@ -560,4 +560,106 @@ async fn exits_survive_a_broken_event_stream_and_replay_what_was_missed() {
     let exit = next_exit_of(&mut exits, &missed).await;
     assert_eq!((exit.task_id, exit.exit_code), (missed_req.task_id, 5));
     proxy.cut().await;
+}
+
+/// What `logs` streams, read to its end within the deadline.
+async fn read_logs(
+    f: &Fixture,
+    container: &str,
+    options: &LogsOptions,
+) -> Vec<Result<LogItem, RuntimeError>> {
+    tokio::time::timeout(DEADLINE, f.runtime.logs(container, options).collect())
+        .await
+        .expect("the output read within the deadline")
+}
+
+/// The (stream, text) of each line.
+fn lines(items: &[Result<LogItem, RuntimeError>]) -> Vec<(LogStream, String)> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Ok(LogItem::Line(l)) => {
+                assert!(l.time.is_some(), "every line has its time: {l:?}");
+                Some((l.stream(), String::from_utf8_lossy(&l.text).into_owned()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn logs_keep_each_lines_stream_and_a_follow_ends_with_the_exit_code() {
+    let f = Fixture::new().await;
+    let mut exits = f.runtime.exits(&f.cluster_id, f.node_id);
+    let req = f.request(&["sh", "-c", "echo one; echo two >&2; echo three; exit 5"]);
+    let id = f.runtime.start(&req).await.expect("start");
+    assert_eq!(next_exit_of(&mut exits, &id).await.exit_code, 5);
+
+    // Rotated by default: json-file, 10 MiB × 3.
+    let inspect = f
+        .docker()
+        .inspect_container(&id, None)
+        .await
+        .expect("inspect");
+    let log = inspect
+        .host_config
+        .and_then(|h| h.log_config)
+        .expect("log config");
+    assert_eq!(log.typ.as_deref(), Some("json-file"));
+    let config = log.config.unwrap_or_default();
+    assert_eq!(config.get("max-size").map(String::as_str), Some("10485760"));
+    assert_eq!(config.get("max-file").map(String::as_str), Some("3"));
+
+    let both = LogsOptions {
+        follow: false,
+        tail: 0,
+        since: None,
+        stdout: true,
+        stderr: true,
+    };
+    // By the attempt's name, as the worker asks.
+    let name = container_name(req.task_id, 1);
+    let all = read_logs(&f, &name, &both).await;
+    let want = vec![
+        (LogStream::Stdout, "one".to_owned()),
+        (LogStream::Stderr, "two".to_owned()),
+        (LogStream::Stdout, "three".to_owned()),
+    ];
+    // The engine keeps each stream in order; across streams, its order.
+    let mut got = lines(&all);
+    got.sort_by_key(|(_, t)| {
+        ["one", "two", "three"]
+            .iter()
+            .position(|w| *w == t.as_str())
+    });
+    assert_eq!(got, want);
+    assert_eq!(all.len(), 3, "no exit without follow: {all:?}");
+
+    let followed = read_logs(
+        &f,
+        &name,
+        &LogsOptions {
+            follow: true,
+            ..both.clone()
+        },
+    )
+    .await;
+    assert_eq!(lines(&followed).len(), 3);
+    assert_eq!(followed.last(), Some(&Ok(LogItem::Exited(5))));
+
+    let stderr = LogsOptions {
+        stdout: false,
+        tail: 1,
+        ..both.clone()
+    };
+    assert_eq!(
+        lines(&read_logs(&f, &name, &stderr).await),
+        [(LogStream::Stderr, "two".to_owned())]
+    );
+
+    let missing = read_logs(&f, &container_name(Uuid::new_v4(), 1), &both).await;
+    assert!(
+        matches!(missing.as_slice(), [Err(RuntimeError::NotFound(_))]),
+        "{missing:?}"
+    );
 }
