@@ -272,7 +272,7 @@ pub struct LogsArgs {
     /// service's follows its replicas and their replacements until Ctrl-C.
     #[arg(short, long)]
     pub follow: bool,
-    /// Only the last N lines of each attempt's output (default: all).
+    /// Only the last N lines of each attempt's output, of both streams (default: all).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub tail: u32,
     /// Only output written within this long back from now, like 10m.

@@ -649,13 +649,18 @@ async fn logs_keep_each_lines_stream_and_a_follow_ends_with_the_exit_code() {
 
     let stderr = LogsOptions {
         stdout: false,
-        tail: 1,
         ..both.clone()
     };
     assert_eq!(
         lines(&read_logs(&f, &name, &stderr).await),
         [(LogStream::Stderr, "two".to_owned())]
     );
+    // The engine counts the tail over both streams.
+    let tail = LogsOptions {
+        tail: 2,
+        ..both.clone()
+    };
+    assert_eq!(lines(&read_logs(&f, &name, &tail).await).len(), 2);
 
     let missing = read_logs(&f, &container_name(Uuid::new_v4(), 1), &both).await;
     assert!(

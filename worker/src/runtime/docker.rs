@@ -286,11 +286,16 @@ impl Runtime for DockerRuntime {
                 continue;
             };
             let running = summary.state == Some(ContainerSummaryStateEnum::RUNNING);
-            // The list only has a human "Exited (3) 2 minutes ago" status; the
-            // code itself needs an inspect.
+            // The list has the code only in its status for people, "Exited
+            // (3) 2 minutes ago": read from there, since the kept containers
+            // of ended attempts make an inspect of each one costly on every
+            // audit; an inspect only if the status does not say.
             let exit_code = match summary.state {
                 Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD) => {
-                    self.exit_code(&container_id).await?
+                    match summary.status.as_deref().and_then(exit_code_in_status) {
+                        Some(code) => Some(code),
+                        None => self.exit_code(&container_id).await?,
+                    }
                 }
                 _ => None,
             };
@@ -555,6 +560,12 @@ pub fn container_name(task_id: Uuid, attempt: u64) -> String {
     format!("orch-{task_id}-{attempt}")
 }
 
+/// The exit code in a container list's status, `Exited (3) 2 minutes ago`.
+fn exit_code_in_status(status: &str) -> Option<i32> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split_once(')')?.0.parse().ok()
+}
+
 /// The lines of one frame of the engine's multiplexed log output: each
 /// frame is one line (or a piece of a long one) after the time the engine
 /// received it (`timestamps`), with its newline; a frame that holds several
@@ -745,6 +756,37 @@ fn runtime_error(call: Call<'_>, err: BollardError) -> RuntimeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exit_code_is_read_from_the_lists_status() {
+        assert_eq!(exit_code_in_status("Exited (3) 2 minutes ago"), Some(3));
+        assert_eq!(
+            exit_code_in_status("Exited (137) About an hour ago"),
+            Some(137)
+        );
+        assert_eq!(exit_code_in_status("Up 5 seconds"), None);
+        assert_eq!(exit_code_in_status("Exited (x) now"), None);
+        assert_eq!(exit_code_in_status("Dead"), None);
+    }
+
+    #[test]
+    fn a_frame_gives_its_lines_with_their_stream_and_time() {
+        let frame = LogOutput::StdErr {
+            message: "2026-12-01T19:44:39.010593123Z oops\n".into(),
+        };
+        let lines = log_lines(frame);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].stream(), LogStream::Stderr);
+        assert_eq!(lines[0].text, b"oops");
+        let time = lines[0].time.expect("a time");
+        assert_eq!(time.nanos, 10_593_123);
+        // Two lines in one frame share its time; an empty line stays.
+        let frame = LogOutput::StdOut {
+            message: "2026-12-01T19:44:39Z a\n\nb\n".into(),
+        };
+        let texts: Vec<Vec<u8>> = log_lines(frame).into_iter().map(|l| l.text).collect();
+        assert_eq!(texts, [b"a".to_vec(), Vec::new(), b"b".to_vec()]);
+    }
 
     #[test]
     fn untagged_references_pull_latest_only() {
