@@ -25,7 +25,7 @@
 //! worker joins with the join token.
 //!
 //! Shared by `tests/failures.rs`, `tests/lifecycle.rs`, `tests/services.rs`,
-//! `tests/service_failures.rs`, `tests/security.rs`, `tests/python_client.rs`,
+//! `tests/service_failures.rs`, `tests/security.rs`, `tests/python_client.rs`, `tests/logs.rs`,
 //! `tests/startup.rs` and `benches/recovery.rs`; each uses a part of it.
 #![allow(dead_code)]
 
