@@ -359,6 +359,25 @@ mod tests {
     }
 
     #[test]
+    fn a_log_request_is_refused_not_fatal_when_it_cannot_go() {
+        let now = Instant::now();
+        let mut s = Sessions::new(LIVENESS);
+        let node = Uuid::new_v4();
+        let cancel = || Push::CancelLogs("r".into());
+        assert!(!s.send(node, cancel()), "no session");
+        let session = s.register(node, now);
+        let (tx, mut rx) = channel();
+        s.open(node, session, tx, now).unwrap();
+        assert!(s.send(node, cancel()));
+        assert_eq!(rx.try_recv(), Ok(cancel()));
+        for _ in 0..SESSION_BUFFER {
+            assert!(s.push(node, Assignments::default()));
+        }
+        assert!(!s.send(node, cancel()), "full: refused");
+        assert!(s.connected(node), "and the session goes on");
+    }
+
+    #[test]
     fn the_deadline_follows_the_last_sign_of_life() {
         let start = Instant::now();
         let mut s = Sessions::new(LIVENESS);
