@@ -26,7 +26,9 @@ pub fn required_role(method: &str) -> Role {
         | "WatchEvents"
         | "GetService"
         | "ListServices"
-        | "ListServiceVersions" => Role::ReadOnly,
+        | "ListServiceVersions"
+        | "PlanTask"
+        | "PlanService" => Role::ReadOnly,
         "SubmitTask" | "SubmitTasks" | "StopTask" | "ApplyService" | "CreateService"
         | "UpdateService" | "ScaleService" | "RollbackService" | "DeleteService" => Role::Operator,
         _ => Role::Admin,
@@ -136,7 +138,14 @@ mod tests {
             ],
             "a method falls back to admin only if it is one of these"
         );
-        for read in ["ListTasks", "WatchEvents", "GetService"] {
+        for read in [
+            "ListTasks",
+            "WatchEvents",
+            "GetService",
+            "PlanTask",
+            "PlanService",
+        ] {
+            assert!(methods.iter().any(|m| m == read), "{read} is a method");
             assert_eq!(required_role(read), Role::ReadOnly);
         }
         for write in ["SubmitTask", "StopTask", "ApplyService", "DeleteService"] {

@@ -17,6 +17,7 @@
 //! and liveness).
 
 mod nodes;
+mod plans;
 mod services;
 mod tasks;
 mod workers;
@@ -61,6 +62,7 @@ pub struct Engine {
     wakes: HashMap<String, tokio::time::Instant>,
 }
 
+pub use self::plans::MAX_PLANNED_SLOTS;
 pub use self::services::How;
 
 impl Engine {
@@ -385,6 +387,8 @@ fn stop_of(task: &str, attempt: u64, grace: Duration) -> TaskStop {
     }
 }
 
+#[cfg(test)]
+mod plans_tests;
 #[cfg(test)]
 mod services_tests;
 #[cfg(test)]
