@@ -157,9 +157,14 @@ pub fn print_plan(p: &PlacementPlan) {
     print_table(&["NODE", "VERDICT", "SCORE", "FILTER", "REASON"], &rows);
 }
 
-/// The lines under a pending task: why each node does not take it.
+/// The lines under a pending task: why each node does not take it (or, for
+/// a task waiting out a restart's backoff, where it would go now).
 pub fn print_pending_reasons(p: &PlacementPlan) {
-    println!("why it waits (per node):");
+    if p.chosen_node_id.is_empty() {
+        println!("why it waits (per node):");
+    } else {
+        println!("would go to {} now (per node):", p.chosen_node_name);
+    }
     for v in &p.nodes {
         if v.feasible {
             println!("  {}: fits ({})", v.name, v.reason);
