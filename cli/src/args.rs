@@ -375,6 +375,11 @@ pub struct RunArgs {
     /// A name for the task.
     #[arg(long)]
     pub name: Option<String>,
+    /// Submit nothing: show the node the task would go to, each feasible
+    /// node's score and the filter that refuses each other node (exit
+    /// status 1 if no node fits).
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub task: TaskArgs,
 }
@@ -524,6 +529,10 @@ pub struct ApplyArgs {
     /// Return once the services are applied, without following their rollouts.
     #[arg(long)]
     pub detach: bool,
+    /// Apply nothing: show what each service would change and where the
+    /// tasks it creates would go (exit status 1 if one fits nowhere).
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `orchctl service ...`.

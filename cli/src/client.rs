@@ -6,8 +6,9 @@ use orch::task_state;
 use orch::v1::cluster_client::ClusterClient;
 use orch::v1::{
     ActivateNodeRequest, DrainNodeRequest, ExecProbe, GetTaskRequest, HealthCheck, HttpProbe,
-    ListNodesRequest, ListTasksRequest, PortMapping, Protocol, RestartCondition, RestartPolicy,
-    StopTaskRequest, SubmitTaskRequest, Task, TaskSpec, TcpProbe, WatchEventsRequest, health_check,
+    ListNodesRequest, ListTasksRequest, PlanTaskRequest, PortMapping, Protocol, RestartCondition,
+    RestartPolicy, StopTaskRequest, SubmitTaskRequest, Task, TaskSpec, TcpProbe,
+    WatchEventsRequest, health_check,
 };
 use uuid::Uuid;
 
@@ -210,6 +211,9 @@ pub async fn run(manager: &Target, a: RunArgs, out: Output) -> Result<(), CliErr
         ..task_spec(a.task, RestartCondition::Never)
     };
     let mut client = connect(manager).await?;
+    if a.dry_run {
+        return dry_run(&mut client, spec, out).await;
+    }
     let task = client
         .submit_task(SubmitTaskRequest { spec: Some(spec) })
         .await
@@ -224,6 +228,37 @@ pub async fn run(manager: &Target, a: RunArgs, out: Output) -> Result<(), CliErr
     println!("{}", task.id);
     if task.state() == orch::v1::TaskState::Pending && !task.message.is_empty() {
         eprintln!("pending: {}", task.message);
+    }
+    Ok(())
+}
+
+/// `run --dry-run`: where the task would go and why, with nothing
+/// submitted; an error (exit status 1) if no node fits.
+async fn dry_run(client: &mut Client, spec: TaskSpec, out: Output) -> Result<(), CliError> {
+    let plan = client
+        .plan_task(PlanTaskRequest { spec: Some(spec) })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .placement
+        .unwrap_or_default();
+    match out {
+        Output::Json => output::print_json(&output::plan_json(&plan)),
+        Output::Table => {
+            output::print_plan(&plan);
+            if !plan.chosen_node_id.is_empty() {
+                println!(
+                    "would run on {} ({}), by the {} strategy; nothing was submitted",
+                    plan.chosen_node_name, plan.chosen_node_id, plan.strategy
+                );
+            }
+        }
+    }
+    if plan.chosen_node_id.is_empty() {
+        return Err(CliError(format!(
+            "no node can take the task: {}",
+            plan.unplaceable
+        )));
     }
     Ok(())
 }
@@ -329,10 +364,34 @@ async fn wait_ended(
 pub async fn status(manager: &Target, a: StatusArgs, out: Output) -> Result<(), CliError> {
     let mut client = connect(manager).await?;
     if let Some(key) = a.task {
-        let task = resolve(&mut client, &key).await?;
+        let found = resolve(&mut client, &key).await?;
+        let detail = client
+            .get_task(GetTaskRequest {
+                id: found.id.clone(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let task = detail.task.unwrap_or(found);
         match out {
-            Output::Json => output::print_json(&output::task_json(&task)),
-            Output::Table => output::print_task(&task),
+            Output::Json => {
+                let mut v = output::task_json(&task);
+                v["attempts"] = detail.attempts.iter().map(output::attempt_json).collect();
+                if let Some(plan) = &detail.placement {
+                    v["placement"] = output::plan_json(plan);
+                }
+                output::print_json(&v);
+            }
+            Output::Table => {
+                output::print_task(&task);
+                if let Some(plan) = &detail.placement {
+                    output::print_pending_reasons(plan);
+                }
+                if !detail.attempts.is_empty() {
+                    println!();
+                    output::print_attempts(&detail.attempts);
+                }
+            }
         }
         return Ok(());
     }

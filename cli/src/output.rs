@@ -8,9 +8,10 @@ use orch::quantity::{format_bytes, format_milli_cpus};
 use orch::task_state;
 use orch::v1::{
     DesiredState, Event, FailureAction, HealthCheck, JobState, Node, NodeMetrics, NodeState,
-    PortMapping, Protocol, Resources, RestartCondition, RestartPolicy, RolloutState, Service,
-    ServiceSpec, ServiceVersion, Task, TaskSpec, TaskState, UpdateOrder, event, health_check,
-    service_spec,
+    NodeVerdict, PlacementPlan, PlanServiceResponse, PortMapping, Protocol, Resources,
+    RestartCondition, RestartPolicy, RolloutState, Service, ServiceChange, ServiceSpec,
+    ServiceVersion, SlotPlan, Task, TaskAttempt, TaskSpec, TaskState, UpdateOrder, event,
+    health_check, service_spec,
 };
 use serde_json::{Value, json};
 
@@ -78,6 +79,240 @@ pub fn task_json(t: &Task) -> Value {
         "slot": t.slot,
         "service_version": t.service_version,
     })
+}
+
+/// One attempt of a task as JSON: `attempt, node_id, container_id,
+/// started_at, finished_at, exit_code, message`, and its `state` and
+/// `health` changes.
+pub fn attempt_json(a: &TaskAttempt) -> Value {
+    json!({
+        "attempt": a.attempt,
+        "node_id": a.node_id,
+        "container_id": a.container_id,
+        "started_at": rfc3339(a.started_at.as_ref()),
+        "finished_at": rfc3339(a.finished_at.as_ref()),
+        "exit_code": a.exit_code,
+        "message": a.message,
+        "state": task_state::name(a.state()),
+        "health": a.health.iter().map(|h| json!({
+            "time": rfc3339(h.time.as_ref()),
+            "health": orch::health::name(h.health()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A placement plan as JSON: the chosen node and every node's verdict
+/// (`chosen`, `feasible` or `refused`).
+pub fn plan_json(p: &PlacementPlan) -> Value {
+    json!({
+        "chosen_node_id": p.chosen_node_id,
+        "chosen_node_name": p.chosen_node_name,
+        "strategy": p.strategy,
+        "unplaceable": p.unplaceable,
+        "nodes": p.nodes.iter().map(|v| json!({
+            "node_id": v.node_id,
+            "name": v.name,
+            "verdict": verdict_word(p, v),
+            "feasible": v.feasible,
+            "score": v.score,
+            "siblings": v.siblings,
+            "tie_breaker": v.tie_breaker,
+            "sampled": v.sampled,
+            "filter": v.filter,
+            "reason": v.reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `chosen`, `feasible` or `refused`.
+fn verdict_word(p: &PlacementPlan, v: &NodeVerdict) -> &'static str {
+    if !p.chosen_node_id.is_empty() && v.node_id == p.chosen_node_id {
+        "chosen"
+    } else if v.feasible {
+        "feasible"
+    } else {
+        "refused"
+    }
+}
+
+/// A plan as a table: one row per node.
+pub fn print_plan(p: &PlacementPlan) {
+    let rows: Vec<Vec<String>> = p
+        .nodes
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                verdict_word(p, v).to_owned(),
+                if v.feasible {
+                    format!("{:.3}", v.score)
+                } else {
+                    "-".to_owned()
+                },
+                or_dash(&v.filter),
+                v.reason.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["NODE", "VERDICT", "SCORE", "FILTER", "REASON"], &rows);
+}
+
+/// The lines under a pending task: why each node does not take it (or, for
+/// a task waiting out a restart's backoff, where it would go now).
+pub fn print_pending_reasons(p: &PlacementPlan) {
+    if p.chosen_node_id.is_empty() {
+        println!("why it waits (per node):");
+    } else {
+        println!("would go to {} now (per node):", p.chosen_node_name);
+    }
+    for v in &p.nodes {
+        if v.feasible {
+            println!("  {}: fits ({})", v.name, v.reason);
+        } else {
+            println!("  {}: {}: {}", v.name, v.filter, v.reason);
+        }
+    }
+}
+
+/// A time as RFC 3339 to the second, or `-`.
+fn seconds_text(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.map_or_else(
+        || "-".to_owned(),
+        |t| humantime::format_rfc3339_seconds(orch::time::system_time(t)).to_string(),
+    )
+}
+
+/// A task's attempts as a table, oldest first; an attempt's health changes
+/// follow its reason, as `[healthy 12:00:01, unhealthy 12:00:31]`.
+pub fn print_attempts(attempts: &[TaskAttempt]) {
+    let rows: Vec<Vec<String>> = attempts
+        .iter()
+        .map(|a| {
+            let mut reason = a.message.clone();
+            if !a.health.is_empty() {
+                let changes: Vec<String> = a
+                    .health
+                    .iter()
+                    .map(|h| {
+                        let at = seconds_text(h.time.as_ref());
+                        // The time of day is enough beside the STARTED column.
+                        let at = at.get(11..19).unwrap_or(&at).to_owned();
+                        format!("{} {at}", orch::health::name(h.health()).unwrap_or("none"))
+                    })
+                    .collect();
+                reason = format!("{reason} [{}]", changes.join(", "))
+                    .trim()
+                    .to_owned();
+            }
+            vec![
+                a.attempt.to_string(),
+                or_dash(a.node_id.get(..8).unwrap_or(&a.node_id)),
+                or_dash(a.container_id.get(..12).unwrap_or(&a.container_id)),
+                seconds_text(a.started_at.as_ref()),
+                seconds_text(a.finished_at.as_ref()),
+                a.exit_code
+                    .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                or_dash(&reason),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ATTEMPT",
+            "NODE",
+            "CONTAINER",
+            "STARTED",
+            "ENDED",
+            "EXIT",
+            "REASON",
+        ],
+        &rows,
+    );
+}
+
+/// What an apply would change, in words.
+fn would_change(change: ServiceChange) -> &'static str {
+    match change {
+        ServiceChange::Created => "would be created",
+        ServiceChange::Updated => "would be updated to a new version",
+        ServiceChange::Scaled => "would be scaled",
+        ServiceChange::Reconfigured => "would be reconfigured",
+        ServiceChange::Unchanged | ServiceChange::Unspecified => "would not change",
+    }
+}
+
+/// A service's dry run as JSON.
+pub fn service_plan_json(name: &str, p: &PlanServiceResponse) -> Value {
+    json!({
+        "service": name,
+        "change": format!("{:?}", p.change()).to_lowercase(),
+        "slots": p.slots.iter().map(|s| json!({
+            "slot": s.slot,
+            "pinned_node_id": s.pinned_node_id,
+            "placement": plan_json(&s.placement.clone().unwrap_or_default()),
+        })).collect::<Vec<_>>(),
+        "slots_not_planned": p.slots_not_planned,
+    })
+}
+
+/// At most this many tasks of a service's dry run are listed one by one;
+/// beyond, they are counted per node.
+const LISTED_SLOTS: usize = 10;
+
+/// A service's dry run for people: the change, where each new task would
+/// go (counted per node past `LISTED_SLOTS`), and every node's verdict for
+/// the first one.
+pub fn print_service_plan(name: &str, p: &PlanServiceResponse) {
+    let total = p.slots.len() + p.slots_not_planned as usize;
+    let tasks = if total == 1 { "task" } else { "tasks" };
+    println!(
+        "service {name} {}, creating {total} {tasks}",
+        would_change(p.change())
+    );
+    let slot_name = |s: &SlotPlan| {
+        if s.pinned_node_id.is_empty() {
+            format!("{name}.{}", s.slot)
+        } else {
+            format!(
+                "{name} on {}",
+                s.pinned_node_id.get(..8).unwrap_or(&s.pinned_node_id)
+            )
+        }
+    };
+    let placement = |s: &SlotPlan| s.placement.clone().unwrap_or_default();
+    if p.slots.len() <= LISTED_SLOTS {
+        for s in &p.slots {
+            let pl = placement(s);
+            if pl.chosen_node_id.is_empty() {
+                println!("  {}: fits nowhere: {}", slot_name(s), pl.unplaceable);
+            } else {
+                println!("  {}: {}", slot_name(s), pl.chosen_node_name);
+            }
+        }
+    } else {
+        let mut per_node: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut nowhere = 0;
+        for s in &p.slots {
+            let pl = placement(s);
+            if pl.chosen_node_id.is_empty() {
+                nowhere += 1;
+            } else {
+                *per_node.entry(pl.chosen_node_name).or_default() += 1;
+            }
+        }
+        let counts: Vec<String> = per_node.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+        println!("  tasks per node: {}", counts.join(", "));
+        if nowhere > 0 {
+            println!("  {nowhere} fit nowhere");
+        }
+        if p.slots_not_planned > 0 {
+            println!("  {} more not planned", p.slots_not_planned);
+        }
+    }
+    if let Some(first) = p.slots.first() {
+        println!("{} on every node:", slot_name(first));
+        print_plan(&placement(first));
+    }
 }
 
 fn resources_json(r: Option<&Resources>) -> Value {
@@ -1085,6 +1320,67 @@ mod tests {
             .into_iter()
             .collect();
         assert_eq!(running["desired state"], "running");
+    }
+
+    #[test]
+    fn an_attempt_and_a_plan_as_json() {
+        let a = TaskAttempt {
+            attempt: 2,
+            node_id: "n1".into(),
+            container_id: "c2".into(),
+            started_at: Some(prost_types::Timestamp {
+                seconds: 1_750_000_000,
+                nanos: 0,
+            }),
+            exit_code: Some(1),
+            message: "exited with code 1".into(),
+            state: TaskState::Failed as i32,
+            health: vec![orch::v1::HealthChange {
+                time: None,
+                health: orch::v1::HealthState::Unhealthy as i32,
+            }],
+            ..Default::default()
+        };
+        let v = attempt_json(&a);
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "attempt",
+                "container_id",
+                "exit_code",
+                "finished_at",
+                "health",
+                "message",
+                "node_id",
+                "started_at",
+                "state"
+            ]
+        );
+        assert_eq!(v["exit_code"], 1);
+        assert_eq!(v["finished_at"], Value::Null);
+        assert_eq!(v["state"], "failed");
+        assert_eq!(v["health"][0]["health"], "unhealthy");
+
+        let verdict = |id: &str, feasible: bool| NodeVerdict {
+            node_id: id.into(),
+            name: id.into(),
+            feasible,
+            ..Default::default()
+        };
+        let plan = PlacementPlan {
+            chosen_node_id: "b".into(),
+            nodes: vec![verdict("a", false), verdict("b", true), verdict("c", true)],
+            ..Default::default()
+        };
+        let words: Vec<Value> = plan_json(&plan)["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["verdict"].clone())
+            .collect();
+        assert_eq!(words, ["refused", "chosen", "feasible"]);
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub async fn apply(manager: &Target, a: ApplyArgs, out: Output) -> Result<(), Cl
     let (label, yaml) = read_manifest(&a.file)?;
     let specs = load_manifest(&label, &yaml)?;
     let mut client = connect(manager).await?;
+    if a.dry_run {
+        return dry_run(&mut client, specs, out).await;
+    }
     let events = if a.detach {
         None
     } else {
@@ -152,6 +155,51 @@ pub async fn apply(manager: &Target, a: ApplyArgs, out: Output) -> Result<(), Cl
         applied.push(announce(&name, reply, out)?);
     }
     finish(&mut client, events, applied, Goal::Rollout, out, true).await
+}
+
+/// `apply --dry-run`: what each service would change and where its new
+/// tasks would go, with nothing applied; an error (exit status 1) if a
+/// task would fit nowhere.
+async fn dry_run(
+    client: &mut Client,
+    specs: Vec<orch::v1::ServiceSpec>,
+    out: Output,
+) -> Result<(), CliError> {
+    let mut plans = Vec::new();
+    let mut nowhere = Vec::new();
+    for spec in specs {
+        let name = spec.name.clone();
+        let plan = client
+            .plan_service(orch::v1::PlanServiceRequest { spec: Some(spec) })
+            .await
+            .map_err(|s| CliError(format!("service {name}: {}", status_error(s).0)))?
+            .into_inner();
+        let refused: Vec<String> = plan
+            .slots
+            .iter()
+            .filter_map(|s| s.placement.as_ref())
+            .filter(|p| p.chosen_node_id.is_empty())
+            .map(|p| p.unplaceable.clone())
+            .collect();
+        if let Some(why) = refused.first() {
+            nowhere.push(format!(
+                "service {name}: {} of {} tasks fit nowhere ({why})",
+                refused.len(),
+                plan.slots.len()
+            ));
+        }
+        match out {
+            Output::Table => output::print_service_plan(&name, &plan),
+            Output::Json => plans.push(output::service_plan_json(&name, &plan)),
+        }
+    }
+    if out == Output::Json {
+        output::print_json(&serde_json::Value::Array(plans));
+    }
+    if !nowhere.is_empty() {
+        return Err(CliError(nowhere.join("; ")));
+    }
+    Ok(())
 }
 
 /// Prints the line of one applied service (tables only); returns it to

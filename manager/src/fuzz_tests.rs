@@ -28,10 +28,10 @@ use orch::v1::dispatcher_server::Dispatcher;
 use orch::v1::{
     ActivateNodeRequest, ApplyServiceRequest, DeleteServiceRequest, DrainNodeRequest,
     GetServiceRequest, GetTaskRequest, Heartbeat, ListNodesRequest, ListServiceVersionsRequest,
-    ListServicesRequest, ListTasksRequest, NodeMetrics, RegisterRequest, RollbackServiceRequest,
-    ScaleServiceRequest, SessionOpen, StatusBatch, StopTaskRequest, SubmitTaskRequest,
-    SubmitTasksRequest, TaskStatus, WatchEventsRequest, WorkerMessage, service_spec,
-    worker_message,
+    ListServicesRequest, ListTasksRequest, NodeMetrics, PlanServiceRequest, PlanTaskRequest,
+    RegisterRequest, RollbackServiceRequest, ScaleServiceRequest, SessionOpen, StatusBatch,
+    StopTaskRequest, SubmitTaskRequest, SubmitTasksRequest, TaskStatus, WatchEventsRequest,
+    WorkerMessage, service_spec, worker_message,
 };
 use orch::v1::{
     CreateTokenRequest, GetJoinTokenRequest, JoinRequest, ListTokensRequest, RemoveNodeRequest,
@@ -86,9 +86,11 @@ enum Kind {
     GetJoinToken,
     Join,
     RenewCertificate,
+    PlanTask,
+    PlanService,
 }
 
-const KINDS: [Kind; 27] = [
+const KINDS: [Kind; 29] = [
     Kind::SubmitTask,
     Kind::SubmitTasks,
     Kind::StopTask,
@@ -117,14 +119,19 @@ const KINDS: [Kind; 27] = [
     Kind::Join,
     Kind::GetJoinToken,
     Kind::RenewCertificate,
+    Kind::PlanTask,
+    Kind::PlanService,
 ];
 
 /// The top-level fields of each request, as field paths name them.
 fn fields(kind: Kind) -> &'static [&'static str] {
     match kind {
-        Kind::SubmitTask | Kind::ApplyService | Kind::CreateService | Kind::UpdateService => {
-            &["spec"]
-        }
+        Kind::SubmitTask
+        | Kind::ApplyService
+        | Kind::CreateService
+        | Kind::UpdateService
+        | Kind::PlanTask
+        | Kind::PlanService => &["spec"],
         Kind::SubmitTasks => &["specs"],
         Kind::StopTask | Kind::GetTask | Kind::DrainNode | Kind::ActivateNode => &["id"],
         Kind::ListTasks => &["states", "node_id", "page_size", "page_token", "service"],
@@ -259,6 +266,21 @@ fn request(kind: Kind, known: &Known) -> BoxedStrategy<Vec<u8>> {
         Kind::SubmitTask => {
             encoded(proptest::option::of(task_spec()).prop_map(|spec| SubmitTaskRequest { spec }))
         }
+        Kind::PlanTask => {
+            encoded(proptest::option::of(task_spec()).prop_map(|spec| PlanTaskRequest { spec }))
+        }
+        Kind::PlanService => encoded(
+            (
+                proptest::option::of(service_spec()),
+                proptest::option::of(select(known.services.clone())),
+            )
+                .prop_map(|(mut spec, existing)| {
+                    if let (Some(spec), Some(name)) = (spec.as_mut(), existing) {
+                        spec.name = name;
+                    }
+                    PlanServiceRequest { spec }
+                }),
+        ),
         Kind::SubmitTasks => encoded(
             proptest::collection::vec(task_spec(), 0..4)
                 .prop_map(|specs| SubmitTasksRequest { specs }),
@@ -619,6 +641,12 @@ impl Fixture {
             Kind::SubmitTasks => c.submit_tasks(decode(bytes)?).await.map(drop),
             Kind::StopTask => c.stop_task(decode(bytes)?).await.map(drop),
             Kind::GetTask => c.get_task(decode(bytes)?).await.map(drop),
+            Kind::PlanTask => c.plan_task(decode(bytes)?).await.map(drop),
+            Kind::PlanService => {
+                let mut req: Request<PlanServiceRequest> = decode(bytes)?;
+                clamp(&mut req.get_mut().spec);
+                c.plan_service(req).await.map(drop)
+            }
             Kind::ListTasks => c.list_tasks(decode(bytes)?).await.map(drop),
             Kind::ListNodes => c.list_nodes(decode(bytes)?).await.map(drop),
             Kind::DrainNode => c.drain_node(decode(bytes)?).await.map(drop),
@@ -770,6 +798,10 @@ fn fuzz_on_this_thread(kinds: &[Kind]) {
             *seen.lock().expect("seen").entry(outcome).or_default() += 1;
             if let Some(answer) = answer {
                 check_answer(kind, &answer)?;
+                // A plan changes nothing, whatever it answers.
+                if matches!(kind, Kind::PlanTask | Kind::PlanService) {
+                    prop_assert_eq!(changes, 0, "{:?} changed the state", kind);
+                }
                 if let Err(status) = &answer {
                     prop_assert_eq!(
                         changes,
@@ -819,5 +851,10 @@ fn fuzz_worker_requests() {
 
 #[test]
 fn fuzz_access_requests() {
-    fuzz(&KINDS[20..]);
+    fuzz(&KINDS[20..27]);
+}
+
+#[test]
+fn fuzz_plan_requests() {
+    fuzz(&KINDS[27..]);
 }

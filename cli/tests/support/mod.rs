@@ -296,6 +296,17 @@ impl Procs {
             .nodes
     }
 
+    /// Every service, as the manager lists them now (one page: tests make few).
+    pub async fn services(&self) -> Vec<orch::v1::Service> {
+        self.client()
+            .await
+            .list_services(orch::v1::ListServicesRequest::default())
+            .await
+            .expect("list services")
+            .into_inner()
+            .services
+    }
+
     /// The worker join token.
     pub fn join_token(&self) -> &str {
         &self.join_token

@@ -15,6 +15,7 @@ use orch::v1::{
     GetServiceRequest, GetServiceResponse, GetTaskRequest, GetTaskResponse, ListNodesRequest,
     ListNodesResponse, ListServiceVersionsRequest, ListServiceVersionsResponse,
     ListServicesRequest, ListServicesResponse, ListTasksRequest, ListTasksResponse,
+    PlanServiceRequest, PlanServiceResponse, PlanTaskRequest, PlanTaskResponse,
     RollbackServiceRequest, RollbackServiceResponse, ScaleServiceRequest, ScaleServiceResponse,
     StopTaskRequest, StopTaskResponse, SubmitTaskRequest, SubmitTaskResponse, SubmitTasksRequest,
     SubmitTasksResponse, TaskSpec, TaskState, WatchEventsRequest,
@@ -54,6 +55,14 @@ fn page_size(asked: u32) -> Result<usize, Error> {
     Ok(if asked == 0 { DEFAULT_PAGE_SIZE } else { asked } as usize)
 }
 
+/// A request's task spec, present and valid (as `SubmitTask` and `PlanTask`
+/// check it).
+fn valid_spec(spec: Option<TaskSpec>) -> Result<TaskSpec, Error> {
+    let spec = spec.ok_or_else(|| Error::from(FieldError::new("spec", "is required")))?;
+    validate::task_spec(&spec).map_err(|e| Error::from(e.within("spec")))?;
+    Ok(spec)
+}
+
 /// The `Cluster` service over the manager's shared state.
 pub struct ClusterApi {
     shared: Arc<Shared>,
@@ -90,11 +99,7 @@ impl Cluster for ClusterApi {
         &self,
         request: Request<SubmitTaskRequest>,
     ) -> Result<Response<SubmitTaskResponse>, Status> {
-        let spec = request
-            .into_inner()
-            .spec
-            .ok_or_else(|| Error::from(FieldError::new("spec", "is required")))?;
-        validate::task_spec(&spec).map_err(|e| Error::from(e.within("spec")))?;
+        let spec = valid_spec(request.into_inner().spec)?;
         let task = self.submit(vec![spec]).await?.pop();
         Ok(Response::new(SubmitTaskResponse { task }))
     }
@@ -136,13 +141,34 @@ impl Cluster for ClusterApi {
         request: Request<GetTaskRequest>,
     ) -> Result<Response<GetTaskResponse>, Status> {
         let id = validate::id("id", &request.into_inner().id).map_err(Error::from)?;
-        let task = self
+        let (task, attempts, placement) = self
             .shared
             .lock()
-            .task(id)
-            .cloned()
+            .task_detail(id)
             .ok_or_else(|| Error::NotFound(format!("task {id} not found")))?;
-        Ok(Response::new(GetTaskResponse { task: Some(task) }))
+        Ok(Response::new(GetTaskResponse {
+            task: Some(task),
+            attempts,
+            placement,
+        }))
+    }
+
+    async fn plan_task(
+        &self,
+        request: Request<PlanTaskRequest>,
+    ) -> Result<Response<PlanTaskResponse>, Status> {
+        let spec = valid_spec(request.into_inner().spec)?;
+        let placement = self.shared.lock().plan_task(&spec);
+        Ok(Response::new(PlanTaskResponse {
+            placement: Some(placement),
+        }))
+    }
+
+    async fn plan_service(
+        &self,
+        request: Request<PlanServiceRequest>,
+    ) -> Result<Response<PlanServiceResponse>, Status> {
+        services::plan(&self.shared, request.into_inner())
     }
 
     async fn list_tasks(

@@ -6,8 +6,9 @@
 use orch::v1::{
     ApplyServiceRequest, ApplyServiceResponse, DeleteServiceRequest, DeleteServiceResponse,
     GetServiceRequest, GetServiceResponse, ListServiceVersionsRequest, ListServiceVersionsResponse,
-    ListServicesRequest, ListServicesResponse, RollbackServiceRequest, RollbackServiceResponse,
-    ScaleServiceRequest, ScaleServiceResponse,
+    ListServicesRequest, ListServicesResponse, PlanServiceRequest, PlanServiceResponse,
+    RollbackServiceRequest, RollbackServiceResponse, ScaleServiceRequest, ScaleServiceResponse,
+    ServiceSpec,
 };
 use orch::validate::{self, FieldError};
 use tonic::{Response, Status};
@@ -29,16 +30,31 @@ pub async fn apply(
     req: ApplyServiceRequest,
     how: How,
 ) -> Result<Response<ApplyServiceResponse>, Status> {
-    let spec = req
-        .spec
-        .ok_or_else(|| Error::from(FieldError::new("spec", "is required")))?;
-    validate::service_spec(&spec).map_err(|e| Error::from(e.within("spec")))?;
+    let spec = valid_spec(req.spec)?;
     let (service, change, durable) = shared.lock().apply_service(spec, how)?;
     durable.wait().await.map_err(Error::from)?;
     Ok(Response::new(ApplyServiceResponse {
         service: Some(service),
         change: change as i32,
     }))
+}
+
+/// A request's service spec, present and valid (as `ApplyService` and
+/// `PlanService` check it).
+fn valid_spec(spec: Option<ServiceSpec>) -> Result<ServiceSpec, Error> {
+    let spec = spec.ok_or_else(|| Error::from(FieldError::new("spec", "is required")))?;
+    validate::service_spec(&spec).map_err(|e| Error::from(e.within("spec")))?;
+    Ok(spec)
+}
+
+/// What `ApplyService` would do with the spec; changes nothing.
+pub fn plan(
+    shared: &Shared,
+    req: PlanServiceRequest,
+) -> Result<Response<PlanServiceResponse>, Status> {
+    let spec = valid_spec(req.spec)?;
+    let plan = shared.lock().plan_service(&spec)?;
+    Ok(Response::new(plan))
 }
 
 pub fn get(

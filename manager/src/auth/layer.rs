@@ -27,7 +27,9 @@ pub fn required_role(method: &str) -> Role {
         | "GetService"
         | "ListServices"
         | "ListServiceVersions"
-        | "Logs" => Role::ReadOnly,
+        | "Logs"
+        | "PlanTask"
+        | "PlanService" => Role::ReadOnly,
         "SubmitTask" | "SubmitTasks" | "StopTask" | "ApplyService" | "CreateService"
         | "UpdateService" | "ScaleService" | "RollbackService" | "DeleteService" => Role::Operator,
         _ => Role::Admin,
@@ -137,7 +139,14 @@ mod tests {
             ],
             "a method falls back to admin only if it is one of these"
         );
-        for read in ["ListTasks", "WatchEvents", "GetService"] {
+        for read in [
+            "ListTasks",
+            "WatchEvents",
+            "GetService",
+            "PlanTask",
+            "PlanService",
+        ] {
+            assert!(methods.iter().any(|m| m == read), "{read} is a method");
             assert_eq!(required_role(read), Role::ReadOnly);
         }
         for write in ["SubmitTask", "StopTask", "ApplyService", "DeleteService"] {

@@ -27,35 +27,34 @@ pub struct OpenLogs {
 }
 
 impl Engine {
-    /// The node where `attempt` of a task ran or runs (0: the current one),
-    /// as an id; `None` if the task is unknown or that attempt was never
-    /// placed. Without attempt history, an earlier attempt is taken to be
-    /// where the last one that ran was (a task rarely moves); the worker
-    /// answers NOT_FOUND if it keeps no such container.
+    /// The node where `attempt` of a task ran or runs (0: the current one,
+    /// or the last placed one while the task waits for its next), as an id,
+    /// from the task and its kept attempts; `None` if the task is unknown or
+    /// that attempt was never placed (or is older than the kept history).
     pub fn attempt_node(&self, task_id: Uuid, attempt: u64) -> Option<String> {
         let task = self.state.task(task_id)?;
-        let current = attempt == 0 || attempt == task.attempt;
-        if !task.node_id.is_empty() && (current || attempt < task.attempt) {
+        let wanted = self.log_attempt(task_id, task, attempt);
+        if wanted == task.attempt && !task.node_id.is_empty() {
             return Some(task.node_id.clone());
         }
-        let (last, node) = self.last_nodes.get(&task_id)?;
-        (attempt == 0 || attempt <= *last).then(|| node.to_string())
+        self.state
+            .attempts(task_id)
+            .find(|a| a.attempt == wanted && !a.node_id.is_empty())
+            .map(|a| a.node_id.clone())
     }
 
     /// The attempt `asked` (0: the current one if it was placed, or else
     /// the last one that was).
-    fn log_attempt(&self, task: &Task, asked: u64) -> u64 {
-        if asked != 0 {
-            return asked;
+    fn log_attempt(&self, task_id: Uuid, task: &Task, asked: u64) -> u64 {
+        if asked != 0 || !task.node_id.is_empty() {
+            return if asked == 0 { task.attempt } else { asked };
         }
-        if task.node_id.is_empty()
-            && let Some((last, _)) = self
-                .last_nodes
-                .get(&Uuid::parse_str(&task.id).unwrap_or_default())
-        {
-            return *last;
-        }
-        task.attempt
+        self.state
+            .attempts(task_id)
+            .filter(|a| !a.node_id.is_empty())
+            .map(|a| a.attempt)
+            .max()
+            .unwrap_or(task.attempt)
     }
 
     /// Asks the worker of the node of `ask.attempt` of `task_id` (0 for the
@@ -79,7 +78,7 @@ impl Engine {
                 task.attempt, ask.attempt
             )));
         }
-        let attempt = self.log_attempt(task, ask.attempt);
+        let attempt = self.log_attempt(task_id, task, ask.attempt);
         let header = LogsResponse {
             attempt,
             ..header_of(task)

@@ -18,6 +18,7 @@
 
 mod logs;
 mod nodes;
+mod plans;
 mod services;
 mod tasks;
 mod workers;
@@ -63,12 +64,10 @@ pub struct Engine {
     wakes: HashMap<String, tokio::time::Instant>,
     /// The log requests in flight.
     logs: LogRequests,
-    /// Each restarted task's last placed attempt and its node (since this
-    /// manager started), for the output of an attempt that has ended.
-    last_nodes: HashMap<Uuid, (u64, Uuid)>,
 }
 
 pub use self::logs::OpenLogs;
+pub use self::plans::MAX_PLANNED_SLOTS;
 pub use self::services::How;
 
 impl Engine {
@@ -105,7 +104,6 @@ impl Engine {
             timers: BTreeSet::new(),
             wakes: HashMap::new(),
             logs: LogRequests::default(),
-            last_nodes: HashMap::new(),
         };
         // Every service is reconciled once: a rollout carries on, a count
         // is restored.
@@ -305,9 +303,6 @@ impl Engine {
             (_, Some(code)) => format!("attempt {} exited with code {code}", task.attempt),
             _ => format!("attempt {} failed: {}", task.attempt, task.message),
         };
-        if let Ok(node) = Uuid::parse_str(&task.node_id) {
-            self.last_nodes.insert(id, (task.attempt, node));
-        }
         self.state.begin_attempt(id);
         let Some(task) = self.state.task_mut(id) else {
             return;
@@ -398,6 +393,8 @@ fn stop_of(task: &str, attempt: u64, grace: Duration) -> TaskStop {
     }
 }
 
+#[cfg(test)]
+mod plans_tests;
 #[cfg(test)]
 mod services_tests;
 #[cfg(test)]

@@ -101,6 +101,78 @@ fn slot_key(task: &Task) -> SlotKey {
     }
 }
 
+/// What an applied spec changes in a service, before anything is changed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Differences {
+    /// The template (task or placement): a new version.
+    pub template_changed: bool,
+    /// The mode's counts: a scale.
+    pub counts_changed: bool,
+    /// The update config alone.
+    pub update_changed: bool,
+}
+
+impl Differences {
+    /// The change ApplyService reports for these differences.
+    pub fn change(self) -> ServiceChange {
+        if self.template_changed {
+            ServiceChange::Updated
+        } else if self.counts_changed {
+            ServiceChange::Scaled
+        } else if self.update_changed {
+            ServiceChange::Reconfigured
+        } else {
+            ServiceChange::Unchanged
+        }
+    }
+}
+
+/// What applying `spec` to the service of `entry` would change.
+///
+/// # Errors
+/// [`Error::FailedPrecondition`] for a change of mode or of a batch
+/// service's template.
+pub(super) fn differences(entry: &ServiceEntry, spec: &ServiceSpec) -> Result<Differences, Error> {
+    let name = &spec.name;
+    let old = entry.service.spec.clone().unwrap_or_default();
+    if mode_word(&old) != mode_word(spec) {
+        return Err(Error::FailedPrecondition(format!(
+            "service {name} is {}; its mode cannot change to {}: delete it and create it again",
+            mode_word(&old),
+            mode_word(spec)
+        )));
+    }
+    let current = entry.current();
+    let template_changed =
+        current.map(|v| (&v.task, &v.placement)) != Some((&spec.task, &spec.placement));
+    if template_changed && mode_word(spec) == "batch" {
+        return Err(Error::FailedPrecondition(format!(
+            "the task of batch service {name} cannot change; delete the job and create it again"
+        )));
+    }
+    Ok(Differences {
+        template_changed,
+        counts_changed: old.mode != spec.mode,
+        update_changed: old.update != spec.update,
+    })
+}
+
+/// The spec of a service's task made from a version's template: the mode's
+/// default restart policy if it sets none, the placement's constraints as
+/// its node selector. Name and labels are the caller's.
+pub(super) fn template_spec(
+    mode: Option<&service_spec::Mode>,
+    task: Option<&orch::v1::TaskSpec>,
+    placement: Option<&orch::v1::Placement>,
+) -> orch::v1::TaskSpec {
+    let mut spec = task.cloned().unwrap_or_default();
+    if spec.restart.is_none() {
+        spec.restart = Some(service::default_restart(mode));
+    }
+    spec.node_selector = placement.map(|p| p.constraints.clone()).unwrap_or_default();
+    spec
+}
+
 /// Whether a node carries every label of `constraints`.
 fn matches(
     labels: &std::collections::HashMap<String, String>,
@@ -208,10 +280,19 @@ impl Engine {
             .and_then(|v| v.placement.as_ref())
             .map(|p| p.constraints.clone())
             .unwrap_or_default();
+        self.nodes_for_global(&constraints)
+    }
+
+    /// Every node and where it stands for a global service placed by
+    /// `constraints`.
+    pub(super) fn nodes_for_global(
+        &self,
+        constraints: &std::collections::HashMap<String, String>,
+    ) -> Vec<(Uuid, Eligibility)> {
         (0..self.state.node_count())
             .map(|i| {
                 let node = &self.state.record(i).node;
-                let eligibility = if !matches(&node.labels, &constraints) || node.draining {
+                let eligibility = if !matches(&node.labels, constraints) || node.draining {
                     Eligibility::Excluded
                 } else if node.state() == NodeState::Ready {
                     Eligibility::Eligible
@@ -323,27 +404,15 @@ impl Engine {
     ) -> Result<ServiceChange, Error> {
         let name = spec.name.clone();
         let entry = self.service_entry(&name)?;
-        let old = entry.service.spec.clone().unwrap_or_default();
-        if mode_word(&old) != mode_word(&spec) {
-            return Err(Error::FailedPrecondition(format!(
-                "service {name} is {}; its mode cannot change to {}: delete it and create it again",
-                mode_word(&old),
-                mode_word(&spec)
-            )));
-        }
-        let current = entry.current();
-        let template_changed =
-            current.map(|v| (&v.task, &v.placement)) != Some((&spec.task, &spec.placement));
-        if template_changed && mode_word(&spec) == "batch" {
-            return Err(Error::FailedPrecondition(format!(
-                "the task of batch service {name} cannot change; delete the job and create it again"
-            )));
-        }
-        let counts_changed = old.mode != spec.mode;
-        let update_changed = old.update != spec.update;
-        if !template_changed && !counts_changed && !update_changed {
+        let diff = differences(entry, &spec)?;
+        if diff.change() == ServiceChange::Unchanged {
             return Ok(ServiceChange::Unchanged);
         }
+        let Differences {
+            template_changed,
+            counts_changed,
+            ..
+        } = diff;
         let stamp = timestamp(now);
         let (from, next) = (entry.service.version, entry.newest() + 1);
         // A rollout that did not finish replaces from the last version that
@@ -739,15 +808,7 @@ impl Engine {
             return;
         };
         let mode = entry.service.spec.as_ref().and_then(|s| s.mode.as_ref());
-        let mut spec = version.task.clone().unwrap_or_default();
-        if spec.restart.is_none() {
-            spec.restart = Some(service::default_restart(mode));
-        }
-        spec.node_selector = version
-            .placement
-            .as_ref()
-            .map(|p| p.constraints.clone())
-            .unwrap_or_default();
+        let mut spec = template_spec(mode, version.task.as_ref(), version.placement.as_ref());
         spec.labels
             .insert(labels::SERVICE.to_owned(), name.to_owned());
         let (slot, pinned) = match key {

@@ -8,6 +8,7 @@
 //! allocates except the explanation, which is built only when a task fits
 //! nowhere.
 
+use orch::quantity::{format_bytes, format_milli_cpus};
 use orch::v1::Protocol;
 use orch::validate::normal_protocol;
 
@@ -21,6 +22,14 @@ pub trait Filter {
     /// Why `nodes` nodes (at least one) failed the rule, for people, as a
     /// phrase that names the count, e.g. "insufficient memory on 2 nodes".
     fn explain(&self, demand: &Demand, nodes: usize) -> String;
+
+    /// The filter's name, as a placement plan shows it (`Fits`).
+    fn name(&self) -> &'static str;
+
+    /// Why this one `node` failed the rule, for people, with the numbers
+    /// that decided ("needs 2 cpus, 1.5 free"). Only called for a node that
+    /// failed it.
+    fn refusal(&self, demand: &Demand, node: &NodeSnapshot) -> String;
 }
 
 /// The node takes new tasks: READY (neither down nor draining) and connected.
@@ -35,6 +44,14 @@ impl Filter for NodeReady {
     fn explain(&self, _demand: &Demand, nodes: usize) -> String {
         // The snapshot only says "not ready", so name every cause.
         format!("{} down, draining or disconnected", count(nodes))
+    }
+
+    fn name(&self) -> &'static str {
+        "NodeReady"
+    }
+
+    fn refusal(&self, _demand: &Demand, _node: &NodeSnapshot) -> String {
+        "not ready: down, draining or disconnected".to_owned()
     }
 }
 
@@ -63,6 +80,25 @@ impl Filter for NodeSelector {
             pairs.join(","),
             count(nodes)
         )
+    }
+
+    fn name(&self) -> &'static str {
+        "NodeSelector"
+    }
+
+    fn refusal(&self, demand: &Demand, node: &NodeSnapshot) -> String {
+        // Sorted, as in `explain`.
+        let mut missed: Vec<String> = demand
+            .node_selector
+            .iter()
+            .filter(|&(key, value)| node.labels.get(key) != Some(value))
+            .map(|(key, value)| match node.labels.get(key) {
+                Some(has) => format!("{key}={value} (the node has {key}={has})"),
+                None => format!("{key}={value} (the node has no {key} label)"),
+            })
+            .collect();
+        missed.sort_unstable();
+        format!("node selector not matched: {}", missed.join(", "))
     }
 }
 
@@ -114,6 +150,32 @@ impl Filter for Fits {
     fn explain(&self, _demand: &Demand, nodes: usize) -> String {
         format!("insufficient {} on {}", self.0.name(), count(nodes))
     }
+
+    fn name(&self) -> &'static str {
+        "Fits"
+    }
+
+    fn refusal(&self, demand: &Demand, node: &NodeSnapshot) -> String {
+        let need = self.0.of(&demand.resources);
+        let free = self
+            .0
+            .of(&node.capacity)
+            .saturating_sub(self.0.of(&node.allocated))
+            .max(0);
+        match self.0 {
+            Resource::Cpu => format!(
+                "needs {} cpus, {} free",
+                format_milli_cpus(need),
+                format_milli_cpus(free)
+            ),
+            resource => format!(
+                "needs {} of {}, {} free",
+                format_bytes(need),
+                resource.name(),
+                format_bytes(free)
+            ),
+        }
+    }
 }
 
 /// None of the task's host ports is in use on the node with the same protocol.
@@ -142,6 +204,23 @@ impl Filter for HostPortsFree {
             ports.join(" or "),
             count(nodes)
         )
+    }
+
+    fn name(&self) -> &'static str {
+        "HostPortsFree"
+    }
+
+    fn refusal(&self, demand: &Demand, node: &NodeSnapshot) -> String {
+        let taken: Vec<String> = demand
+            .ports
+            .iter()
+            .filter(|&&(port, protocol)| {
+                node.ports_in_use
+                    .contains(&(port, normal_protocol(protocol)))
+            })
+            .map(|&(port, protocol)| format!("{port}/{}", protocol_name(protocol)))
+            .collect();
+        format!("host port {} in use", taken.join(", "))
     }
 }
 

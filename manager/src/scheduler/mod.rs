@@ -404,6 +404,87 @@ impl Scheduler {
     /// [`Unplaceable`] when no node can take the task; its reason counts the
     /// nodes rejected by each filter.
     pub fn place(&mut self, demand: &Demand, nodes: &[NodeSnapshot]) -> Result<usize, Unplaceable> {
+        self.decide(demand, nodes, |_| {})
+    }
+
+    /// What [`Scheduler::place`] would decide now, and why, for every node:
+    /// the first filter that refuses it, or its cost. Nothing changes: the
+    /// decision is made by a copy of the scheduler (its round-robin cursor
+    /// and sampling RNG as they are), so `chosen` is the node the next
+    /// `place` with the same nodes chooses, and that `place` is not moved.
+    ///
+    /// Every feasible node is scored, but in a cluster larger than the
+    /// sample size the choice is, as `place`'s, the best of the sampled
+    /// nodes only: those have `sampled` set, and a node outside the sample
+    /// may cost less than the chosen one.
+    pub fn explain(&self, demand: &Demand, nodes: &[NodeSnapshot]) -> Explanation {
+        let mut copy = self.clone();
+        let every_feasible_scored =
+            self.strategy == Strategy::RoundRobin || nodes.len() <= self.sample_size;
+        let mut sampled = vec![every_feasible_scored; nodes.len()];
+        let decided = copy.decide(demand, nodes, |i| {
+            if let Some(s) = sampled.get_mut(i) {
+                *s = true;
+            }
+        });
+        let verdicts = nodes
+            .iter()
+            .zip(sampled)
+            .enumerate()
+            .map(|(i, (node, sampled))| (i, self.verdict(demand, node, sampled)))
+            .collect();
+        Explanation {
+            strategy: self.strategy,
+            chosen: decided.as_ref().ok().copied(),
+            nodes: verdicts,
+            unplaceable: decided.err(),
+        }
+    }
+
+    /// As [`Scheduler::explain`] for a task bound to node `i` (what
+    /// [`Scheduler::check`] decides): that node's verdict alone.
+    pub fn explain_on(&self, demand: &Demand, nodes: &[NodeSnapshot], i: usize) -> Explanation {
+        let Some(node) = nodes.get(i) else {
+            return Explanation {
+                strategy: self.strategy,
+                chosen: None,
+                nodes: Vec::new(),
+                unplaceable: Some(Unplaceable {
+                    reason: "its node is no longer known".to_owned(),
+                }),
+            };
+        };
+        let checked = self.check(demand, node);
+        Explanation {
+            strategy: self.strategy,
+            chosen: checked.is_ok().then_some(i),
+            nodes: vec![(i, self.verdict(demand, node, true))],
+            unplaceable: checked.err(),
+        }
+    }
+
+    /// One node's verdict: the first filter refusing it, or its cost.
+    fn verdict(&self, demand: &Demand, node: &NodeSnapshot, sampled: bool) -> Verdict {
+        match filter::first_rejection(demand, node).and_then(|f| filter::FILTERS.get(f)) {
+            Some(f) => Verdict::Refused {
+                filter: f.name(),
+                reason: f.refusal(demand, node),
+            },
+            None => Verdict::Feasible {
+                cost: score::cost(self.strategy, demand, node),
+                sampled,
+            },
+        }
+    }
+
+    /// The decision of [`Scheduler::place`]; `scored` is told the index of
+    /// every feasible node the decision scores.
+    fn decide(
+        &mut self,
+        demand: &Demand,
+        nodes: &[NodeSnapshot],
+        scored: impl FnMut(usize),
+    ) -> Result<usize, Unplaceable> {
         if nodes.is_empty() {
             return Err(Unplaceable {
                 reason: "no nodes are registered".to_owned(),
@@ -412,7 +493,7 @@ impl Scheduler {
         let mut rejections = Rejections::default();
         let chosen = match self.strategy {
             Strategy::RoundRobin => self.round_robin(demand, nodes, &mut rejections),
-            ranked => self.ranked(ranked, demand, nodes, &mut rejections),
+            ranked => self.ranked(ranked, demand, nodes, &mut rejections, scored),
         };
         chosen.ok_or_else(|| rejections.unplaceable(demand, nodes.len()))
     }
@@ -463,6 +544,7 @@ impl Scheduler {
         demand: &Demand,
         nodes: &[NodeSnapshot],
         rejections: &mut Rejections,
+        mut scored: impl FnMut(usize),
     ) -> Option<usize> {
         // In a large cluster, start at a random node so that consecutive
         // decisions sample different parts of it, and stop once enough
@@ -482,6 +564,7 @@ impl Scheduler {
                 continue;
             }
             let cost = score::cost(strategy, demand, node);
+            scored(i);
             if best.is_none_or(|(best_cost, best_i)| cost.better_than(&best_cost, i, best_i)) {
                 best = Some((cost, i));
             }
@@ -492,6 +575,41 @@ impl Scheduler {
         }
         best.map(|(_, i)| i)
     }
+}
+
+/// What [`Scheduler::explain`] found: the node `place` would choose, and
+/// every node's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// The strategy that gave the costs.
+    pub strategy: Strategy,
+    /// The index of the node `place` would choose, if one fits.
+    pub chosen: Option<usize>,
+    /// Each node's index and verdict, in index order.
+    pub nodes: Vec<(usize, Verdict)>,
+    /// Why no node fits (the reason `place` gives), when none does.
+    pub unplaceable: Option<Unplaceable>,
+}
+
+/// One node's verdict for a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// A filter refused the node: the first one of [`filter::FILTERS`] that
+    /// did.
+    Refused {
+        /// The filter's name ([`filter::Filter::name`]).
+        filter: &'static str,
+        /// Why, for this node ([`filter::Filter::refusal`]).
+        reason: String,
+    },
+    /// The node can take the task.
+    Feasible {
+        /// Its cost by the strategy in force (lower is better).
+        cost: Cost,
+        /// Whether the decision scored it: false only for a node outside
+        /// the sample of a large cluster.
+        sampled: bool,
+    },
 }
 
 /// Every node once with its index, from `start`, wrapping round to it.

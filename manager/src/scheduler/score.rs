@@ -137,3 +137,27 @@ fn free_fraction(capacity: i64, used: i64) -> f64 {
     }
     (capacity.saturating_sub(used) as f64 / capacity as f64).max(0.0)
 }
+
+/// What a feasible node's cost counts, for people, e.g. "3 tasks on the
+/// node (fewest wins), then 1.75 of cpu and memory free after (most wins)".
+pub fn describe(strategy: Strategy, cost: &Cost) -> String {
+    let what = match strategy {
+        Strategy::RoundRobin => {
+            "round-robin: the first feasible node after the previous choice".to_owned()
+        }
+        Strategy::Epvm => format!("E-PVM: the load grows by {:.3}", cost.primary),
+        Strategy::BestFit => format!(
+            "best-fit: {:.3} of cpu and memory left free after (least wins)",
+            cost.primary
+        ),
+        Strategy::Spread => format!(
+            "spread: {} tasks on the node (fewest wins), then {:.3} of cpu and memory free after (most wins)",
+            cost.primary, -cost.secondary
+        ),
+    };
+    match cost.siblings {
+        0 => what,
+        1 => format!("1 task of its service already here; {what}"),
+        n => format!("{n} tasks of its service already here; {what}"),
+    }
+}

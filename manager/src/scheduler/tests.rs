@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use orch::v1::{PortMapping, Protocol, TaskSpec};
 
-use super::score::{self, EPVM_BASE, EPVM_MAX_JOBS};
+use super::score::{self, Cost, EPVM_BASE, EPVM_MAX_JOBS};
 use super::*;
 
 const GIB: i64 = 1 << 30;
@@ -693,4 +693,235 @@ fn checking_one_node_says_why_it_refuses() {
             .map_err(|e| e.reason),
         Err("no node fits: insufficient cpu on 1 node".into())
     );
+}
+
+/// The verdicts of an explanation as (name, filter or "", reason or "")
+/// triples, for comparisons.
+fn verdicts(e: &Explanation, nodes: &[NodeSnapshot]) -> Vec<(String, &'static str, String)> {
+    e.nodes
+        .iter()
+        .map(|(i, v)| match v {
+            Verdict::Refused { filter, reason } => {
+                (nodes[*i].name.clone(), *filter, reason.clone())
+            }
+            Verdict::Feasible { .. } => (nodes[*i].name.clone(), "", String::new()),
+        })
+        .collect()
+}
+
+#[test]
+fn explain_names_the_filter_that_refused_each_node_and_why() {
+    let d = demand(2000, 2 * GIB)
+        .disk(20 * GIB)
+        .select("zone", "a")
+        .port(8080, Protocol::Tcp);
+    let nodes = [
+        node("down").down().label("zone", "a"),
+        node("elsewhere").label("zone", "b"),
+        node("unlabelled"),
+        node("few-cpus").label("zone", "a").alloc(res(2500, 0, 0)),
+        node("small")
+            .label("zone", "a")
+            .cap(res(4000, GIB, 100 * GIB)),
+        node("no-disk")
+            .label("zone", "a")
+            .cap(res(4000, 8 * GIB, 10 * GIB)),
+        node("port").label("zone", "a").port(8080, Protocol::Tcp),
+        node("fits").label("zone", "a"),
+    ];
+    for strategy in Strategy::ALL {
+        let s = Scheduler::with_seed(strategy, 7);
+        let e = s.explain(&d, &nodes);
+        assert_eq!(e.chosen, Some(7), "{strategy}");
+        assert_eq!(e.unplaceable, None);
+        assert_eq!(
+            verdicts(&e, &nodes),
+            [
+                (
+                    "down",
+                    "NodeReady",
+                    "not ready: down, draining or disconnected"
+                ),
+                (
+                    "elsewhere",
+                    "NodeSelector",
+                    "node selector not matched: zone=a (the node has zone=b)"
+                ),
+                (
+                    "unlabelled",
+                    "NodeSelector",
+                    "node selector not matched: zone=a (the node has no zone label)"
+                ),
+                ("few-cpus", "Fits", "needs 2 cpus, 1.5 free"),
+                ("small", "Fits", "needs 2Gi of memory, 1Gi free"),
+                ("no-disk", "Fits", "needs 20Gi of disk, 10Gi free"),
+                ("port", "HostPortsFree", "host port 8080/tcp in use"),
+                ("fits", "", ""),
+            ]
+            .map(|(n, f, r)| (n.to_owned(), f, r.to_owned())),
+            "{strategy}"
+        );
+    }
+    // With no node left, the reason is `place`'s.
+    let refused = &nodes[..7];
+    let e = Scheduler::new(Strategy::Spread).explain(&d, refused);
+    assert_eq!(e.chosen, None);
+    assert_eq!(
+        e.unplaceable.map(|u| u.reason),
+        Scheduler::new(Strategy::Spread)
+            .place(&d, refused)
+            .err()
+            .map(|u| u.reason)
+    );
+}
+
+#[test]
+fn explain_scores_feasible_nodes_by_the_strategy_and_changes_nothing() {
+    let nodes = [node("busy").tasks(3), node("idle").tasks(1)];
+    let mut s = Scheduler::with_seed(Strategy::Spread, 7);
+    let e = s.explain(&demand(1000, GIB), &nodes);
+    assert_eq!(e.strategy, Strategy::Spread);
+    let costs: Vec<Cost> = e
+        .nodes
+        .iter()
+        .map(|(_, v)| match v {
+            Verdict::Feasible {
+                cost,
+                sampled: true,
+            } => *cost,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(costs[0].primary, 3.0);
+    assert_eq!(costs[1].primary, 1.0);
+    assert_eq!(e.chosen, Some(1));
+    assert!(score::describe(Strategy::Spread, &costs[1]).starts_with("spread: 1 tasks"));
+
+    // Round-robin: explaining twice says the same, and place then agrees,
+    // because explaining does not move the cursor.
+    let mut rr = Scheduler::with_seed(Strategy::RoundRobin, 7);
+    rr.place(&demand(0, 0), &nodes).unwrap();
+    let first = rr.explain(&demand(0, 0), &nodes);
+    assert_eq!(first, rr.explain(&demand(0, 0), &nodes));
+    assert_eq!(first.chosen, Some(1));
+    assert_eq!(rr.place(&demand(0, 0), &nodes), Ok(1));
+    assert_eq!(s.place(&demand(1000, GIB), &nodes), Ok(1));
+}
+
+#[test]
+fn explain_on_one_node_is_checks_verdict() {
+    let nodes = [node("a"), node("b").down()];
+    let s = Scheduler::new(Strategy::Spread);
+    let e = s.explain_on(&demand(0, 0), &nodes, 1);
+    assert_eq!(e.chosen, None);
+    assert_eq!(verdicts(&e, &nodes)[0].1, "NodeReady");
+    assert_eq!(
+        e.unplaceable,
+        s.check(&demand(0, 0), &nodes[1]).err(),
+        "the reason is check's"
+    );
+    assert_eq!(s.explain_on(&demand(0, 0), &nodes, 0).chosen, Some(0));
+    assert!(s.explain_on(&demand(0, 0), &nodes, 2).unplaceable.is_some());
+}
+
+#[test]
+fn explain_in_a_sampled_cluster_chooses_as_place_does() {
+    // As in `sampling_scores_only_a_sample`: n0 is the cheapest but outside
+    // the sample; explain scores it, says it was not sampled, and chooses
+    // what place chooses.
+    let mut nodes: Vec<_> = many_nodes(1_000).into_iter().map(|n| n.tasks(5)).collect();
+    nodes[0].task_count = 0;
+    let mut s = Scheduler::with_seed(Strategy::Spread, 7).with_sample_size(32);
+    let e = s.explain(&demand(0, 0), &nodes);
+    let sampled = e
+        .nodes
+        .iter()
+        .filter(|(_, v)| matches!(v, Verdict::Feasible { sampled: true, .. }))
+        .count();
+    assert_eq!(sampled, 32);
+    assert!(matches!(
+        e.nodes[0].1,
+        Verdict::Feasible { sampled: false, cost } if cost.primary == 0.0
+    ));
+    let chosen = e.chosen.unwrap();
+    assert!(matches!(
+        e.nodes[chosen].1,
+        Verdict::Feasible { sampled: true, .. }
+    ));
+    assert_eq!(s.place(&demand(0, 0), &nodes), Ok(chosen));
+}
+
+mod explain_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::scheduler::Strategy;
+    use proptest::strategy::Strategy as _;
+
+    /// A node of a random cluster: maybe down, labelled, loaded, with a port.
+    fn arb_node() -> impl proptest::strategy::Strategy<Value = NodeSnapshot> {
+        (
+            any::<bool>(),
+            0..3u8,
+            0..4000i64,
+            0..8i64,
+            0..6u32,
+            any::<bool>(),
+            0..3u32,
+        )
+            .prop_map(|(down, zone, cpus, gib, tasks, port, siblings)| {
+                let mut n = node("n")
+                    .alloc(res(cpus, gib * GIB, 0))
+                    .tasks(tasks)
+                    .label("zone", &zone.to_string());
+                n.ready = !down || zone == 0;
+                if port {
+                    n = n.port(80, Protocol::Tcp);
+                }
+                if siblings > 0 {
+                    n.groups.insert(1, siblings);
+                }
+                n
+            })
+    }
+
+    proptest! {
+        /// Whatever the cluster, the strategy and the sample size, explain
+        /// chooses the node the next place chooses, its verdicts refuse
+        /// exactly the nodes the filters refuse, and it reports `place`'s
+        /// reason when nothing fits.
+        #[test]
+        fn explain_chooses_what_place_chooses(
+            nodes in prop::collection::vec(arb_node(), 0..80),
+            strategy in prop::sample::select(Strategy::ALL.to_vec()),
+            sample in 1..40usize,
+            seed in any::<u64>(),
+            warmup in 0..3usize,
+            cpus in 0..3000i64,
+            zone in prop::option::of(0..3u8),
+            port in any::<bool>(),
+        ) {
+            let mut d = demand(cpus, 0);
+            d.group = Some(1);
+            if let Some(z) = zone {
+                d = d.select("zone", &z.to_string());
+            }
+            if port {
+                d = d.port(80, Protocol::Tcp);
+            }
+            let mut s = Scheduler::with_seed(strategy, seed).with_sample_size(sample);
+            for _ in 0..warmup {
+                let _ = s.place(&d, &nodes);
+            }
+            let e = s.explain(&d, &nodes);
+            let placed = s.place(&d, &nodes);
+            prop_assert_eq!(e.chosen, placed.as_ref().ok().copied());
+            prop_assert_eq!(e.unplaceable, placed.err());
+            prop_assert_eq!(e.nodes.len(), nodes.len());
+            for (i, v) in &e.nodes {
+                let refused = filter::first_rejection(&d, &nodes[*i]).is_some();
+                prop_assert_eq!(refused, matches!(v, Verdict::Refused { .. }));
+            }
+        }
+    }
 }

@@ -18,17 +18,20 @@
 //! It does no I/O and reads no clock: the time it stamps on changes is set by
 //! the engine ([`State::set_time`]) at the start of each operation.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::SystemTime;
 
 use orch::task_state::{self, TransitionError};
 use orch::time::timestamp;
-use orch::v1::{Event, HealthState, Node, NodeEvent, NodeState, Task, TaskEvent, TaskState, event};
+use orch::v1::{
+    Event, HealthChange, HealthState, Node, NodeEvent, NodeState, Task, TaskAttempt, TaskEvent,
+    TaskState, event,
+};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::scheduler::{Demand, NodeSnapshot, Resources};
-use crate::store::{Snapshot, Write};
+use crate::store::{ATTEMPTS_KEPT, Snapshot, Write};
 
 mod services;
 
@@ -67,6 +70,23 @@ pub struct State {
     services: BTreeMap<String, ServiceEntry>,
     /// The last scheduler group handed to a service.
     next_group: u32,
+    /// Each task's newest attempts (at most [`ATTEMPTS_KEPT`]), oldest
+    /// first; the last one is the current attempt.
+    attempts: HashMap<Uuid, VecDeque<TaskAttempt>>,
+}
+
+/// What an attempt's record says of it: the task's message, or, for an
+/// attempt that ended without one, how it ended.
+fn attempt_message(task: &Task) -> String {
+    if !task.message.is_empty() || !task_state::is_terminal(task.state()) {
+        return task.message.clone();
+    }
+    match (task.state(), task.exit_code) {
+        (_, Some(code)) => format!("exited with code {code}"),
+        (TaskState::Stopped, None) => "stopped".to_owned(),
+        (TaskState::Lost, None) => "lost with its node".to_owned(),
+        (state, None) => task_state::name(state).to_owned(),
+    }
 }
 
 /// A task's id as a UUID; the manager mints every id, so a bad one is a bug
@@ -100,7 +120,18 @@ impl State {
             now,
             services: BTreeMap::new(),
             next_group: 0,
+            attempts: HashMap::new(),
         };
+        for (task, attempt) in snapshot.attempts {
+            let history = state
+                .attempts
+                .entry(Uuid::parse_str(&task).unwrap_or_default())
+                .or_default();
+            history.push_back(attempt);
+            if history.len() > ATTEMPTS_KEPT as usize {
+                history.pop_front();
+            }
+        }
         let mut versions: HashMap<String, Vec<orch::v1::ServiceVersion>> = HashMap::new();
         for v in snapshot.service_versions {
             versions.entry(v.service.clone()).or_default().push(v);
@@ -197,7 +228,68 @@ impl State {
         }
         self.index_task(id, &task);
         self.tasks.insert(id, Box::new(task));
+        self.record_attempt(id);
         id
+    }
+
+    /// A task's kept attempts, oldest first (the newest [`ATTEMPTS_KEPT`]);
+    /// the last one is the current attempt.
+    pub fn attempts(&self, id: Uuid) -> impl Iterator<Item = &TaskAttempt> {
+        self.attempts.get(&id).into_iter().flatten()
+    }
+
+    /// Brings the record of a task's current attempt up to date with the
+    /// task (a new record for a new attempt, the oldest dropped past
+    /// [`ATTEMPTS_KEPT`]) and queues its write if it changed. A change of
+    /// health is added to the attempt's health changes, stamped now.
+    fn record_attempt(&mut self, id: Uuid) {
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
+        let now = self.stamp();
+        let history = self.attempts.entry(id).or_default();
+        if history.back().is_none_or(|a| a.attempt != task.attempt) {
+            history.push_back(TaskAttempt {
+                attempt: task.attempt,
+                ..TaskAttempt::default()
+            });
+            if history.len() > ATTEMPTS_KEPT as usize {
+                history.pop_front();
+            }
+        }
+        let Some(record) = history.back_mut() else {
+            return;
+        };
+        let mut next = TaskAttempt {
+            attempt: task.attempt,
+            node_id: task.node_id.clone(),
+            container_id: task.container_id.clone(),
+            started_at: task.started_at,
+            finished_at: task.finished_at,
+            exit_code: task.exit_code,
+            message: attempt_message(task),
+            state: task.state,
+            health: std::mem::take(&mut record.health),
+        };
+        let last = next
+            .health
+            .last()
+            .map_or(HealthState::Unspecified as i32, |h| h.health);
+        if task.health != last {
+            next.health.push(HealthChange {
+                time: Some(now),
+                health: task.health,
+            });
+        }
+        let changed = *record != next;
+        *record = next;
+        if changed {
+            let write = Write::Attempt {
+                task_id: task.id.clone(),
+                record: Box::new(record.clone()),
+            };
+            self.writes.push(write);
+        }
     }
 
     /// What a task reserves on its node, and the group it spreads in (its
@@ -243,6 +335,8 @@ impl State {
     /// queues the task ([`State::enqueue`]) once it may be placed: a restart
     /// waits out its backoff off the queue.
     pub fn begin_attempt(&mut self, id: Uuid) {
+        // The old attempt's record as it ended, before the task forgets it.
+        self.record_attempt(id);
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -310,6 +404,7 @@ impl State {
         self.writes
             .push(Write::TaskUpdated(Box::new(Task::clone(task))));
         task.spec = spec;
+        self.record_attempt(id);
         self.emit(kind);
     }
 
@@ -523,15 +618,75 @@ mod tests {
             &writes[..],
             [
                 Write::ClusterId(_),
+                Write::Attempt { record: first, .. },
                 Write::TaskUpdated(t),
+                Write::Attempt { record: scheduled, .. },
                 Write::Event(_),
                 Write::Node(_),
                 Write::Event(_)
             ] if t.spec.is_none() && t.state() == TaskState::Scheduled
+                && first.state() == TaskState::Pending
+                && scheduled.state() == TaskState::Scheduled
         ));
         assert_eq!(events.try_recv().unwrap().sequence, 1);
         assert_eq!(events.try_recv().unwrap().sequence, 2);
         assert!(s.take_writes().is_empty());
+    }
+
+    /// Every attempt gets a record that follows it to its end, health
+    /// changes included; only the newest `ATTEMPTS_KEPT` stay, and a
+    /// restored state has them back.
+    #[test]
+    fn attempts_are_recorded_bounded_and_restored() {
+        let mut s = state();
+        let id = s.insert_task(pending_task());
+        for n in 1..=25u64 {
+            s.set_task_state(id, TaskState::Scheduled).unwrap();
+            s.set_task_state(id, TaskState::Running).unwrap();
+            let task = s.task_mut(id).unwrap();
+            task.container_id = format!("c{n}");
+            task.health = HealthState::Healthy as i32;
+            s.task_changed(id);
+            s.set_task_state(id, TaskState::Failed).unwrap();
+            let task = s.task_mut(id).unwrap();
+            task.exit_code = Some(i32::try_from(n).unwrap());
+            task.health = HealthState::Unhealthy as i32;
+            s.task_changed(id);
+            s.begin_attempt(id);
+            // As the engine does: the new attempt's change is recorded.
+            s.task_changed(id);
+        }
+        let kept: Vec<TaskAttempt> = s.attempts(id).cloned().collect();
+        assert_eq!(kept.len(), ATTEMPTS_KEPT as usize);
+        assert_eq!(
+            kept.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+            (7..=26).collect::<Vec<_>>(),
+            "the newest, the current attempt last"
+        );
+        let a = &kept[0];
+        assert_eq!(
+            (a.state(), a.exit_code, a.container_id.as_str()),
+            (TaskState::Failed, Some(7), "c7")
+        );
+        assert_eq!(a.message, "exited with code 7");
+        assert_eq!(
+            a.health.iter().map(|h| h.health()).collect::<Vec<_>>(),
+            [HealthState::Healthy, HealthState::Unhealthy]
+        );
+        assert_eq!(kept[19].state(), TaskState::Pending);
+
+        // The writes hold what the store needs to give them back.
+        let store = crate::store::MemoryStore::new();
+        use crate::store::Store;
+        let mut writes = vec![Write::TaskCreated(Box::new(s.task(id).unwrap().clone()))];
+        writes.extend(s.take_writes());
+        store.commit(&writes).unwrap();
+        let restored = State::restore(store.load().unwrap(), SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            restored.attempts(id).cloned().collect::<Vec<_>>(),
+            kept,
+            "restored as they were"
+        );
     }
 
     #[test]

@@ -70,6 +70,14 @@ impl State {
             .map(|(_, e)| e)
     }
 
+    /// The scheduler group of service `name`, or the one it would get if
+    /// it were created now (for a plan, which creates nothing).
+    pub fn group_of(&self, name: &str) -> u32 {
+        self.services
+            .get(name)
+            .map_or(self.next_group.wrapping_add(1), |e| e.group)
+    }
+
     /// Adds a service loaded from the store or just created (the caller
     /// writes it), with its versions. Its tasks join it as they are inserted.
     pub(super) fn insert_service(

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
-use orch::v1::{Event, Node, Service, ServiceVersion, Task, TaskSpec};
+use orch::v1::{Event, Node, Service, ServiceVersion, Task, TaskAttempt, TaskSpec};
 
 use super::{
     Batch, Snapshot, Store, StoreError, Write, events_prune_bound, join_task, status_record,
+    task_id_of,
 };
 
 /// A [`Store`] in memory. Everything is lost when it is dropped.
@@ -31,6 +32,7 @@ struct State {
     services: BTreeMap<String, Service>,
     service_versions: BTreeMap<(String, u64), ServiceVersion>,
     credentials: BTreeMap<String, Vec<u8>>,
+    attempts: BTreeMap<(u128, u64), TaskAttempt>,
 }
 
 impl MemoryStore {
@@ -69,6 +71,11 @@ impl Store for MemoryStore {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            attempts: state
+                .attempts
+                .iter()
+                .map(|(&(task, _), record)| (task_id_of(task), record.clone()))
+                .collect(),
         })
     }
 
@@ -82,6 +89,21 @@ impl Store for MemoryStore {
         let mut state = self.state()?;
         if let Some(id) = batch.cluster_id {
             state.cluster_id = Some(id.to_owned());
+        }
+        for (&key, record) in &batch.attempts {
+            state.attempts.insert(key, (*record).clone());
+        }
+        for (task, bound) in batch.attempts_pruned() {
+            if let Some(bound) = bound {
+                let old: Vec<_> = state
+                    .attempts
+                    .range((task, 0)..=(task, bound))
+                    .map(|(key, _)| *key)
+                    .collect();
+                for key in old {
+                    state.attempts.remove(&key);
+                }
+            }
         }
         for (key, spec) in batch.specs {
             state.specs.insert(key, spec.clone());
@@ -221,6 +243,11 @@ mod tests {
     #[test]
     fn memory_service_version_delete() {
         checks::check_service_version_delete(&MemoryStore::new());
+    }
+
+    #[test]
+    fn memory_attempts_are_bounded() {
+        checks::check_attempts_are_bounded(&MemoryStore::new());
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! created, apart from its status, which changes often and stays small.
 //! Services are keyed by their name and their versions by (name, version), so
 //! that a service's versions sit together and its delete is one range delete.
+//! A task's attempts are keyed by (task, attempt), one small record each, so
+//! that a change of the current attempt rewrites that record alone and the
+//! oldest beyond [`ATTEMPTS_KEPT`] go in one range delete.
 //!
 //! Both implementations share the rules that are real logic, written once
 //! here: how a batch is coalesced (`Batch`, deletes included), how ids become
@@ -25,7 +28,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
-use orch::v1::{Event, Node, Service, ServiceVersion, Task, TaskSpec};
+use orch::v1::{Event, Node, Service, ServiceVersion, Task, TaskAttempt, TaskSpec};
 use uuid::Uuid;
 
 pub use self::faulty::FaultyStore;
@@ -35,6 +38,10 @@ pub use self::redb::RedbStore;
 /// How many of the latest events the store keeps; older ones are deleted as
 /// new ones are written.
 pub const EVENTS_KEPT: u64 = 10_000;
+
+/// How many attempts of each task the store keeps, the newest: writing
+/// attempt `n` deletes those up to `n - ATTEMPTS_KEPT`.
+pub const ATTEMPTS_KEPT: u64 = 20;
 
 /// One change to durable state.
 ///
@@ -66,6 +73,15 @@ pub enum Write {
         /// The version that goes.
         version: u64,
     },
+    /// One attempt of a task as it stands, keyed by (task id, attempt);
+    /// replaces the stored record of that attempt, and deletes those older
+    /// than the newest [`ATTEMPTS_KEPT`].
+    Attempt {
+        /// The task's id.
+        task_id: String,
+        /// The attempt's record.
+        record: Box<TaskAttempt>,
+    },
     /// A credential record of the [`auth`](crate::auth) module (a client
     /// token's hash, a join token), opaque to the store; `None` deletes it.
     Credential {
@@ -93,6 +109,8 @@ pub struct Snapshot {
     pub service_versions: Vec<ServiceVersion>,
     /// Every credential record, ordered by key.
     pub credentials: Vec<(String, Vec<u8>)>,
+    /// Every kept attempt with its task's id, ordered by task id, then attempt.
+    pub attempts: Vec<(String, TaskAttempt)>,
 }
 
 /// Why the store failed. Every store error is reported to clients as
@@ -146,6 +164,7 @@ const EVENTS: &str = "events";
 const SERVICES: &str = "services";
 const SERVICE_VERSIONS: &str = "service_versions";
 const CREDENTIALS: &str = "credentials";
+const TASK_ATTEMPTS: &str = "task_attempts";
 
 /// The spec stored for a `TaskCreated` whose task carries none. The manager
 /// always sets one; storing an empty spec rather than failing keeps a commit
@@ -190,6 +209,8 @@ struct Batch<'a> {
     /// The last write of each credential, by key: its record, or `None` if
     /// the last write deleted it.
     credentials: BTreeMap<&'a str, Option<&'a [u8]>>,
+    /// The last record of each attempt written, by (task key, attempt).
+    attempts: BTreeMap<(u128, u64), &'a TaskAttempt>,
 }
 
 impl<'a> Batch<'a> {
@@ -247,6 +268,10 @@ impl<'a> Batch<'a> {
                 Write::Credential { key, record } => {
                     batch.credentials.insert(key, record.as_deref());
                 }
+                Write::Attempt { task_id, record } => {
+                    let key = key_of("task", task_id)?;
+                    batch.attempts.insert((key, record.attempt), record);
+                }
                 Write::ServiceVersionDeleted { service, version } => {
                     let name = service_name(service, || {
                         format!("a delete of version {version} of a service")
@@ -301,6 +326,28 @@ fn join_task(mut status: Task, spec: Option<TaskSpec>) -> Result<Task, StoreErro
     };
     status.spec = Some(spec);
     Ok(status)
+}
+
+impl Batch<'_> {
+    /// Each task whose attempts the batch writes, with the highest attempt
+    /// to delete so that the newest [`ATTEMPTS_KEPT`] stay (`None` while
+    /// fewer were written).
+    fn attempts_pruned(&self) -> BTreeMap<u128, Option<u64>> {
+        let mut newest: BTreeMap<u128, u64> = BTreeMap::new();
+        for &(task, attempt) in self.attempts.keys() {
+            let n = newest.entry(task).or_insert(attempt);
+            *n = (*n).max(attempt);
+        }
+        newest
+            .into_iter()
+            .map(|(task, n)| (task, n.checked_sub(ATTEMPTS_KEPT)))
+            .collect()
+    }
+}
+
+/// A task key back as the task's id, as the manager writes ids.
+fn task_id_of(key: u128) -> String {
+    Uuid::from_u128(key).to_string()
 }
 
 /// The highest event sequence to delete once `newest` is stored, so that the
@@ -633,6 +680,8 @@ mod checks {
                 credential("token/b", Some(b"two")),
                 credential("token/a", Some(b"one")),
                 credential("join/gone", Some(b"x")),
+                attempt_write(3, 2, "second"),
+                attempt_write(3, 1, "first"),
             ])
             .unwrap();
         store
@@ -644,6 +693,8 @@ mod checks {
                 version_write("web", 1),
                 credential("join/gone", None),
                 credential("token/a", Some(b"one, rewritten")),
+                attempt_write(1, 1, "only"),
+                attempt_write(3, 2, "second, rewritten"),
             ])
             .unwrap();
         Snapshot {
@@ -662,7 +713,65 @@ mod checks {
                 ("token/a".into(), b"one, rewritten".to_vec()),
                 ("token/b".into(), b"two".to_vec()),
             ],
+            attempts: vec![
+                (id(1), attempt(1, "only")),
+                (id(3), attempt(1, "first")),
+                (id(3), attempt(2, "second, rewritten")),
+            ],
         }
+    }
+
+    /// Attempt `n` of a task, failed with code `n` on a node, its message `why`.
+    fn attempt(n: u64, why: &str) -> TaskAttempt {
+        let seconds = i64::try_from(n).unwrap();
+        TaskAttempt {
+            attempt: n,
+            node_id: id(1_001),
+            container_id: format!("c{n}"),
+            started_at: at(seconds * 10),
+            finished_at: at(seconds * 10 + 5),
+            exit_code: Some(i32::try_from(n).unwrap()),
+            message: why.to_owned(),
+            state: TaskState::Failed.into(),
+            health: vec![orch::v1::HealthChange {
+                time: at(seconds * 10 + 1),
+                health: orch::v1::HealthState::Healthy.into(),
+            }],
+        }
+    }
+
+    fn attempt_write(task: u64, n: u64, why: &str) -> Write {
+        Write::Attempt {
+            task_id: id(task),
+            record: Box::new(attempt(n, why)),
+        }
+    }
+
+    /// A task keeps its newest [`ATTEMPTS_KEPT`] attempts: writing attempt
+    /// `n` deletes the ones up to `n - ATTEMPTS_KEPT`, of that task only,
+    /// also when the older ones were written in the same batch.
+    pub(super) fn check_attempts_are_bounded(store: &impl Store) {
+        store.commit(&[attempt_write(2, 1, "other task")]).unwrap();
+        for n in 1..=25 {
+            store.commit(&[attempt_write(1, n, "ran")]).unwrap();
+        }
+        let kept = |store: &dyn Store, task: u64| -> Vec<u64> {
+            store
+                .load()
+                .unwrap()
+                .attempts
+                .iter()
+                .filter(|(t, _)| *t == id(task))
+                .map(|(_, a)| a.attempt)
+                .collect()
+        };
+        assert_eq!(kept(store, 1), (6..=25).collect::<Vec<_>>());
+        assert_eq!(kept(store, 2), [1]);
+        // One batch of many attempts keeps the newest too.
+        let batch: Vec<Write> = (1..=30).map(|n| attempt_write(3, n, "ran")).collect();
+        store.commit(&batch).unwrap();
+        assert_eq!(kept(store, 3), (11..=30).collect::<Vec<_>>());
+        assert_eq!(kept(store, 2), [1]);
     }
 
     /// Tasks (with their specs), nodes, the cluster id, events, services and

@@ -15,7 +15,12 @@
 //!   version, so a service's versions are one key range, which its delete
 //!   removes;
 //! - `credentials`: key (`&str`) -> the [`auth`](crate::auth) module's
-//!   encoded record, opaque here.
+//!   encoded record, opaque here;
+//! - `task_attempts`: (task key, attempt) as `(u128, u64)` -> prost
+//!   `TaskAttempt`: one small record per attempt, rewritten as that attempt
+//!   moves, so a status update rewrites one attempt and never the history;
+//!   a task's attempts are one key range, pruned to the newest
+//!   [`ATTEMPTS_KEPT`](super::ATTEMPTS_KEPT) as new ones are written.
 //!
 //! This module is the only one that knows redb: its errors become
 //! [`StoreError::Backend`] here, and nowhere else.
@@ -23,13 +28,14 @@
 use std::ops::Bound;
 use std::path::Path;
 
-use orch::v1::{Event, Node, Service, ServiceVersion, Task, TaskSpec};
+use orch::v1::{Event, Node, Service, ServiceVersion, Task, TaskAttempt, TaskSpec};
 use prost::Message;
 use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
     Batch, CREDENTIALS, EVENTS, META, NODES, SERVICE_VERSIONS, SERVICES, Snapshot, Store,
-    StoreError, TASK_SPEC, TASK_STATUS, Write, events_prune_bound, join_task, status_record,
+    StoreError, TASK_ATTEMPTS, TASK_SPEC, TASK_STATUS, Write, events_prune_bound, join_task,
+    status_record, task_id_of,
 };
 
 /// redb's page cache. Its default (1 GiB) would let the manager's memory grow
@@ -45,6 +51,8 @@ const SERVICES_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new(SERVIC
 const SERVICE_VERSIONS_TABLE: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new(SERVICE_VERSIONS);
 const CREDENTIALS_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new(CREDENTIALS);
+const TASK_ATTEMPTS_TABLE: TableDefinition<(u128, u64), &[u8]> =
+    TableDefinition::new(TASK_ATTEMPTS);
 
 /// The `meta` key of the cluster id.
 const CLUSTER_ID: &str = "cluster_id";
@@ -86,6 +94,7 @@ impl RedbStore {
         txn.open_table(SERVICES_TABLE)?;
         txn.open_table(SERVICE_VERSIONS_TABLE)?;
         txn.open_table(CREDENTIALS_TABLE)?;
+        txn.open_table(TASK_ATTEMPTS_TABLE)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -142,6 +151,19 @@ impl Store for RedbStore {
             })
             .collect::<Result<_, StoreError>>()?;
 
+        let attempts = txn
+            .open_table(TASK_ATTEMPTS_TABLE)?
+            .iter()?
+            .map(|entry| {
+                let (key, record) = entry?;
+                let (task, _) = key.value();
+                Ok((
+                    task_id_of(task),
+                    decode::<TaskAttempt>(TASK_ATTEMPTS, record.value())?,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+
         Ok(Snapshot {
             cluster_id,
             tasks,
@@ -150,6 +172,7 @@ impl Store for RedbStore {
             services,
             service_versions,
             credentials,
+            attempts,
         })
     }
 
@@ -223,6 +246,18 @@ impl Store for RedbStore {
                     None => {
                         table.remove(key)?;
                     }
+                }
+            }
+        }
+        if !batch.attempts.is_empty() {
+            let mut table = txn.open_table(TASK_ATTEMPTS_TABLE)?;
+            for (key, record) in &batch.attempts {
+                table.insert(key, record.encode_to_vec().as_slice())?;
+            }
+            for (task, bound) in batch.attempts_pruned() {
+                if let Some(bound) = bound {
+                    // A range delete of this task's attempts too old to keep.
+                    table.retain_in((task, 0)..=(task, bound), |_, _| false)?;
                 }
             }
         }
@@ -363,6 +398,11 @@ mod tests {
     #[test]
     fn redb_service_version_delete() {
         checks::check_service_version_delete(&new_store().1);
+    }
+
+    #[test]
+    fn redb_attempts_are_bounded() {
+        checks::check_attempts_are_bounded(&new_store().1);
     }
 
     #[test]
