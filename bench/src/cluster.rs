@@ -575,6 +575,7 @@ impl SimCluster {
             data_dir: None,
             join_token: self.join_token.clone(),
             insecure: self.join_token.is_none(),
+            metrics_listen: None,
         };
         let task = tokio::spawn(orch_worker::run(config, self.runtime.clone(), async {
             let _ = stopped.await;

@@ -259,6 +259,10 @@ pub struct ManagerArgs {
     /// configuration again (for one that was lost); older tokens keep working.
     #[arg(long)]
     pub new_admin_token: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics, like 127.0.0.1:9464
+    /// (plain HTTP, no token: keep it off networks you do not trust). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +292,10 @@ pub struct WorkerArgs {
     /// until the worker has its certificate in --data-dir.
     #[arg(long, env = "ORCH_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, like 127.0.0.1:9465
+    /// (plain HTTP, no token). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +312,10 @@ pub struct DevArgs {
     /// A label of the local worker's node, KEY=VALUE; repeat for more.
     #[arg(long = "label", value_parser = parse_pair)]
     pub labels: Vec<(String, String)>,
+    /// Serve the manager's and the worker's Prometheus metrics at
+    /// http://ADDR/metrics, like 127.0.0.1:9464 (plain HTTP, no token). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -248,6 +248,7 @@ impl Cluster {
             data_dir: Some(self.worker_dir(n)),
             join_token: Some(self.access().join_token.clone()),
             insecure: false,
+            metrics_listen: None,
         };
         let task = tokio::spawn(orch_worker::run(config, self.runtime.clone(), async {
             let _ = stopped.await;

@@ -16,6 +16,11 @@
 //! each change of health it finds comes back to the actor, which reports it
 //! as a `running` status with `health` set. Whether an unhealthy task is
 //! restarted is for the manager to say.
+//!
+//! It counts what it does in the worker's metrics ([`Telemetry`]): starts,
+//! start failures, exits, and the containers running (a slot in
+//! [`Phase::Running`]; slots leave only through `Actor::take_slot`, which
+//! keeps that count).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,6 +34,7 @@ use uuid::Uuid;
 
 use crate::health;
 use crate::runtime::{ContainerInfo, Exit, Runtime, StartRequest};
+use crate::telemetry::{Outcome, Telemetry};
 
 /// How often the executor compares its running attempts with the engine's
 /// containers: the safety net for an exit the event stream never delivered
@@ -106,6 +112,17 @@ impl Executor {
         node_id: Uuid,
         reports: mpsc::UnboundedSender<TaskStatus>,
     ) -> Self {
+        Self::start_measured(runtime, cluster_id, node_id, reports, Telemetry::new())
+    }
+
+    /// As [`Executor::start`], counting into `telemetry`.
+    pub fn start_measured<R: Runtime>(
+        runtime: Arc<R>,
+        cluster_id: String,
+        node_id: Uuid,
+        reports: mpsc::UnboundedSender<TaskStatus>,
+        telemetry: Telemetry,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let actor = Actor {
@@ -116,6 +133,7 @@ impl Executor {
             done: done_tx,
             slots: HashMap::new(),
             finished: HashMap::new(),
+            telemetry,
         };
         tokio::spawn(actor.run(rx, done_rx));
         Self { tx }
@@ -206,6 +224,7 @@ struct Actor<R> {
     /// The final report of each recently ended attempt, kept until the
     /// manager shows (by a full assignment set without it) that it has it.
     finished: HashMap<Uuid, TaskStatus>,
+    telemetry: Telemetry,
 }
 
 fn status(task: Uuid, attempt: u64, state: TaskState) -> TaskStatus {
@@ -215,6 +234,15 @@ fn status(task: Uuid, attempt: u64, state: TaskState) -> TaskStatus {
         state: state as i32,
         time: Some(orch::time::timestamp(SystemTime::now())),
         ..Default::default()
+    }
+}
+
+/// How a container that exited with `code` ended.
+fn outcome(code: i32) -> Outcome {
+    if code == 0 {
+        Outcome::Completed
+    } else {
+        Outcome::Failed
     }
 }
 
@@ -291,6 +319,7 @@ impl<R: Runtime> Actor<R> {
                     container_id: c.container_id.clone(),
                     ..status(c.task_id, c.attempt, TaskState::Running)
                 };
+                self.telemetry.running.inc();
                 self.slots.insert(
                     c.task_id,
                     Slot {
@@ -308,6 +337,7 @@ impl<R: Runtime> Actor<R> {
                 self.report(c.task_id, running);
             } else {
                 let code = c.exit_code.unwrap_or(-1);
+                self.telemetry.exited(outcome(code));
                 self.report(
                     c.task_id,
                     exit_status(c.task_id, c.attempt, &c.container_id, code),
@@ -396,7 +426,7 @@ impl<R: Runtime> Actor<R> {
             // An older attempt still runs here: fence it off first.
             let old = slot.attempt;
             self.stop(task, old, None);
-            self.slots.remove(&task);
+            self.take_slot(task);
         }
         let grace = validate::stop_grace(&spec);
         let starting = status(task, run.attempt, TaskState::Starting);
@@ -424,8 +454,18 @@ impl<R: Runtime> Actor<R> {
         };
         let runtime = self.runtime.clone();
         let done = self.done.clone();
+        let telemetry = self.telemetry.clone();
         tokio::spawn(async move {
-            let result = runtime.start(&req).await.map_err(|e| e.to_string());
+            let result = match runtime.start(&req).await {
+                Ok(id) => {
+                    telemetry.starts.inc();
+                    Ok(id)
+                }
+                Err(e) => {
+                    telemetry.start_failed(&e);
+                    Err(e.to_string())
+                }
+            };
             let _ = done.send(Done::Started {
                 task,
                 attempt: req.attempt,
@@ -569,7 +609,8 @@ impl<R: Runtime> Actor<R> {
                 }
                 None => {
                     tracing::warn!(%task, attempt, "container disappeared");
-                    self.slots.remove(&task);
+                    self.take_slot(task);
+                    self.telemetry.exited(Outcome::Failed);
                     let failed = TaskStatus {
                         container_id,
                         message: "the container disappeared (removed outside orch?)".into(),
@@ -601,7 +642,7 @@ impl<R: Runtime> Actor<R> {
                 };
                 match result {
                     Err(message) => {
-                        self.slots.remove(&task);
+                        self.take_slot(task);
                         let failed = TaskStatus {
                             message,
                             ..status(task, attempt, TaskState::Failed)
@@ -611,11 +652,13 @@ impl<R: Runtime> Actor<R> {
                     Ok(cid) => {
                         slot.container_id = Some(cid.clone());
                         slot.phase = Phase::Running;
+                        self.telemetry.running.inc();
                         if slot.stopping {
                             let grace = slot.grace;
                             self.spawn_stop(task, attempt, cid, grace);
                         } else if let Some(code) = slot.early_exit {
-                            self.slots.remove(&task);
+                            self.take_slot(task);
+                            self.telemetry.exited(outcome(code));
                             self.report(task, exit_status(task, attempt, &cid, code));
                             self.remove(cid);
                         } else {
@@ -650,7 +693,8 @@ impl<R: Runtime> Actor<R> {
                 }
                 // The container is gone now (or was already): report the stop.
                 if self.slots.get(&task).is_some_and(|s| s.attempt == attempt) {
-                    let slot = self.slots.remove(&task);
+                    let slot = self.take_slot(task);
+                    self.telemetry.exited(Outcome::Stopped);
                     let stopped = TaskStatus {
                         exit_code: slot.as_ref().and_then(|s| s.early_exit),
                         container_id: slot.and_then(|s| s.container_id).unwrap_or_default(),
@@ -746,7 +790,8 @@ impl<R: Runtime> Actor<R> {
             slot.early_exit = Some(exit.exit_code);
             return;
         }
-        self.slots.remove(&exit.task_id);
+        self.take_slot(exit.task_id);
+        self.telemetry.exited(outcome(exit.exit_code));
         let ended = exit_status(
             exit.task_id,
             exit.attempt,
@@ -756,6 +801,16 @@ impl<R: Runtime> Actor<R> {
         self.report(exit.task_id, ended);
         // The exit code has been read and reported: the container can go.
         self.remove(exit.container_id);
+    }
+
+    /// Takes a task's slot away; a running container stops counting as
+    /// running.
+    fn take_slot(&mut self, task: Uuid) -> Option<Slot> {
+        let slot = self.slots.remove(&task)?;
+        if slot.phase == Phase::Running {
+            self.telemetry.running.dec();
+        }
+        Some(slot)
     }
 
     fn resync(&mut self) {

@@ -7,7 +7,9 @@
 //! - [`health`]: health probes of running containers, for the executor;
 //! - [`identity`]: the node certificate: joining, keeping, renewing;
 //! - [`runtime`]: the container engine behind a trait (Docker via bollard);
-//! - [`metrics`]: machine capacity and usage (sysinfo).
+//! - [`metrics`]: machine capacity and usage (sysinfo);
+//! - [`telemetry`]: the worker's Prometheus metrics, served on
+//!   `Config::metrics_listen`.
 
 pub mod agent;
 pub mod executor;
@@ -15,5 +17,6 @@ pub mod health;
 pub mod identity;
 pub mod metrics;
 pub mod runtime;
+pub mod telemetry;
 
-pub use agent::{Config, Error, run};
+pub use agent::{Config, Error, run, run_measured};

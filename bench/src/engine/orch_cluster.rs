@@ -154,6 +154,7 @@ impl OrchCluster {
                     data_dir: Some(worker_dir),
                     join_token: None,
                     insecure: true,
+                    metrics_listen: None,
                 };
                 procs.spawn(|stopped| async move {
                     if let Err(e) = orch_worker::run(config, Arc::new(runtime), stopped).await {
