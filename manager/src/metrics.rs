@@ -135,7 +135,6 @@ impl StoreMetrics {
         self.commit_seconds.observe(took.as_secs_f64());
         if ok {
             // Exact up to 2^53 writes.
-            #[allow(clippy::cast_precision_loss)]
             self.batch_writes.observe(writes as f64);
         } else {
             self.commit_failures.inc();
