@@ -3,10 +3,11 @@
 //!
 //! A [`Metrics`] is a bundle of handles: cloning one shares the values, so
 //! the engine, the state, the committer's thread and the API each keep the
-//! handles they update. An update is an atomic add or a histogram
-//! observation: no lock beyond the caller's, no await, no I/O, so the
-//! engine stays as cheap under its lock as it was, and a scrape reads the
-//! atomics without taking the engine's lock. The counts by state are kept by
+//! handles they update. An update is an atomic add, or a histogram
+//! observation (which holds the histogram's own mutex for a few
+//! instructions): no await, no I/O, so the engine stays as cheap under its
+//! lock as it was, and a scrape reads the metrics without taking the
+//! engine's lock. The counts by state are kept by
 //! `State` as tasks and nodes change state ([`ByState`]), never recounted.
 //!
 //! This module decides nothing and reads no clock; durations are measured

@@ -9,7 +9,7 @@
 //!
 //! It owns the socket and the HTTP side only: which metrics exist is for the
 //! crate that registers them (`orch_manager::metrics`,
-//! `orch_worker::telemetry`). A scrape only reads atomics, so it never waits
+//! `orch_worker::telemetry`). A scrape only reads the metrics themselves, so it never waits
 //! on the manager's engine lock. [`Endpoint::bind`] is separate from
 //! [`Endpoint::serve`] so that an address in use is a start-up error, before
 //! the process says it runs; `serve` stops with the shutdown future it is

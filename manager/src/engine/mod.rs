@@ -13,7 +13,7 @@
 //! [`Durable`] after releasing the lock.
 //!
 //! It updates the manager's metrics as it acts (`crate::metrics`: placements,
-//! how long each decision took, submission to running), each an atomic add.
+//! how long each decision took, submission to running), never awaiting.
 //!
 //! The operations are grouped by who calls them: `tasks` (the API's task
 //! calls), `nodes` (drain and activate), `workers` (the dispatcher's calls
