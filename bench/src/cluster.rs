@@ -576,6 +576,7 @@ impl SimCluster {
             join_token: self.join_token.clone(),
             insecure: self.join_token.is_none(),
             retention: Default::default(),
+            metrics_listen: None,
         };
         let task = tokio::spawn(orch_worker::run(config, self.runtime.clone(), async {
             let _ = stopped.await;

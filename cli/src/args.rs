@@ -261,6 +261,10 @@ pub struct ManagerArgs {
     /// configuration again (for one that was lost); older tokens keep working.
     #[arg(long)]
     pub new_admin_token: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics, like 127.0.0.1:9464
+    /// (plain HTTP, no token: keep it off networks you do not trust). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -340,6 +344,10 @@ pub struct WorkerArgs {
     pub join_token: Option<String>,
     #[command(flatten)]
     pub logs: LogKeepArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics, like 127.0.0.1:9465
+    /// (plain HTTP, no token). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -358,6 +366,10 @@ pub struct DevArgs {
     pub labels: Vec<(String, String)>,
     #[command(flatten)]
     pub logs: LogKeepArgs,
+    /// Serve the manager's and the worker's Prometheus metrics at
+    /// http://ADDR/metrics, like 127.0.0.1:9464 (plain HTTP, no token). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,5 +1,7 @@
 //! `orchctl manager`, `orchctl worker` and `orchctl dev`: start the daemons
-//! and stop them cleanly on Ctrl-C or SIGTERM.
+//! and stop them cleanly on Ctrl-C or SIGTERM. `--metrics-listen` hands the
+//! manager and the worker their metrics port; `dev` serves both of their
+//! registries on one port itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -100,9 +102,13 @@ pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> 
         } else {
             orch_manager::AdminToken::FirstStart
         },
+        metrics_listen: args.metrics_listen,
         ..orch_manager::Config::default()
     };
     let manager = start_manager(config, listener).await?;
+    if let Some(addr) = manager.metrics_addr() {
+        eprintln!("orch: metrics on http://{addr}/metrics");
+    }
     if let Some(path) = write_client_config(manager.client())? {
         eprintln!("orch: a new admin token and the cluster's CA are in {path}");
     }
@@ -151,6 +157,7 @@ pub async fn worker(args: WorkerArgs, manager: &str, insecure: bool) -> Result<(
         join_token: args.join_token,
         insecure,
         retention: retention(&args.logs),
+        metrics_listen: args.metrics_listen,
     };
     orch_worker::run(config, runtime, terminated()).await?;
     Ok(())
@@ -168,6 +175,14 @@ fn manager_ended(ended: Result<Result<(), orch_manager::ServeError>, JoinError>)
 pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
     let runtime = docker(&args.logs).await?;
     let listener = bind(args.listen).await?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(
+            orch_metrics::Endpoint::bind(addr)
+                .await
+                .map_err(|e| CliError(e.to_string()))?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -182,6 +197,19 @@ pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
     let manager = start_manager(manager_config, listener).await?;
     let access = manager.client().clone();
     let config_path = write_client_config(&access)?;
+    let telemetry = orch_worker::telemetry::Telemetry::new();
+    let metrics_note = match metrics {
+        Some(endpoint) => {
+            let note = endpoint
+                .local_addr()
+                .map(|a| format!("; metrics on http://{a}/metrics"))
+                .unwrap_or_default();
+            let registries = vec![manager.registry(), telemetry.registry()];
+            tokio::spawn(endpoint.serve(registries, stopped(stop_rx.clone())));
+            note
+        }
+        None => String::new(),
+    };
     let mut manager = tokio::spawn(manager.serve(stopped(stop_rx.clone())));
     let worker_config = orch_worker::Config {
         manager: access.url.clone(),
@@ -195,13 +223,19 @@ pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
         join_token: Some(access.join_token.clone()),
         insecure,
         retention: retention(&args.logs),
+        metrics_listen: None,
     };
-    let mut worker = tokio::spawn(orch_worker::run(worker_config, runtime, stopped(stop_rx)));
+    let mut worker = tokio::spawn(orch_worker::run_measured(
+        worker_config,
+        runtime,
+        telemetry,
+        stopped(stop_rx),
+    ));
     let config_note = config_path
         .map(|p| format!("; orchctl's configuration (an admin token) is in {p}"))
         .unwrap_or_default();
     eprintln!(
-        "orch is running: manager on {}, one local worker{config_note}; Ctrl-C stops it",
+        "orch is running: manager on {}, one local worker{metrics_note}{config_note}; Ctrl-C stops it",
         access.url
     );
     // Until Ctrl-C, or until either of them ends by itself (a failure); then

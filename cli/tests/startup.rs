@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use support::{DEADLINE, ORCHCTL, free_port, orchctl_within};
+use support::{DEADLINE, ORCHCTL, free_port, orchctl_within, start_dev};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_in_use_stops_dev_and_manager_with_the_reason() {
@@ -19,33 +19,8 @@ async fn a_data_directory_in_use_stops_dev_and_manager_with_the_reason() {
         .expect("temp dir");
     let data = dir.path().join("data").display().to_string();
     // The first `orchctl dev` holds the data directory (redb locks its file).
-    let mut first = Command::new(ORCHCTL)
-        .args(["dev", "--listen"])
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .args(["--data-dir", &data])
-        // Its client configuration goes here, never into the user's own.
-        .env("ORCH_CONFIG", dir.path().join("config.toml"))
-        .env_remove("ORCH_MANAGER")
-        .env_remove("ORCH_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the first orchctl dev");
-    let mut lines = BufReader::new(first.stderr.take().expect("stderr")).lines();
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if line.contains("orch is running") {
-                return;
-            }
-        }
-        panic!("the first orchctl dev ended without running");
-    })
-    .await
-    .expect("the first orchctl dev runs in time");
-    // Keep reading, so that its logs never fill the pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (mut first, _) = start_dev(dir.path(), &["--listen", &listen, "--data-dir", &data]).await;
 
     for command in ["dev", "manager"] {
         let listen = format!("127.0.0.1:{}", free_port());

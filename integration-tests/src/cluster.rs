@@ -249,6 +249,7 @@ impl Cluster {
             join_token: Some(self.access().join_token.clone()),
             insecure: false,
             retention: Default::default(),
+            metrics_listen: None,
         };
         let task = tokio::spawn(orch_worker::run(config, self.runtime.clone(), async {
             let _ = stopped.await;

@@ -7,6 +7,9 @@
 //! manager stamps and reasons with too (a backoff reset after 30 s of stable
 //! running is tested by advancing 30 s), and a step of the system clock
 //! (an NTP jump) never makes a task's times go backwards.
+//!
+//! [`Stopwatch`] reads the machine's own monotonic clock, for metrics
+//! only: how long a decision took is measured, never decided on.
 
 use std::time::SystemTime;
 
@@ -48,6 +51,24 @@ impl Clock {
             at,
             wall: self.started_wall + at.saturating_duration_since(self.started),
         }
+    }
+}
+
+/// Measures how long something took, on the machine's monotonic clock
+/// (not tokio's: a paused test clock would make everything take no time).
+/// For metrics only: nothing is decided on what it reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    /// Starts measuring.
+    pub fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    /// The time since [`Stopwatch::start`].
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.0.elapsed()
     }
 }
 

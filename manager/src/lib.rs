@@ -20,6 +20,7 @@
 //! - [`limits`]: the limits on load (message sizes, requests per
 //!   connection, timeouts, the rate of `Register`) and the tower layer
 //!   enforcing them.
+//! - [`metrics`]: the Prometheus metrics, served on `Config::metrics_listen`.
 
 pub mod api;
 pub mod auth;
@@ -31,6 +32,7 @@ mod error;
 mod fuzz_tests;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod orchestrator;
 pub mod persist;
 pub mod scheduler;
@@ -87,6 +89,10 @@ pub struct Config {
     pub admin_token: AdminToken,
     /// The limits on load: requests per connection, timeout, `Register`'s rate.
     pub limits: limits::Limits,
+    /// Where to serve the Prometheus metrics (`GET /metrics`, plain HTTP, its
+    /// own port); `None`, the default, serves none. [`Manager::registry`]
+    /// is there to serve them some other way.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// When a start makes an admin client token.
@@ -121,6 +127,7 @@ impl Default for Config {
             node_cert_lifetime: auth::NODE_CERT_LIFETIME,
             admin_token: AdminToken::FirstStart,
             limits: limits::Limits::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -153,6 +160,9 @@ pub enum ServeError {
     /// The stored credentials do not decode.
     #[error("the stored credentials: {0}")]
     Credentials(String),
+    /// The metrics port could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] orch_metrics::BindError),
 }
 
 /// The state shared by the gRPC services, behind one lock that is never held
@@ -296,6 +306,8 @@ pub struct Manager {
     tls: Option<tonic::transport::ServerTlsConfig>,
     client: ClientAccess,
     limits: limits::Limits,
+    metrics: metrics::Metrics,
+    metrics_endpoint: Option<orch_metrics::Endpoint>,
 }
 
 /// Runs the manager on `listener` until `shutdown` resolves.
@@ -348,6 +360,11 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
     listener: TcpListener,
 ) -> Result<Manager, ServeError> {
+    let metrics_endpoint = match config.metrics_listen {
+        Some(addr) => Some(orch_metrics::Endpoint::bind(addr).await?),
+        None => None,
+    };
+    let metrics = metrics::Metrics::new();
     let path = config
         .data_dir
         .as_ref()
@@ -398,7 +415,7 @@ pub async fn start_with_store(
         .join_token(false, None, None, wall)
         .map_err(|s| ServeError::Credentials(s.message().to_owned()))?;
     auth_writes.extend(writes);
-    let committer = Committer::start(store);
+    let committer = Committer::start_measured(store, metrics.store.clone());
     committer
         .queue_durable(auth_writes)
         .wait()
@@ -412,11 +429,12 @@ pub async fn start_with_store(
         missed_heartbeats: config.missed_heartbeats,
     };
     let tasks = snapshot.tasks.len();
-    let engine = Engine::restore(
+    let engine = Engine::restore_measured(
         snapshot,
         Scheduler::new(config.strategy),
         committer.clone(),
         liveness,
+        metrics.clone(),
     );
     tracing::info!(cluster = %engine.cluster_id(), tasks, strategy = %config.strategy, ca = %auth.ca().digest(), "manager state loaded");
     let host = match addr {
@@ -463,6 +481,8 @@ pub async fn start_with_store(
         tls,
         client,
         limits: config.limits,
+        metrics,
+        metrics_endpoint,
     })
 }
 
@@ -478,6 +498,19 @@ impl Manager {
     /// How a local client reaches this manager.
     pub fn client(&self) -> &ClientAccess {
         &self.client
+    }
+
+    /// The registry of the manager's metrics (`orch_manager_*`), for a
+    /// caller that serves them itself (`orchctl dev`, with the worker's).
+    pub fn registry(&self) -> Arc<prometheus_client::registry::Registry> {
+        self.metrics.registry()
+    }
+
+    /// Where [`Config::metrics_listen`] serves the metrics, if it does.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint
+            .as_ref()
+            .and_then(|e| e.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves.
@@ -496,8 +529,18 @@ impl Manager {
             tls,
             client: _,
             limits,
+            metrics,
+            metrics_endpoint,
         } = self;
         let liveness_task = tokio::spawn(housekeeping(shared.clone(), liveness));
+        // The metrics port stops with the gRPC server's shutdown, or once the
+        // server ended by itself (the sender dropped).
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics_task = metrics_endpoint.map(|endpoint| {
+            tokio::spawn(endpoint.serve(vec![metrics.registry()], async {
+                let _ = metrics_stopped.await;
+            }))
+        });
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         set_health(&health_reporter, ServingStatus::Serving).await;
@@ -542,11 +585,15 @@ impl Manager {
         let closing = shared.clone();
         let shutdown = async move {
             shutdown.await;
+            let _ = stop_metrics.send(());
             closing.lock().close_streams();
         };
         let result = router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         liveness_task.abort();
         store_health.abort();
         if let Err(e) = committer.close().await {

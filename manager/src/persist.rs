@@ -21,6 +21,9 @@
 //! that never recovers makes them grow with every change the manager makes
 //! meanwhile (reports, placements), which its health makes visible.
 //!
+//! Every commit is measured (`crate::metrics::StoreMetrics`: how long it
+//! took, how many writes, whether it failed) on the writer's own thread.
+//!
 //! This module knows the [`Store`] and nothing of gRPC or of scheduling.
 
 use std::ops::Range;
@@ -31,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
+use crate::metrics::StoreMetrics;
 use crate::store::{Store, StoreError, Write};
 
 /// Most writes in one transaction; a bound on commit latency for the writes
@@ -105,11 +109,16 @@ impl Durable {
 impl Committer {
     /// Starts the writer thread over `store`.
     pub fn start(store: Arc<dyn Store>) -> Self {
+        Self::start_measured(store, StoreMetrics::default())
+    }
+
+    /// As [`Committer::start`], measuring every commit into `metrics`.
+    pub fn start_measured(store: Arc<dyn Store>, metrics: StoreMetrics) -> Self {
         let (tx, rx) = mpsc::channel();
         let (health_tx, health) = watch::channel(StoreHealth::Serving);
         thread::Builder::new()
             .name("orch-store".into())
-            .spawn(move || Writer::new(store, health_tx).run(&rx))
+            .spawn(move || Writer::new(store, health_tx, metrics).run(&rx))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the store writer"));
         Self { tx, health }
@@ -194,10 +203,15 @@ struct Writer {
     waiters: Vec<(Waiter, bool)>,
     /// Set while the store fails: when to try again and the wait after that.
     retry: Option<(Instant, Duration)>,
+    metrics: StoreMetrics,
 }
 
 impl Writer {
-    fn new(store: Arc<dyn Store>, health: watch::Sender<StoreHealth>) -> Self {
+    fn new(
+        store: Arc<dyn Store>,
+        health: watch::Sender<StoreHealth>,
+        metrics: StoreMetrics,
+    ) -> Self {
         Self {
             store,
             health,
@@ -205,7 +219,20 @@ impl Writer {
             tentative: Vec::new(),
             waiters: Vec::new(),
             retry: None,
+            metrics,
         }
+    }
+
+    /// Commits `batch` in one transaction, measured (unless it is empty: a
+    /// flush with nothing to write).
+    fn commit(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = self.store.commit(&self.batch);
+        if !self.batch.is_empty() {
+            self.metrics
+                .commit(self.batch.len(), started.elapsed(), result.is_ok());
+        }
+        result
     }
 
     fn run(mut self, rx: &mpsc::Receiver<Job>) {
@@ -300,7 +327,7 @@ impl Writer {
     /// Commits the gathered batch and answers its waiters. On failure the
     /// batch, less its tentative writes, is kept for the retry.
     fn commit_batch(&mut self) -> Result<(), String> {
-        match self.store.commit(&self.batch) {
+        match self.commit() {
             Ok(()) => {
                 self.batch.clear();
                 self.tentative.clear();
@@ -338,7 +365,7 @@ impl Writer {
     /// Commits the kept writes again, after a failure.
     fn retry_commit(&mut self) {
         let Some((_, wait)) = self.retry else { return };
-        match self.store.commit(&self.batch) {
+        match self.commit() {
             Ok(()) => {
                 tracing::info!(
                     writes = self.batch.len(),
@@ -366,7 +393,7 @@ impl Writer {
         if self.batch.is_empty() {
             return Ok(());
         }
-        self.store.commit(&self.batch).map_err(|e| {
+        self.commit().map_err(|e| {
             tracing::error!(
                 error = %e,
                 lost = self.batch.len(),

@@ -6,9 +6,11 @@
 //! stream breaks it reconnects with exponential backoff (capped at the
 //! heartbeat period, so it is back before the manager gives up on it),
 //! registering again under the node id it keeps in its data directory. It decides nothing about
-//! tasks itself.
+//! tasks itself. With `Config::metrics_listen` it also serves the worker's
+//! metrics ([`Telemetry`]) for as long as it runs.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,7 @@ use crate::identity::{self, Identity};
 use crate::logs::LogStreams;
 use crate::metrics::Meter;
 use crate::runtime::Runtime;
+use crate::telemetry::Telemetry;
 
 /// Most reports in one batch.
 const MAX_BATCH: usize = 1_000;
@@ -64,6 +67,9 @@ pub struct Config {
     pub insecure: bool,
     /// How long the containers (and so the output) of ended attempts are kept.
     pub retention: crate::retention::Retention,
+    /// Where to serve the worker's Prometheus metrics (`GET /metrics`, plain
+    /// HTTP, its own port); `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the worker stopped.
@@ -98,6 +104,9 @@ pub enum Error {
     /// The manager could not be reached (yet).
     #[error("{0}")]
     Unreachable(String),
+    /// The metrics port could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] orch_metrics::BindError),
 }
 
 /// Where heartbeat metrics come from.
@@ -203,6 +212,29 @@ pub async fn run<R: Runtime>(
     runtime: Arc<R>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    run_measured(config, runtime, Telemetry::new(), shutdown).await
+}
+
+/// As [`run`], counting into `telemetry` (which a caller may serve itself,
+/// as `orchctl dev` does with the manager's metrics).
+///
+/// # Errors
+/// As [`run`], and if `Config::metrics_listen` cannot be bound.
+pub async fn run_measured<R: Runtime>(
+    config: Config,
+    runtime: Arc<R>,
+    telemetry: Telemetry,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    // Served until this function returns, whichever way: dropping the
+    // sender stops the endpoint.
+    let (_serving, stop_metrics) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = config.metrics_listen {
+        let endpoint = orch_metrics::Endpoint::bind(addr).await?;
+        tokio::spawn(endpoint.serve(vec![telemetry.registry()], async {
+            let _ = stop_metrics.await;
+        }));
+    }
     let mut identity = identify(&config).await?;
     // A simulated machine is not measured: with thousands of simulated
     // workers in one process, each refreshing sysinfo on every heartbeat
@@ -218,6 +250,7 @@ pub async fn run<R: Runtime>(
         memory_bytes: config.memory_bytes.unwrap_or(machine.memory_bytes),
         disk_bytes: config.disk_bytes.unwrap_or(machine.disk_bytes),
     };
+    telemetry.capacity(&capacity);
     let mut node_id = match &identity {
         Some(identity) => Some(identity.node_id),
         None => load_node_id(&config)?,
@@ -225,6 +258,7 @@ pub async fn run<R: Runtime>(
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let mut executor: Option<(String, Executor)> = None;
     let mut backoff = Backoff::new();
+    let mut sessions = 0u64;
     tokio::pin!(shutdown);
     loop {
         let attempt = async {
@@ -291,12 +325,13 @@ pub async fn run<R: Runtime>(
         let exec = match &executor {
             Some((cluster, exec)) if *cluster == reply.cluster_id => exec.clone(),
             _ => {
-                let exec = Executor::start(
+                let exec = Executor::start_measured(
                     runtime.clone(),
                     reply.cluster_id.clone(),
                     id,
                     reports_tx.clone(),
                     config.retention,
+                    telemetry.clone(),
                 );
                 executor = Some((reply.cluster_id.clone(), exec.clone()));
                 exec
@@ -304,10 +339,16 @@ pub async fn run<R: Runtime>(
         };
         tracing::info!(node = %id, cluster = %reply.cluster_id, "registered");
         let logs = LogStreams::new(runtime.clone(), logs_channel, config.name.clone());
+        sessions += 1;
+        if sessions > 1 {
+            telemetry.reconnects.inc();
+        }
+        telemetry.connected.set(1);
         let ended = tokio::select! {
-            r = session(client, &reply, id, &exec, logs, &mut reports, &mut meter, &mut backoff, &mut identity, config.data_dir.as_deref()) => r,
+            r = session(client, &reply, id, &exec, logs, &mut reports, &mut meter, &telemetry, &mut backoff, &mut identity, config.data_dir.as_deref()) => r,
             () = &mut shutdown => return Ok(()),
         };
+        telemetry.connected.set(0);
         tracing::warn!(reason = %ended, "session ended; reconnecting");
         tokio::select! {
             () = backoff.wait() => {}
@@ -423,6 +464,7 @@ async fn session<R: Runtime>(
     mut logs: LogStreams<R>,
     reports: &mut mpsc::UnboundedReceiver<TaskStatus>,
     meter: &mut Metrics,
+    telemetry: &Telemetry,
     backoff: &mut Backoff,
     identity: &mut Option<Identity>,
     dir: Option<&std::path::Path>,
@@ -467,8 +509,10 @@ async fn session<R: Runtime>(
                 renewal.as_mut().reset(tokio::time::Instant::now() + next);
             }
             _ = tick.tick() => {
+                let sample = meter.sample();
+                telemetry.machine(&sample);
                 let hb = WorkerMessage {
-                    kind: Some(worker_message::Kind::Heartbeat(Heartbeat { metrics: Some(meter.sample()) })),
+                    kind: Some(worker_message::Kind::Heartbeat(Heartbeat { metrics: Some(sample) })),
                 };
                 if out_tx.send(hb).await.is_err() {
                     return "outbound stream closed".into();

@@ -22,6 +22,11 @@
 //! task, for at most an hour), and removed after; [`retention::expired`]
 //! decides which go, when an attempt ends and at every audit. A full set
 //! that no longer lists a task leaves its kept containers alone.
+//!
+//! It counts what it does in the worker's metrics ([`Telemetry`]): starts,
+//! start failures, exits, and the containers running (a slot in
+//! [`Phase::Running`]; slots leave only through `Actor::take_slot`, which
+//! keeps that count).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +41,7 @@ use uuid::Uuid;
 use crate::health;
 use crate::retention::{self, Kept, Retention};
 use crate::runtime::{ContainerInfo, Exit, Runtime, StartRequest};
+use crate::telemetry::{Outcome, Telemetry};
 
 /// How often the executor compares its running attempts with the engine's
 /// containers: the safety net for an exit the event stream never delivered
@@ -115,6 +121,25 @@ impl Executor {
         reports: mpsc::UnboundedSender<TaskStatus>,
         retention: Retention,
     ) -> Self {
+        Self::start_measured(
+            runtime,
+            cluster_id,
+            node_id,
+            reports,
+            retention,
+            Telemetry::new(),
+        )
+    }
+
+    /// As [`Executor::start`], counting into `telemetry`.
+    pub fn start_measured<R: Runtime>(
+        runtime: Arc<R>,
+        cluster_id: String,
+        node_id: Uuid,
+        reports: mpsc::UnboundedSender<TaskStatus>,
+        retention: Retention,
+        telemetry: Telemetry,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let actor = Actor {
@@ -127,6 +152,7 @@ impl Executor {
             finished: HashMap::new(),
             retention,
             kept: HashMap::new(),
+            telemetry,
         };
         tokio::spawn(actor.run(rx, done_rx));
         Self { tx }
@@ -221,6 +247,8 @@ struct Actor<R> {
     retention: Retention,
     /// The kept containers of each task's ended attempts.
     kept: HashMap<Uuid, Vec<Kept>>,
+    /// The worker's metrics.
+    telemetry: Telemetry,
 }
 
 fn status(task: Uuid, attempt: u64, state: TaskState) -> TaskStatus {
@@ -230,6 +258,15 @@ fn status(task: Uuid, attempt: u64, state: TaskState) -> TaskStatus {
         state: state as i32,
         time: Some(orch::time::timestamp(SystemTime::now())),
         ..Default::default()
+    }
+}
+
+/// How a container that exited with `code` ended.
+fn outcome(code: i32) -> Outcome {
+    if code == 0 {
+        Outcome::Completed
+    } else {
+        Outcome::Failed
     }
 }
 
@@ -317,6 +354,7 @@ impl<R: Runtime> Actor<R> {
                     container_id: c.container_id.clone(),
                     ..status(c.task_id, c.attempt, TaskState::Running)
                 };
+                self.telemetry.running.inc();
                 self.slots.insert(
                     c.task_id,
                     Slot {
@@ -335,6 +373,7 @@ impl<R: Runtime> Actor<R> {
             } else {
                 if newest.get(&c.task_id) == Some(&c.attempt) {
                     let code = c.exit_code.unwrap_or(-1);
+                    self.telemetry.exited(outcome(code));
                     self.report(
                         c.task_id,
                         exit_status(c.task_id, c.attempt, &c.container_id, code),
@@ -465,7 +504,7 @@ impl<R: Runtime> Actor<R> {
             // An older attempt still runs here: fence it off first.
             let old = slot.attempt;
             self.stop(task, old, None);
-            self.slots.remove(&task);
+            self.take_slot(task);
         }
         let grace = validate::stop_grace(&spec);
         let starting = status(task, run.attempt, TaskState::Starting);
@@ -493,8 +532,18 @@ impl<R: Runtime> Actor<R> {
         };
         let runtime = self.runtime.clone();
         let done = self.done.clone();
+        let telemetry = self.telemetry.clone();
         tokio::spawn(async move {
-            let result = runtime.start(&req).await.map_err(|e| e.to_string());
+            let result = match runtime.start(&req).await {
+                Ok(id) => {
+                    telemetry.starts.inc();
+                    Ok(id)
+                }
+                Err(e) => {
+                    telemetry.start_failed(&e);
+                    Err(e.to_string())
+                }
+            };
             let _ = done.send(Done::Started {
                 task,
                 attempt: req.attempt,
@@ -638,7 +687,8 @@ impl<R: Runtime> Actor<R> {
                 }
                 None => {
                     tracing::warn!(%task, attempt, "container disappeared");
-                    self.slots.remove(&task);
+                    self.take_slot(task);
+                    self.telemetry.exited(Outcome::Failed);
                     let failed = TaskStatus {
                         container_id,
                         message: "the container disappeared (removed outside orch?)".into(),
@@ -670,7 +720,7 @@ impl<R: Runtime> Actor<R> {
                 };
                 match result {
                     Err(message) => {
-                        self.slots.remove(&task);
+                        self.take_slot(task);
                         let failed = TaskStatus {
                             message,
                             ..status(task, attempt, TaskState::Failed)
@@ -680,11 +730,13 @@ impl<R: Runtime> Actor<R> {
                     Ok(cid) => {
                         slot.container_id = Some(cid.clone());
                         slot.phase = Phase::Running;
+                        self.telemetry.running.inc();
                         if slot.stopping {
                             let grace = slot.grace;
                             self.spawn_stop(task, attempt, cid, grace);
                         } else if let Some(code) = slot.early_exit {
-                            self.slots.remove(&task);
+                            self.take_slot(task);
+                            self.telemetry.exited(outcome(code));
                             self.report(task, exit_status(task, attempt, &cid, code));
                             self.keep(task, attempt, cid);
                         } else {
@@ -720,7 +772,8 @@ impl<R: Runtime> Actor<R> {
                 self.keep(task, attempt, stop.container_id.clone());
                 // The container is gone now (or was already): report the stop.
                 if self.slots.get(&task).is_some_and(|s| s.attempt == attempt) {
-                    let slot = self.slots.remove(&task);
+                    let slot = self.take_slot(task);
+                    self.telemetry.exited(Outcome::Stopped);
                     let stopped = TaskStatus {
                         exit_code: slot.as_ref().and_then(|s| s.early_exit),
                         container_id: slot.and_then(|s| s.container_id).unwrap_or_default(),
@@ -815,7 +868,8 @@ impl<R: Runtime> Actor<R> {
             slot.early_exit = Some(exit.exit_code);
             return;
         }
-        self.slots.remove(&exit.task_id);
+        self.take_slot(exit.task_id);
+        self.telemetry.exited(outcome(exit.exit_code));
         let ended = exit_status(
             exit.task_id,
             exit.attempt,
@@ -826,6 +880,16 @@ impl<R: Runtime> Actor<R> {
         // The exit code has been read and reported; the container stays for
         // its output, as long as the retention says.
         self.keep(exit.task_id, exit.attempt, exit.container_id);
+    }
+
+    /// Takes a task's slot away; a running container stops counting as
+    /// running.
+    fn take_slot(&mut self, task: Uuid) -> Option<Slot> {
+        let slot = self.slots.remove(&task)?;
+        if slot.phase == Phase::Running {
+            self.telemetry.running.dec();
+        }
+        Some(slot)
     }
 
     fn resync(&mut self) {

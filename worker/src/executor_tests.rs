@@ -86,6 +86,7 @@ struct Harness {
     exits: mpsc::UnboundedSender<Exit>,
     executor: Executor,
     reports: mpsc::UnboundedReceiver<TaskStatus>,
+    telemetry: crate::telemetry::Telemetry,
 }
 
 impl Harness {
@@ -94,19 +95,42 @@ impl Harness {
         let (exits, rx) = mpsc::unbounded_channel();
         *runtime.exits.lock().unwrap() = Some(rx);
         let (tx, reports) = mpsc::unbounded_channel();
-        let executor = Executor::start(
+        let telemetry = crate::telemetry::Telemetry::new();
+        let executor = Executor::start_measured(
             runtime.clone(),
             "cluster".into(),
             Uuid::now_v7(),
             tx,
             Retention::default(),
+            telemetry.clone(),
         );
         Self {
             runtime,
             exits,
             executor,
             reports,
+            telemetry,
         }
+    }
+
+    /// The container of attempt 1 of `task` exits with `code`.
+    fn exit(&self, task: Uuid, container_id: &str, code: i32) {
+        self.exits
+            .send(Exit {
+                container_id: container_id.to_owned(),
+                task_id: task,
+                attempt: 1,
+                exit_code: code,
+            })
+            .unwrap();
+    }
+
+    /// One sample of the worker's metrics, by name and labels.
+    fn sample(&self, name: &str) -> f64 {
+        let text = orch_metrics::render(&[self.telemetry.registry()]);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
     }
 
     fn assign(&self, a: Assignments) {
@@ -179,14 +203,7 @@ async fn a_task_starts_runs_and_its_exit_code_decides_the_end() {
     h.run(bad, 1, "img");
     let c_bad = h.running(bad, 1).await;
     for (task, cid, code) in [(ok, &c_ok, 0), (bad, &c_bad, 3)] {
-        h.exits
-            .send(Exit {
-                container_id: cid.clone(),
-                task_id: task,
-                attempt: 1,
-                exit_code: code,
-            })
-            .unwrap();
+        h.exit(task, cid, code);
     }
     let done = h.expect(ok, 1, TaskState::Completed).await;
     assert_eq!(done.exit_code, Some(0));
@@ -509,4 +526,51 @@ async fn ended_attempts_are_kept_the_newest_three_for_an_hour() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn starts_failures_exits_and_running_containers_are_counted() {
+    let mut h = Harness::new();
+    let (ok, bad, stopped, missing) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    let mut cids = Vec::new();
+    for task in [ok, bad, stopped] {
+        h.run(task, 1, "img");
+        cids.push(h.running(task, 1).await);
+    }
+    assert_eq!(h.sample("orch_worker_container_starts_total"), 3.0);
+    assert_eq!(h.sample("orch_worker_containers_running"), 3.0);
+    h.run(missing, 1, "missing");
+    h.expect(missing, 1, TaskState::Starting).await;
+    h.expect(missing, 1, TaskState::Failed).await;
+    assert_eq!(
+        h.sample("orch_worker_container_start_failures_total{reason=\"pull\"}"),
+        1.0
+    );
+    assert_eq!(h.sample("orch_worker_container_starts_total"), 3.0);
+
+    for (task, cid, code) in [(ok, &cids[0], 0), (bad, &cids[1], 3)] {
+        h.exit(task, cid, code);
+    }
+    h.expect(ok, 1, TaskState::Completed).await;
+    h.expect(bad, 1, TaskState::Failed).await;
+    h.stop(stopped, 1);
+    h.expect(stopped, 1, TaskState::Stopped).await;
+    assert_eq!(
+        h.sample("orch_worker_container_exits_total{outcome=\"completed\"}"),
+        1.0
+    );
+    assert_eq!(
+        h.sample("orch_worker_container_exits_total{outcome=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        h.sample("orch_worker_container_exits_total{outcome=\"stopped\"}"),
+        1.0
+    );
+    assert_eq!(h.sample("orch_worker_containers_running"), 0.0);
 }

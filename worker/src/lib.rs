@@ -9,7 +9,9 @@
 //! - [`logs`]: streams a container's output up for the manager's log requests;
 //! - [`retention`]: how long ended attempts' containers (and output) are kept;
 //! - [`runtime`]: the container engine behind a trait (Docker via bollard);
-//! - [`metrics`]: machine capacity and usage (sysinfo).
+//! - [`metrics`]: machine capacity and usage (sysinfo);
+//! - [`telemetry`]: the worker's Prometheus metrics, served on
+//!   `Config::metrics_listen`.
 
 pub mod agent;
 pub mod executor;
@@ -19,5 +21,6 @@ pub mod logs;
 pub mod metrics;
 pub mod retention;
 pub mod runtime;
+pub mod telemetry;
 
-pub use agent::{Config, Error, run};
+pub use agent::{Config, Error, run, run_measured};

@@ -155,6 +155,7 @@ impl OrchCluster {
                     join_token: None,
                     insecure: true,
                     retention: Default::default(),
+                    metrics_listen: None,
                 };
                 procs.spawn(|stopped| async move {
                     if let Err(e) = orch_worker::run(config, Arc::new(runtime), stopped).await {

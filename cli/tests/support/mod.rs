@@ -25,8 +25,9 @@
 //! worker joins with the join token.
 //!
 //! Shared by `tests/failures.rs`, `tests/lifecycle.rs`, `tests/services.rs`,
-//! `tests/service_failures.rs`, `tests/security.rs`, `tests/python_client.rs`, `tests/logs.rs`,
-//! `tests/startup.rs` and `benches/recovery.rs`; each uses a part of it.
+//! `tests/service_failures.rs`, `tests/security.rs`, `tests/python_client.rs`,
+//! `tests/logs.rs`, `tests/startup.rs`, `tests/metrics.rs` and
+//! `benches/recovery.rs`; each uses a part of it.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -77,6 +78,10 @@ pub struct Options {
     pub manager_args: Vec<String>,
     /// More arguments of every `orchctl worker`.
     pub worker_args: Vec<String>,
+    /// Serve metrics: the manager and every worker process get
+    /// `--metrics-listen` on a free loopback port of their own
+    /// ([`Procs::manager_metrics`], [`Procs::worker_metrics`]).
+    pub metrics: bool,
 }
 
 impl Default for Options {
@@ -89,6 +94,7 @@ impl Default for Options {
             worker_memory: "2Gi".into(),
             manager_args: Vec::new(),
             worker_args: Vec::new(),
+            metrics: false,
         }
     }
 }
@@ -174,6 +180,10 @@ pub struct Procs {
     pub docker: Docker,
     /// The worker join token, read once the manager first started.
     join_token: String,
+    /// The metrics ports of the manager and of each worker process, by
+    /// index, with [`Options::metrics`].
+    manager_metrics: Option<u16>,
+    worker_metrics: HashMap<usize, u16>,
 }
 
 /// The client configuration a first start of the manager wrote.
@@ -238,7 +248,10 @@ impl Procs {
             network: None,
             docker: docker().await,
             join_token: String::new(),
+            manager_metrics: None,
+            worker_metrics: HashMap::new(),
         };
+        cluster.manager_metrics = cluster.options.metrics.then(free_port);
         cluster.start_manager();
         cluster.join_token = cluster
             .client()
@@ -378,6 +391,12 @@ impl Procs {
             .arg("--missed-heartbeats")
             .arg(self.options.missed_heartbeats.to_string())
             .args(&self.options.manager_args)
+            .args(
+                self.manager_metrics
+                    .map(|p| ["--metrics-listen".to_string(), format!("127.0.0.1:{p}")])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("ORCH_CONFIG", self.config_path())
             .env_remove("ORCH_MANAGER")
             .env("ORCH_LOG", "info")
@@ -417,6 +436,13 @@ impl Procs {
             .arg("--join-token")
             .arg(join_token)
             .args(&self.options.worker_args)
+            .args(
+                self.worker_metrics
+                    .get(&i)
+                    .map(|p| ["--metrics-listen".to_string(), format!("127.0.0.1:{p}")])
+                    .into_iter()
+                    .flatten(),
+            )
             .env_remove("ORCH_MANAGER")
             .env("ORCH_LOG", "info")
             .stdin(Stdio::null())
@@ -430,6 +456,7 @@ impl Procs {
     /// Starts one more worker process, named `wN`; returns N.
     pub fn add_worker(&mut self) -> usize {
         let i = self.workers.len();
+        self.pick_worker_metrics(i);
         let child = self.spawn_worker(i);
         self.workers.push(Worker::Process(Some(child)));
         i
@@ -439,9 +466,30 @@ impl Procs {
     /// `join_token`; returns N.
     pub fn add_worker_with(&mut self, join_token: &str) -> usize {
         let i = self.workers.len();
+        self.pick_worker_metrics(i);
         let child = self.spawn_worker_with(i, join_token);
         self.workers.push(Worker::Process(Some(child)));
         i
+    }
+
+    /// With [`Options::metrics`], a metrics port for worker process `i`,
+    /// kept across its restarts.
+    fn pick_worker_metrics(&mut self, i: usize) {
+        if self.options.metrics {
+            self.worker_metrics.entry(i).or_insert_with(free_port);
+        }
+    }
+
+    /// Where the manager serves its metrics ([`Options::metrics`]).
+    pub fn manager_metrics(&self) -> std::net::SocketAddr {
+        let port = self.manager_metrics.expect("started with Options::metrics");
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Where worker process `i` serves its metrics ([`Options::metrics`]).
+    pub fn worker_metrics(&self, i: usize) -> std::net::SocketAddr {
+        let port = self.worker_metrics[&i];
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
     }
 
     /// Waits (until `limit`) for worker process `i` to exit by itself;
@@ -903,6 +951,39 @@ impl Procs {
             let _ = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
         }
     }
+}
+
+/// Starts `orchctl dev ARGS` with its client configuration in `dir` (never
+/// the user's own) and waits until it says orch runs; returns it and that
+/// line. Its stderr is read on to the end, so its logs never fill the pipe.
+pub async fn start_dev(dir: &Path, args: &[&str]) -> (Child, String) {
+    let mut dev = Command::new(ORCHCTL)
+        .arg("dev")
+        .args(args)
+        .env("ORCH_CONFIG", dir.join("config.toml"))
+        .env_remove("ORCH_MANAGER")
+        .env_remove("ORCH_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn orchctl dev");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        dev.stderr.take().expect("stderr"),
+    ));
+    let running = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if line.contains("orch is running") {
+                return line;
+            }
+        }
+        panic!("orchctl dev ended without running");
+    })
+    .await
+    .expect("orchctl dev runs in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (dev, running)
 }
 
 /// How one run of the orchctl client ended, and what it printed.

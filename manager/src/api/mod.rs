@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use crate::engine::Engine;
 use crate::limits::MAX_PAGE_BYTES;
+use crate::metrics::WatchMetrics;
 
 mod access;
 mod logs;
@@ -392,8 +393,11 @@ impl Cluster for ClusterApi {
         &self,
         _request: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let rx = self.shared.lock().subscribe();
-        Ok(Response::new(Box::pin(events(rx))))
+        let (rx, counted) = {
+            let engine = self.shared.lock();
+            (engine.subscribe(), engine.metrics().watch.clone())
+        };
+        Ok(Response::new(Box::pin(events(rx, counted))))
     }
 }
 
@@ -402,21 +406,33 @@ impl Cluster for ClusterApi {
 /// in as few frames as fit, with no task or channel in between. A client that
 /// falls more than the broadcast's capacity behind gets `RESOURCE_EXHAUSTED`
 /// and the stream ends; it also ends when the manager shuts down, and is
-/// dropped when the client goes away.
+/// dropped when the client goes away. Every event sent, every event missed
+/// and every cut-off is counted in `counted`.
 fn events(
     rx: tokio::sync::broadcast::Receiver<Event>,
+    counted: WatchMetrics,
 ) -> impl Stream<Item = Result<Event, Status>> + Send + 'static {
-    futures::stream::unfold(Some(rx), |rx| async move {
-        let mut rx = rx?;
-        match rx.recv().await {
-            Ok(event) => Some((Ok(event), Some(rx))),
-            Err(RecvError::Lagged(n)) => Some((
-                Err(Status::resource_exhausted(format!(
-                    "the client fell {n} events behind and was cut off; watch again"
-                ))),
-                None,
-            )),
-            Err(RecvError::Closed) => None,
+    futures::stream::unfold(Some(rx), move |rx| {
+        let counted = counted.clone();
+        async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Ok(event) => {
+                    counted.sent.inc();
+                    Some((Ok(event), Some(rx)))
+                }
+                Err(RecvError::Lagged(n)) => {
+                    counted.dropped.inc_by(n);
+                    counted.cut.inc();
+                    Some((
+                        Err(Status::resource_exhausted(format!(
+                            "the client fell {n} events behind and was cut off; watch again"
+                        ))),
+                        None,
+                    ))
+                }
+                Err(RecvError::Closed) => None,
+            }
         }
     })
 }
@@ -439,19 +455,22 @@ mod tests {
     #[tokio::test]
     async fn a_watch_gets_every_event_in_order_and_ends_with_the_broadcast() {
         let (tx, rx) = broadcast::channel(8);
-        let stream = events(rx);
+        let counted = WatchMetrics::default();
+        let stream = events(rx, counted.clone());
         for seq in 1..=5 {
             tx.send(event(seq)).unwrap();
         }
         drop(tx);
         let got: Vec<u64> = stream.map(|e| e.unwrap().sequence).collect().await;
         assert_eq!(got, [1, 2, 3, 4, 5]);
+        assert_eq!((counted.sent.get(), counted.dropped.get()), (5, 0));
     }
 
     #[tokio::test]
     async fn a_watch_that_falls_behind_is_told_so_and_ends() {
         let (tx, rx) = broadcast::channel(4);
-        let mut stream = Box::pin(events(rx));
+        let counted = WatchMetrics::default();
+        let mut stream = Box::pin(events(rx, counted.clone()));
         for seq in 1..=6 {
             tx.send(event(seq)).unwrap();
         }
@@ -464,6 +483,10 @@ mod tests {
         // The watch let go of its subscription and ends, although the
         // broadcast goes on.
         assert!(tx.send(event(7)).is_err(), "no receiver is left");
+        assert_eq!(
+            (counted.sent.get(), counted.dropped.get(), counted.cut.get()),
+            (0, 2, 1)
+        );
         assert!(stream.next().await.is_none());
     }
 }

@@ -237,7 +237,11 @@ impl Dispatcher for DispatcherApi {
         }
         let session_id = validate::id("open.session_id", &open.session_id).map_err(Error::from)?;
         let (tx, rx) = sessions::channel();
-        self.shared.lock().open_session(node_id, session_id, tx)?;
+        let open = {
+            let mut engine = self.shared.lock();
+            engine.open_session(node_id, session_id, tx)?;
+            engine.metrics().session_open()
+        };
         tracing::info!(node = %node_id, session = %session_id, "session opened");
         let (ending, ended) = oneshot::channel();
         tokio::spawn(serve_session(
@@ -246,6 +250,7 @@ impl Dispatcher for DispatcherApi {
             session_id,
             inbound,
             ended,
+            open,
         ));
         Ok(Response::new(Box::pin(outbound(rx, ending))))
     }
@@ -405,6 +410,8 @@ async fn serve_session(
     session_id: Uuid,
     mut inbound: Streaming<WorkerMessage>,
     mut ended: oneshot::Receiver<()>,
+    // Counts the session as open until it closes.
+    _open: crate::metrics::SessionOpen,
 ) {
     loop {
         let msg = tokio::select! {

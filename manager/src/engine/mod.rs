@@ -12,6 +12,9 @@
 //! held across I/O; callers that must answer "durable" await the returned
 //! [`Durable`] after releasing the lock.
 //!
+//! It updates the manager's metrics as it acts (`crate::metrics`: placements,
+//! how long each decision took, submission to running), never awaiting.
+//!
 //! The operations are grouped by who calls them: `tasks` (the API's task
 //! calls), `nodes` (drain and activate), `workers` (the dispatcher's calls
 //! and liveness).
@@ -34,9 +37,10 @@ use orch::v1::{
 use orch::validate;
 use uuid::Uuid;
 
-use crate::clock::{Clock, Now};
+use crate::clock::{Clock, Now, Stopwatch};
 use crate::dispatcher::sessions::{Liveness, Sessions};
 use crate::logs::LogRequests;
+use crate::metrics::Metrics;
 use crate::orchestrator::drain::Handoffs;
 use crate::orchestrator::restart::{self, Backoffs};
 use crate::persist::{Committer, Durable};
@@ -64,6 +68,8 @@ pub struct Engine {
     wakes: HashMap<String, tokio::time::Instant>,
     /// The log requests in flight.
     logs: LogRequests,
+    /// The manager's metrics.
+    metrics: Metrics,
 }
 
 pub use self::logs::OpenLogs;
@@ -80,9 +86,26 @@ impl Engine {
         committer: Committer,
         liveness: Liveness,
     ) -> Self {
+        Self::restore_measured(snapshot, scheduler, committer, liveness, Metrics::new())
+    }
+
+    /// As [`Engine::restore`], keeping `metrics` (whose counts by state
+    /// start from zero).
+    pub fn restore_measured(
+        snapshot: Snapshot,
+        scheduler: Scheduler,
+        committer: Committer,
+        liveness: Liveness,
+        metrics: Metrics,
+    ) -> Self {
         let clock = Clock::start();
         let now = clock.now();
-        let state = State::restore(snapshot, now.wall);
+        let state = State::restore_counted(
+            snapshot,
+            now.wall,
+            metrics.tasks.clone(),
+            metrics.nodes.clone(),
+        );
         let mut sessions = Sessions::new(liveness);
         for i in 0..state.node_count() {
             sessions.track(state.node_id(i), now.at);
@@ -104,6 +127,7 @@ impl Engine {
             timers: BTreeSet::new(),
             wakes: HashMap::new(),
             logs: LogRequests::default(),
+            metrics,
         };
         // Every service is reconciled once: a rollout carries on, a count
         // is restored.
@@ -119,6 +143,11 @@ impl Engine {
     /// The store writer.
     pub fn committer(&self) -> &Committer {
         &self.committer
+    }
+
+    /// The manager's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// A receiver of every event from now on.
@@ -176,6 +205,7 @@ impl Engine {
             return false;
         };
         let demand = self.state.demand(task);
+        let stopwatch = Stopwatch::start();
         // A global service's task runs on its own node or nowhere.
         let placed = match pinned_node(task).map(|n| self.state.node_index(n)) {
             None => self.scheduler.place(&demand, self.state.snapshots()),
@@ -187,6 +217,9 @@ impl Engine {
                 reason: "its node is no longer known".to_owned(),
             }),
         };
+        self.metrics
+            .placements
+            .decided(placed.is_ok(), stopwatch.elapsed());
         match placed {
             Ok(i) => {
                 if let Err(e) = self.state.set_task_state(id, TaskState::Scheduled) {

@@ -96,9 +96,7 @@ impl Engine {
     /// persisted and becomes an event. Whether it takes tasks can change with
     /// the state unchanged: a worker that reconnects within the deadline.
     pub(super) fn set_node_state(&mut self, i: usize, state: NodeState, why: &str) {
-        let (node, _) = self.state.node_mut(i);
-        let changed = node.state() != state;
-        node.set_state(state);
+        let changed = self.state.set_node_state(i, state);
         self.refresh_placeable(i);
         if !changed {
             return;

@@ -1573,3 +1573,74 @@ async fn a_log_request_goes_to_the_tasks_node_and_ends_naming_it_when_its_sessio
         .open_logs(Uuid::now_v7(), WorkerLogsRequest::default());
     assert!(matches!(unknown, Err(Error::NotFound(_))));
 }
+
+// ---- metrics -----------------------------------------------------------------
+
+#[tokio::test]
+async fn the_metrics_follow_placements_reports_and_lost_nodes() {
+    tokio::time::pause();
+    let mut f = Fixture::new();
+    let metrics = f.state.metrics().clone();
+    let sample = |name: &str| crate::metrics::sample(&metrics, name).unwrap_or(-1.0);
+    let tasks = |state: &str| sample(&format!("orch_manager_tasks{{state=\"{state}\"}}"));
+    let nodes = |state: &str| sample(&format!("orch_manager_nodes{{state=\"{state}\"}}"));
+    let mut gone = f.join("n1", 1000);
+    gone.full_set();
+    assert_eq!(nodes("ready"), 1.0);
+
+    let task = f.submit_one(cpu_spec("web", 500));
+    gone.expect_run(&task);
+    let too_big = f.submit_one(cpu_spec("big", 5000));
+    assert_eq!(too_big.state(), TaskState::Pending);
+    assert_eq!(sample("orch_manager_placements_total"), 1.0);
+    assert_eq!(sample("orch_manager_placement_failures_total"), 1.0);
+    assert_eq!(
+        sample("orch_manager_scheduling_duration_seconds_count{result=\"placed\"}"),
+        1.0
+    );
+    assert_eq!((tasks("scheduled"), tasks("pending")), (1.0, 1.0));
+
+    // Two seconds from submission to running, on the manager's clock.
+    advance(Duration::from_secs(2)).await;
+    assert!(f.report(&gone, &task, TaskState::Running));
+    assert_eq!((tasks("scheduled"), tasks("running")), (0.0, 1.0));
+    let bucket = |le: &str| {
+        sample(&format!(
+            "orch_manager_submit_to_running_seconds_bucket{{le=\"{le}\"}}"
+        ))
+    };
+    assert_eq!((bucket("1.0"), bucket("2.5")), (0.0, 1.0));
+    assert!((sample("orch_manager_submit_to_running_seconds_sum") - 2.0).abs() < 0.01);
+
+    // The node goes down; its task is lost and waits as a new attempt,
+    // whose `running` is no first start.
+    let mut other = f.join("n2", 1000);
+    other.full_set();
+    f.state.close_session(gone.node, gone.session);
+    advance(Duration::from_secs(3) + Duration::from_millis(1)).await;
+    assert!(f.heartbeat(&other));
+    assert_eq!(f.state.tick(Instant::now()), 1);
+    assert_eq!((nodes("ready"), nodes("down")), (1.0, 1.0));
+    assert_eq!(
+        (tasks("running"), tasks("scheduled"), tasks("lost")),
+        (0.0, 1.0, 0.0)
+    );
+    let mut again = f.task(&task);
+    assert_eq!(again.attempt, 2);
+    other.expect_run(&again);
+    again.attempt = 2;
+    assert!(f.report(&other, &again, TaskState::Running));
+    assert_eq!(sample("orch_manager_submit_to_running_seconds_count"), 1.0);
+    assert_eq!(sample("orch_manager_placements_total"), 2.0);
+
+    // The counts by state are those of the tasks the engine holds.
+    let (listed, _) = f.state.list_tasks(None, 100, usize::MAX, |_| true);
+    for state in orch::task_state::ALL.into_iter().skip(1) {
+        let held = listed.iter().filter(|t| t.state() == state).count();
+        assert_eq!(
+            tasks(orch::task_state::name(state)),
+            held as f64,
+            "{state:?}"
+        );
+    }
+}

@@ -272,6 +272,9 @@ impl Engine {
             tracing::error!(task = %id, error = %e, "accepted report refused by the state table");
             return false;
         }
+        if reported == TaskState::Running {
+            self.first_running(id, now);
+        }
         self.task_touched(id, false);
         if let Some(task) = self.state.task(id) {
             if task.desired_state() == DesiredState::Stopped {
@@ -285,6 +288,20 @@ impl Engine {
         }
         self.state.task_changed(id);
         false
+    }
+
+    /// Measures submission to running, for a task's first attempt.
+    fn first_running(&self, id: Uuid, now: Now) {
+        let Some(task) = self.state.task(id).filter(|t| t.attempt == 1) else {
+            return;
+        };
+        let waited = task
+            .created_at
+            .as_ref()
+            .and_then(|c| now.wall.duration_since(orch::time::system_time(c)).ok());
+        if let Some(waited) = waited {
+            self.metrics.submit_to_running.observe(waited.as_secs_f64());
+        }
     }
 
     /// A `running` report about a task whose current attempt is already

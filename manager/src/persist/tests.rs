@@ -145,3 +145,41 @@ async fn close_commits_what_a_failing_store_kept_once_it_works() {
         Some("c2")
     );
 }
+
+#[tokio::test]
+async fn every_commit_is_measured_with_its_writes_and_failures_counted() {
+    let memory = Arc::new(MemoryStore::new());
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let metrics = crate::metrics::Metrics::new();
+    let committer = Committer::start_measured(faulty.clone(), metrics.store.clone());
+    let (a, b) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+    committer
+        .queue_durable(vec![node(&a, "a"), node(&b, "b")])
+        .wait()
+        .await
+        .expect("a healthy commit");
+    // A flush with nothing to write is no commit.
+    committer.flush().await.expect("flushed");
+    let sample = |name| crate::metrics::sample(&metrics, name).expect(name);
+    assert_eq!(sample("orch_manager_store_commit_writes_count"), 1.0);
+    assert_eq!(sample("orch_manager_store_commit_writes_sum"), 2.0);
+    assert_eq!(
+        sample("orch_manager_store_commit_duration_seconds_count"),
+        1.0
+    );
+
+    faulty.fail_commits(1);
+    let failed = committer
+        .queue_durable(vec![node(&a, "again")])
+        .wait()
+        .await;
+    assert!(failed.is_err());
+    wait_health(&committer, |h| *h == StoreHealth::Serving).await;
+    // The failed try and its successful retry took time; only the retry committed.
+    assert_eq!(sample("orch_manager_store_commit_failures_total"), 1.0);
+    assert_eq!(
+        sample("orch_manager_store_commit_duration_seconds_count"),
+        3.0
+    );
+    assert_eq!(sample("orch_manager_store_commit_writes_count"), 2.0);
+}

@@ -16,7 +16,10 @@
 //! and the index of its tasks.
 //!
 //! It does no I/O and reads no clock: the time it stamps on changes is set by
-//! the engine ([`State::set_time`]) at the start of each operation.
+//! the engine ([`State::set_time`]) at the start of each operation. It keeps
+//! the metrics of tasks and nodes by state (`crate::metrics::ByState`) as
+//! their states change, which is why a node's state changes only through
+//! [`State::set_node_state`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::SystemTime;
@@ -30,6 +33,7 @@ use orch::v1::{
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::metrics::ByState;
 use crate::scheduler::{Demand, NodeSnapshot, Resources};
 use crate::store::{ATTEMPTS_KEPT, Snapshot, Write};
 
@@ -73,6 +77,10 @@ pub struct State {
     /// Each task's newest attempts (at most [`ATTEMPTS_KEPT`]), oldest
     /// first; the last one is the current attempt.
     attempts: HashMap<Uuid, VecDeque<TaskAttempt>>,
+    /// Tasks by observed state, for the metrics.
+    task_counts: ByState,
+    /// Nodes by state, for the metrics.
+    node_counts: ByState,
 }
 
 /// What an attempt's record says of it: the task's message, or, for an
@@ -100,6 +108,17 @@ impl State {
     /// `down` until their workers reconnect (a write each, queued); pending
     /// tasks go back in the queue; active tasks reserve their resources again.
     pub fn restore(snapshot: Snapshot, now: SystemTime) -> Self {
+        Self::restore_counted(snapshot, now, ByState::default(), ByState::default())
+    }
+
+    /// As [`State::restore`], keeping the counts of tasks and of nodes by
+    /// state in these gauges (which start from zero).
+    pub fn restore_counted(
+        snapshot: Snapshot,
+        now: SystemTime,
+        task_counts: ByState,
+        node_counts: ByState,
+    ) -> Self {
         let mut writes = Vec::new();
         let cluster_id = snapshot.cluster_id.unwrap_or_else(|| {
             let id = Uuid::new_v4().to_string();
@@ -121,6 +140,8 @@ impl State {
             services: BTreeMap::new(),
             next_group: 0,
             attempts: HashMap::new(),
+            task_counts,
+            node_counts,
         };
         for (task, attempt) in snapshot.attempts {
             let history = state
@@ -163,6 +184,7 @@ impl State {
                 state.bind(i, id, &demand);
             }
             state.index_task(id, &task);
+            state.task_counts.add(task.state);
             state.tasks.insert(id, Box::new(task));
         }
         state
@@ -227,6 +249,7 @@ impl State {
             self.pending.insert(id);
         }
         self.index_task(id, &task);
+        self.task_counts.add(task.state);
         self.tasks.insert(id, Box::new(task));
         self.record_attempt(id);
         id
@@ -322,6 +345,7 @@ impl State {
             return Ok(());
         };
         task_state::check_transition(task.state(), to)?;
+        self.task_counts.moved(task.state, to as i32);
         task.set_state(to);
         if to != TaskState::Pending {
             self.pending.remove(&id);
@@ -341,6 +365,8 @@ impl State {
             return;
         };
         task.attempt += 1;
+        self.task_counts
+            .moved(task.state, TaskState::Pending as i32);
         task.set_state(TaskState::Pending);
         task.node_id.clear();
         task.container_id.clear();
@@ -448,13 +474,25 @@ impl State {
     }
 
     /// Node `i`'s record and snapshot, to change (with [`State::node_changed`]
-    /// or [`State::node_written`] after).
+    /// or [`State::node_written`] after); its state changes only through
+    /// [`State::set_node_state`].
     pub fn node_mut(&mut self, i: usize) -> (&mut Node, &mut NodeSnapshot) {
         (&mut self.records[i].node, &mut self.snapshots[i])
     }
 
+    /// Sets node `i`'s state; returns whether it changed. The caller
+    /// reports the change ([`State::node_changed`]).
+    pub fn set_node_state(&mut self, i: usize, state: NodeState) -> bool {
+        let node = &mut self.records[i].node;
+        let was = node.state;
+        node.set_state(state);
+        self.node_counts.moved(was, node.state);
+        was != node.state
+    }
+
     /// Adds a node and returns its index.
     pub fn add_node(&mut self, node: Node) -> usize {
+        self.node_counts.add(node.state);
         let id = Uuid::parse_str(&node.id).unwrap_or_default();
         let capacity = node
             .capacity
@@ -714,6 +752,35 @@ mod tests {
         assert_eq!(s.snapshots()[i].task_count, 0);
     }
 
+    #[test]
+    fn nodes_are_counted_by_state_as_they_are_added_restored_and_change() {
+        let metrics = crate::metrics::Metrics::new();
+        let node = |state: NodeState| Node {
+            id: Uuid::now_v7().to_string(),
+            state: state as i32,
+            ..Default::default()
+        };
+        let snapshot = Snapshot {
+            nodes: vec![node(NodeState::Ready), node(NodeState::Removed)],
+            ..Default::default()
+        };
+        let mut s = State::restore_counted(
+            snapshot,
+            SystemTime::UNIX_EPOCH,
+            metrics.tasks.clone(),
+            metrics.nodes.clone(),
+        );
+        let count = |st: NodeState| metrics.nodes.get(st as i32);
+        // A restored node is down until its worker connects.
+        assert_eq!((count(NodeState::Down), count(NodeState::Removed)), (1, 1));
+        let i = s.add_node(node(NodeState::Down));
+        assert_eq!(count(NodeState::Down), 2);
+        assert!(s.set_node_state(i, NodeState::Ready));
+        assert!(!s.set_node_state(i, NodeState::Ready), "no change");
+        assert_eq!((count(NodeState::Down), count(NodeState::Ready)), (1, 1));
+        assert_eq!(s.record(i).node.state(), NodeState::Ready);
+    }
+
     mod properties {
         use orch::task_state::{ALL, TRANSITIONS};
         use proptest::prelude::*;
@@ -756,7 +823,13 @@ mod tests {
             fn set_task_state_refuses_exactly_what_the_table_refuses(
                 ops in prop::collection::vec(op(3), 1..60),
             ) {
-                let mut s = state();
+                let metrics = crate::metrics::Metrics::new();
+                let mut s = State::restore_counted(
+                    Snapshot::default(),
+                    SystemTime::UNIX_EPOCH,
+                    metrics.tasks.clone(),
+                    metrics.nodes.clone(),
+                );
                 let ids: Vec<Uuid> = (0..3).map(|_| s.insert_task(pending_task())).collect();
                 let mut models = [Model { attempt: 1, state: TaskState::Pending, queued: true }; 3];
                 for op in ops {
@@ -788,6 +861,11 @@ mod tests {
                             Model { attempt: task.attempt, state: task.state(), queued: s.is_pending(*id) },
                             *m
                         );
+                    }
+                    // The metric of tasks by state follows every move.
+                    for st in ALL {
+                        let held = models.iter().filter(|m| m.state == st).count();
+                        prop_assert_eq!(metrics.tasks.get(st as i32), i64::try_from(held).unwrap(), "{:?}", st);
                     }
                 }
                 // A task the state does not hold changes nothing.
