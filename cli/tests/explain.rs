@@ -98,7 +98,10 @@ async fn status_lists_every_attempt_of_a_task_restarted_three_times_with_its_exi
         assert_eq!(cells[1], &node[..8], "{row}");
         assert_eq!(cells[5], "1", "the exit code: {row}");
     }
-    cluster.assert_no_task_containers().await;
+    // The worker keeps the containers of the newest three attempts, for
+    // their output.
+    let kept: Vec<_> = (2..=4).map(|a| (id.to_string(), a, node.to_string())).collect();
+    cluster.assert_task_containers(&kept).await;
 }
 
 /// Runs `orchctl -o json ARGS`, which must exit with `code`; returns its JSON.
@@ -259,8 +262,12 @@ async fn a_dry_run_names_the_refusing_filter_of_every_node_and_changes_nothing()
         Some(event::Kind::Task(t)) => assert_eq!(Value::from(t.task_id), real["id"]),
         other => panic!("the first event is not the real task's: {other:?}"),
     }
-    cluster
+    let stopped = cluster
         .orchctl_json(&["stop", real["id"].as_str().expect("id")])
         .await;
-    cluster.assert_no_task_containers().await;
+    // The stopped container is kept for its output, and it is the only one.
+    let text = |v: &Value| v.as_str().expect("a string").to_string();
+    cluster
+        .assert_task_containers(&[(text(&real["id"]), 1, text(&stopped["node_id"]))])
+        .await;
 }

@@ -914,11 +914,20 @@ impl Procs {
     /// Waits (as [`Procs::assert_exactly_running`]) until this cluster's
     /// nodes have no task container at all, running or exited; then asserts it.
     pub async fn assert_no_task_containers(&self) {
-        let have = self.wait_containers(true, &[]).await;
+        self.assert_task_containers(&[]).await;
+    }
+
+    /// Waits (as [`Procs::assert_exactly_running`]) until this cluster's
+    /// task containers, running or exited (kept for their output), are
+    /// exactly `want` as (task, attempt, node); then asserts it.
+    pub async fn assert_task_containers(&self, want: &[(String, u64, String)]) {
+        let mut want = want.to_vec();
+        want.sort();
+        let have = self.wait_containers(true, &want).await;
         assert_eq!(
             have,
-            [],
-            "task containers (task, attempt, node) left, running or not; logs in {}",
+            want,
+            "task containers (task, attempt, node), running or not; logs in {}",
             self.path.display()
         );
     }
