@@ -267,7 +267,7 @@ impl Builder {
         let mut client = cluster.client().await?;
         // Subscribe before any worker starts, so no node's ready event is missed.
         let mut events = client
-            .watch_events(WatchEventsRequest {})
+            .watch_events(WatchEventsRequest::default())
             .await?
             .into_inner();
         let mut ready = std::collections::HashSet::new();
@@ -347,7 +347,7 @@ where
                 .map_err(|e| Error::Manager(format!("watcher cannot connect: {e}")))?;
             let events = access
                 .client(channel)?
-                .watch_events(WatchEventsRequest {})
+                .watch_events(WatchEventsRequest::default())
                 .await?
                 .into_inner();
             let _ = subscribed_tx.send(());

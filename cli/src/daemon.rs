@@ -99,6 +99,7 @@ pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> 
         } else {
             orch_manager::AdminToken::FirstStart
         },
+        events_kept: args.events_kept,
         ..orch_manager::Config::default()
     };
     let manager = start_manager(config, listener).await?;
@@ -160,6 +161,7 @@ pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
         strategy: args.scheduler,
         tls: !insecure,
         admin_token: orch_manager::AdminToken::EveryStart,
+        events_kept: args.events_kept,
         ..orch_manager::Config::default()
     };
     let manager = start_manager(manager_config, listener).await?;

@@ -10,6 +10,7 @@ mod args;
 mod client;
 mod config;
 mod daemon;
+mod events;
 mod output;
 mod services;
 
@@ -205,7 +206,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(a) => client::status(manager, a, out).await,
         Command::Nodes => client::nodes(manager, out).await,
         Command::Node(c) => client::node(manager, c, out).await,
-        Command::Events => client::events(manager, out).await,
+        Command::Events(a) => events::events(manager, a, out).await,
         Command::Apply(a) => services::apply(manager, a, out).await,
         Command::Service(c) => services::service(manager, c, out).await,
         Command::Token(c) => access::token(manager, c, out).await,

@@ -284,7 +284,7 @@ fn request(kind: Kind, known: &Known) -> BoxedStrategy<Vec<u8>> {
                 }),
         ),
         Kind::ListNodes => encoded(Just(ListNodesRequest {})),
-        Kind::WatchEvents => encoded(Just(WatchEventsRequest {})),
+        Kind::WatchEvents => encoded(Just(WatchEventsRequest::default())),
         Kind::ListServices => encoded(Just(ListServicesRequest::default())),
         Kind::DrainNode => encoded(node().prop_map(|id| DrainNodeRequest { id })),
         Kind::ActivateNode => encoded(node().prop_map(|id| ActivateNodeRequest { id })),
@@ -496,6 +496,7 @@ impl Fixture {
             auth: std::sync::Mutex::new(auth),
             tls: false,
             committer,
+            store,
         });
         let cluster = ClusterApi::new(shared.clone());
         let dispatcher = DispatcherApi::new(shared.clone(), &crate::limits::Limits::default());

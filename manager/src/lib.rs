@@ -55,6 +55,7 @@ use crate::engine::Engine;
 pub use crate::error::Error;
 use crate::persist::{Committer, StoreHealth};
 use crate::scheduler::{Scheduler, Strategy};
+pub use crate::store::DEFAULT_EVENTS_KEPT;
 use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 
 /// The redb file's name inside the data directory.
@@ -86,6 +87,9 @@ pub struct Config {
     pub admin_token: AdminToken,
     /// The limits on load: requests per connection, timeout, `Register`'s rate.
     pub limits: limits::Limits,
+    /// How many of the newest events the store keeps for `WatchEvents` to
+    /// replay (at least one); applies to the store [`start`] opens.
+    pub events_kept: u64,
 }
 
 /// When a start makes an admin client token.
@@ -120,6 +124,7 @@ impl Default for Config {
             node_cert_lifetime: auth::NODE_CERT_LIFETIME,
             admin_token: AdminToken::FirstStart,
             limits: limits::Limits::default(),
+            events_kept: store::DEFAULT_EVENTS_KEPT,
         }
     }
 }
@@ -167,6 +172,9 @@ pub struct Shared {
     tls: bool,
     /// Writes of credentials go through the same committer as the engine's.
     committer: Committer,
+    /// The store, for reads that need not go through the engine: the kept
+    /// events `WatchEvents` replays.
+    store: Arc<dyn Store>,
 }
 
 impl Shared {
@@ -259,7 +267,9 @@ impl Shared {
 
 fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
     let Some(dir) = &config.data_dir else {
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok(Arc::new(
+            MemoryStore::new().with_events_kept(config.events_kept),
+        ));
     };
     let path = dir.display().to_string();
     std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
@@ -267,7 +277,8 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
         source,
     })?;
     let store = RedbStore::open(&dir.join(STORE_FILE))
-        .map_err(|source| ServeError::Store { path, source })?;
+        .map_err(|source| ServeError::Store { path, source })?
+        .with_events_kept(config.events_kept);
     Ok(Arc::new(store))
 }
 
@@ -397,7 +408,7 @@ pub async fn start_with_store(
         .join_token(false, None, None, wall)
         .map_err(|s| ServeError::Credentials(s.message().to_owned()))?;
     auth_writes.extend(writes);
-    let committer = Committer::start(store);
+    let committer = Committer::start(store.clone());
     committer
         .queue_durable(auth_writes)
         .wait()
@@ -453,6 +464,7 @@ pub async fn start_with_store(
         auth: Mutex::new(auth),
         tls: config.tls,
         committer: committer.clone(),
+        store,
     });
     Ok(Manager {
         shared,
@@ -626,7 +638,8 @@ mod tests {
 
     /// The child half of the test below: poisons the lock, then locks again.
     fn poison_and_lock() {
-        let committer = Committer::start(Arc::new(MemoryStore::new()));
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let committer = Committer::start(store.clone());
         let now = std::time::SystemTime::now();
         let ca = Ca::create(now).expect("a CA");
         let (auth, _) = Auth::restore(ca, &[], auth::NODE_CERT_LIFETIME, now).expect("auth");
@@ -645,6 +658,7 @@ mod tests {
             auth: Mutex::new(auth),
             tls: true,
             committer,
+            store,
         };
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _held = shared.lock();

@@ -675,7 +675,7 @@ impl Procs {
     pub async fn watch(&self) -> Streaming<Event> {
         self.client()
             .await
-            .watch_events(WatchEventsRequest {})
+            .watch_events(WatchEventsRequest::default())
             .await
             .expect("watch events")
             .into_inner()
@@ -765,7 +765,7 @@ impl Procs {
             let attempt = async {
                 let mut client = self.client().await;
                 let mut events = client
-                    .watch_events(WatchEventsRequest {})
+                    .watch_events(WatchEventsRequest::default())
                     .await?
                     .into_inner();
                 loop {

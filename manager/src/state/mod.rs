@@ -167,6 +167,11 @@ impl State {
         self.events.subscribe()
     }
 
+    /// The sequence of the newest event, or 0.
+    pub fn last_event(&self) -> u64 {
+        self.last_event
+    }
+
     /// Ends every `WatchEvents` stream (at shutdown): dropping the sender
     /// closes them.
     pub fn close_events(&mut self) {
