@@ -312,6 +312,16 @@ impl Builder {
 /// for a window update from this busy process.
 const WATCH_WINDOW: u32 = 64 << 20;
 
+/// Whether a watch stream ended because the manager could not feed it: the
+/// events it needed are no longer kept (`OUT_OF_RANGE`), or, from a manager
+/// that cuts slow watchers off, it fell behind (`RESOURCE_EXHAUSTED`).
+pub fn watch_cut_off(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    )
+}
+
 /// Subscribes to the manager's events on a thread of its own with its own
 /// tokio runtime, and hands the stream to `watch` there; returns once
 /// subscribed, with what `watch` will return. On the shared runtime the

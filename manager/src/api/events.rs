@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use orch::api::LAST_SEQUENCE_TRAILER;
 use orch::v1::{Event, EventKind, WatchEventsRequest, event};
@@ -33,6 +34,17 @@ const REPLAY_PAGE: usize = 1_000;
 
 /// Most entries of `kinds` in one request.
 const MAX_KIND_FILTERS: usize = 16;
+
+/// How many times a watch in this process fell behind the broadcast and
+/// caught up from the store.
+static CATCH_UPS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times, since the process started, a watch fell behind the
+/// broadcast and caught up from the store (each is also logged): for
+/// benchmarks that ask whether their watcher kept up.
+pub fn catch_ups() -> u64 {
+    CATCH_UPS.load(Ordering::Relaxed)
+}
 
 /// Where a watch gets its events.
 pub trait Source: Send + Sync + 'static {
@@ -234,7 +246,15 @@ impl<S: Source> Watch<S> {
                         }
                     }
                     // Fell behind: catch up from the store, then live again.
-                    Err(RecvError::Lagged(_)) => self.phase = Phase::CatchUp,
+                    Err(RecvError::Lagged(missed)) => {
+                        CATCH_UPS.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            after = self.position,
+                            missed,
+                            "a watcher fell behind the live events; catching it up from the store"
+                        );
+                        self.phase = Phase::CatchUp;
+                    }
                     Err(RecvError::Closed) => {
                         return Some(Err(self.end(Status::unavailable(
                             "the manager is shutting down; watch again with since",

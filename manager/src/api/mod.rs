@@ -33,6 +33,7 @@ use crate::limits::MAX_PAGE_BYTES;
 
 mod access;
 mod events;
+pub use events::catch_ups;
 mod services;
 use crate::{Error, Shared};
 
