@@ -120,6 +120,16 @@ async fn events_since_prints_from_the_next_sequence_and_filters_narrow_it() {
     assert_eq!(got.len(), 1, "only solo's stop, not {others:?}: {got:#?}");
     drop(child);
 
+    // Events past the newest are not there to follow: one line, non-zero.
+    let future = cluster
+        .orchctl_within(DEADLINE, &["events", "--since", "999999"])
+        .await;
+    let line = future.refused();
+    assert!(
+        line.contains("past the newest event") && line.contains("999999"),
+        "{line}"
+    );
+
     // By kind: a task-only watch prints no node or service event.
     let (child, mut lines) = events(&cluster, &["--since", "0", "--kind", "task"]);
     let got = read_until(&mut lines, &solo).await;
