@@ -117,6 +117,7 @@ pub struct Builder {
     missed_heartbeats: u32,
     sim: SimConfig,
     tls: bool,
+    events_kept: u64,
 }
 
 struct Worker {
@@ -186,6 +187,13 @@ impl Builder {
         self
     }
 
+    /// How many events the manager keeps for replay (default
+    /// `orch_manager::DEFAULT_EVENTS_KEPT`); for a manager in this process.
+    pub fn events_kept(mut self, kept: u64) -> Self {
+        self.events_kept = kept;
+        self
+    }
+
     /// Starts the manager, then the workers in waves, and waits until every
     /// worker's node is ready.
     ///
@@ -204,6 +212,7 @@ impl Builder {
                     heartbeat_period: self.heartbeat_period,
                     missed_heartbeats: self.missed_heartbeats,
                     tls: self.tls,
+                    events_kept: self.events_kept,
                     ..orch_manager::Config::default()
                 };
                 let manager = orch_manager::start(config, listener)
@@ -549,6 +558,7 @@ impl SimCluster {
             missed_heartbeats: 3,
             sim: SimConfig::default(),
             tls: false,
+            events_kept: orch_manager::DEFAULT_EVENTS_KEPT,
         }
     }
 

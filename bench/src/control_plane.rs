@@ -50,6 +50,8 @@ pub struct Params {
     pub timeout: Duration,
     /// Secure the cluster (TLS, join and client tokens), as by default.
     pub tls: bool,
+    /// How many events the manager keeps (a manager in process only).
+    pub events_kept: u64,
 }
 
 impl Default for Params {
@@ -63,6 +65,7 @@ impl Default for Params {
             manager: ManagerKind::InProcess,
             timeout: Duration::from_secs(300),
             tls: false,
+            events_kept: orch_manager::DEFAULT_EVENTS_KEPT,
         }
     }
 }
@@ -390,6 +393,7 @@ pub async fn run(params: &Params) -> Result<Report, Error> {
         .manager(params.manager.clone())
         .heartbeat_period(params.heartbeat_period)
         .tls(params.tls)
+        .events_kept(params.events_kept)
         .start()
         .await?;
     let startup = begun.elapsed();
