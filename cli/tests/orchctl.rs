@@ -390,7 +390,9 @@ async fn events_says_so_and_exits_non_zero_when_the_manager_is_gone_for_good() {
     let no_config = std::env::temp_dir().join("orch-tests-no-config.toml");
     let mut events = Command::new(env!("CARGO_BIN_EXE_orchctl"))
         .args(["--manager", &url, "--ca", &ca, "--token", &token])
-        .args(["events", "--reconnect-for", "2s"])
+        // From the first event: the task's is printed however late
+        // orchctl subscribes.
+        .args(["events", "--since", "0", "--reconnect-for", "2s"])
         .env("ORCH_CONFIG", no_config)
         .env_remove("ORCH_LOG")
         .stdin(Stdio::null())
