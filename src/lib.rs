@@ -35,6 +35,10 @@ pub mod api {
     /// well-known types they import), served by the manager's gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/orch_descriptor.bin"));
+
+    /// The trailer of a `WatchEvents` stream that ended with an error: the
+    /// last sequence the watch got to, to pass as `since` to resume.
+    pub const LAST_SEQUENCE_TRAILER: &str = "orch-last-sequence";
 }
 
 pub use api::v1;

@@ -117,6 +117,7 @@ pub struct Builder {
     missed_heartbeats: u32,
     sim: SimConfig,
     tls: bool,
+    events_kept: u64,
 }
 
 struct Worker {
@@ -186,6 +187,13 @@ impl Builder {
         self
     }
 
+    /// How many events the manager keeps for replay (default
+    /// `orch_manager::DEFAULT_EVENTS_KEPT`); for a manager in this process.
+    pub fn events_kept(mut self, kept: u64) -> Self {
+        self.events_kept = kept;
+        self
+    }
+
     /// Starts the manager, then the workers in waves, and waits until every
     /// worker's node is ready.
     ///
@@ -204,6 +212,7 @@ impl Builder {
                     heartbeat_period: self.heartbeat_period,
                     missed_heartbeats: self.missed_heartbeats,
                     tls: self.tls,
+                    events_kept: self.events_kept,
                     ..orch_manager::Config::default()
                 };
                 let manager = orch_manager::start(config, listener)
@@ -267,7 +276,7 @@ impl Builder {
         let mut client = cluster.client().await?;
         // Subscribe before any worker starts, so no node's ready event is missed.
         let mut events = client
-            .watch_events(WatchEventsRequest {})
+            .watch_events(WatchEventsRequest::default())
             .await?
             .into_inner();
         let mut ready = std::collections::HashSet::new();
@@ -312,6 +321,16 @@ impl Builder {
 /// for a window update from this busy process.
 const WATCH_WINDOW: u32 = 64 << 20;
 
+/// Whether a watch stream ended because the manager could not feed it: the
+/// events it needed are no longer kept (`OUT_OF_RANGE`), or, from a manager
+/// that cuts slow watchers off, it fell behind (`RESOURCE_EXHAUSTED`).
+pub fn watch_cut_off(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    )
+}
+
 /// Subscribes to the manager's events on a thread of its own with its own
 /// tokio runtime, and hands the stream to `watch` there; returns once
 /// subscribed, with what `watch` will return. On the shared runtime the
@@ -347,7 +366,7 @@ where
                 .map_err(|e| Error::Manager(format!("watcher cannot connect: {e}")))?;
             let events = access
                 .client(channel)?
-                .watch_events(WatchEventsRequest {})
+                .watch_events(WatchEventsRequest::default())
                 .await?
                 .into_inner();
             let _ = subscribed_tx.send(());
@@ -539,6 +558,7 @@ impl SimCluster {
             missed_heartbeats: 3,
             sim: SimConfig::default(),
             tls: false,
+            events_kept: orch_manager::DEFAULT_EVENTS_KEPT,
         }
     }
 

@@ -3,9 +3,12 @@
 //!
 //! Tasks go in with `SubmitTasks`, in batches of up to 10,000, from a few
 //! concurrent clients. Completion is learnt from `WatchEvents` (each task's
-//! first `running` event), not by polling; only if the watch stream falls so
-//! far behind that the manager cuts it off does the scenario fall back to
-//! counting running tasks with `ListTasks`, and it says so in the report.
+//! first `running` event), not by polling. One watcher follows every event
+//! of the run to the end; a watcher that falls behind the manager's live
+//! events is caught up from the store, which the report counts (`caught up`)
+//! with the watcher's events/s. Only if the events it needs are no longer
+//! kept does the manager end the stream, and the scenario falls back to
+//! counting running tasks with `ListTasks`, and says so in the report.
 //! Once all run, one `ListTasks` sweep reads each task's `updated_at`, the
 //! time of its `running` change (the same timestamp its event carries, since
 //! nothing changes a running task afterwards), to get submit→running
@@ -47,6 +50,8 @@ pub struct Params {
     pub timeout: Duration,
     /// Secure the cluster (TLS, join and client tokens), as by default.
     pub tls: bool,
+    /// How many events the manager keeps (a manager in process only).
+    pub events_kept: u64,
 }
 
 impl Default for Params {
@@ -60,6 +65,7 @@ impl Default for Params {
             manager: ManagerKind::InProcess,
             timeout: Duration::from_secs(300),
             tls: false,
+            events_kept: orch_manager::DEFAULT_EVENTS_KEPT,
         }
     }
 }
@@ -100,6 +106,12 @@ pub struct Report {
     /// Why the watch stream was cut off, if it fell behind and completion
     /// was learnt with `ListTasks` instead.
     pub watch_lagged: Option<String>,
+    /// The events the watcher received, and over how long (from the first
+    /// submit to the last one it needed).
+    pub watched: (u64, Duration),
+    /// How many times the manager caught the watcher up from the store
+    /// (`orch_manager::api::catch_ups`); unknown if the manager runs apart.
+    pub catch_ups: Option<u64>,
 }
 
 impl Report {
@@ -187,6 +199,16 @@ impl fmt::Display for Report {
             "store file            {:.1} MiB",
             self.store_bytes as f64 / (1 << 20) as f64
         )?;
+        writeln!(
+            f,
+            "watcher               {} events, {:.0} events/s, caught up from the store {}",
+            self.watched.0,
+            self.watched.0 as f64 / self.watched.1.as_secs_f64().max(1e-9),
+            self.catch_ups.map_or_else(
+                || "unknown times (the manager runs apart: see its log)".to_string(),
+                |n| format!("{n} times")
+            )
+        )?;
         if let Some(why) = &self.watch_lagged {
             writeln!(
                 f,
@@ -210,8 +232,9 @@ fn spec() -> TaskSpec {
 
 /// How the watch ended.
 enum Watched {
-    /// Every task ran; the manager's time of the last `scheduled` event.
-    AllRunning(Option<SystemTime>),
+    /// Every task ran; the manager's time of the last `scheduled` event,
+    /// the events received and when the last arrived.
+    AllRunning(Option<SystemTime>, u64, Instant),
     /// The manager cut the stream off, with this message, after this many
     /// events had arrived.
     Lagged(String, u64),
@@ -229,7 +252,7 @@ async fn watch(
         let e = match events.message().await {
             Ok(Some(e)) => e,
             Ok(None) => return Err(Error::Manager("the event stream ended".into())),
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+            Err(s) if crate::cluster::watch_cut_off(&s) => {
                 return Ok(Watched::Lagged(s.message().to_string(), seen));
             }
             Err(s) => return Err(s.into()),
@@ -248,7 +271,7 @@ async fn watch(
             _ => {}
         }
     }
-    Ok(Watched::AllRunning(last_scheduled))
+    Ok(Watched::AllRunning(last_scheduled, seen, Instant::now()))
 }
 
 /// The oldest task at or after `from` that is not running yet, if any.
@@ -370,6 +393,7 @@ pub async fn run(params: &Params) -> Result<Report, Error> {
         .manager(params.manager.clone())
         .heartbeat_period(params.heartbeat_period)
         .tls(params.tls)
+        .events_kept(params.events_kept)
         .start()
         .await?;
     let startup = begun.elapsed();
@@ -394,6 +418,7 @@ async fn measure(
         clients.push(cluster.client().await?);
     }
 
+    let catch_ups_before = orch_manager::api::catch_ups();
     let cpu_before = cluster.manager_stats().map(|s| s.cpu).unwrap_or_default();
     let harness_before = proc_stats(Pid::This).map(|s| s.cpu).unwrap_or_default();
     let t0 = Instant::now();
@@ -426,8 +451,8 @@ async fn measure(
             ))
         })?
         .map_err(|_| Error::Manager("the watcher thread died".into()))??;
-    let (last_scheduled, watch_lagged) = match watched {
-        Watched::AllRunning(t) => (t, None),
+    let (last_scheduled, watch_lagged, events_watched) = match watched {
+        Watched::AllRunning(t, seen, at) => (t, None, (seen, at.duration_since(t0))),
         Watched::Lagged(why, seen) => {
             // Fallback: ask for the oldest task not yet running, until
             // there is none (see `oldest_not_running`).
@@ -442,9 +467,16 @@ async fn measure(
                 from = Some(id);
                 tokio::time::sleep(POLL).await;
             }
-            (None, Some(format!("after {seen} events: {why}")))
+            (
+                None,
+                Some(format!("after {seen} events: {why}")),
+                (seen, t0.elapsed()),
+            )
         }
     };
+    let catch_ups = cluster
+        .manager_in_process()
+        .then(|| orch_manager::api::catch_ups() - catch_ups_before);
     let all_running = t0.elapsed();
     let stats = cluster.manager_stats().unwrap_or_default();
     let harness_cpu = (!cluster.manager_in_process()).then(|| {
@@ -491,5 +523,7 @@ async fn measure(
         harness_cpu,
         store_bytes: cluster.store_bytes(),
         watch_lagged,
+        watched: events_watched,
+        catch_ups,
     })
 }

@@ -85,6 +85,10 @@ struct ControlPlaneArgs {
     /// with a token (without: as with --insecure).
     #[arg(long)]
     tls: bool,
+    /// How many events the manager keeps for replay (with --manager
+    /// in-process only; default: the manager's default).
+    #[arg(long)]
+    events_kept: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -264,7 +268,13 @@ async fn control(args: ControlPlaneArgs) -> Result<(), String> {
         manager: manager.clone(),
         timeout: args.timeout,
         tls: args.tls,
+        events_kept: args
+            .events_kept
+            .unwrap_or(orch_manager::DEFAULT_EVENTS_KEPT),
     };
+    if args.events_kept.is_some() && !matches!(manager, ManagerKind::InProcess) {
+        return Err("--events-kept needs --manager in-process".into());
+    }
     println!(
         "control-plane: {} tasks, {} workers, {} clients, batches of {}, heartbeat {:?}, manager {}, {}",
         args.tasks,

@@ -249,7 +249,7 @@ async fn watch(mut events: tonic::Streaming<Event>, goal: Goal) -> Result<Watche
         let e = match events.message().await {
             Ok(Some(e)) => e,
             Ok(None) => return Err(Error::Manager("the event stream ended".into())),
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+            Err(s) if crate::cluster::watch_cut_off(&s) => {
                 return Ok(Watched::Lagged(s.message().to_string(), seen));
             }
             Err(s) => return Err(s.into()),

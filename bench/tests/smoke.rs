@@ -30,6 +30,7 @@ async fn control_plane_at_smoke_size(tls: bool) {
         manager: ManagerKind::InProcess,
         timeout: Duration::from_secs(60),
         tls,
+        ..control_plane::Params::default()
     };
     let report = control_plane::run(&params)
         .await
@@ -38,6 +39,9 @@ async fn control_plane_at_smoke_size(tls: bool) {
     assert_eq!(report.workers, 10);
     assert!(report.latency.0 <= report.latency.1 && report.latency.1 <= report.latency.2);
     assert!(report.store_bytes > 0, "the manager kept a store");
+    // The watcher saw every task scheduled, starting and running.
+    assert!(report.watched.0 >= 600, "{}", report.watched.0);
+    assert!(report.watch_lagged.is_none(), "{:?}", report.watch_lagged);
     println!("{report}");
 }
 

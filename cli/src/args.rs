@@ -80,8 +80,9 @@ pub enum Command {
     /// Drain or activate a node.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Follow task and node state changes as they happen.
-    Events,
+    /// Follow task, node and service changes as they happen; reconnects and
+    /// resumes (with no gap) if the manager restarts.
+    Events(EventsArgs),
     /// Print a task's output (stdout and stderr), or every replica's of a service.
     Logs(LogsArgs),
     /// Create or update services from a YAML file, and follow their rollouts.
@@ -112,6 +113,42 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// First print the kept events after this sequence number (the last one
+    /// you saw; 0 for every event kept), then follow.
+    #[arg(long, value_name = "SEQ")]
+    pub since: Option<u64>,
+    /// Only this task's events (an id, a unique id prefix or a name).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Only this service's events and its tasks'.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only this node's events and those of the tasks on it (an id, a unique
+    /// id prefix or a name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only events of this kind; repeat for more.
+    #[arg(long = "kind", value_enum)]
+    pub kinds: Vec<EventKindArg>,
+    /// How long to keep trying to reconnect to a manager that went away
+    /// before giving up (0s: do not reconnect).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub reconnect_for: Duration,
+}
+
+/// The kinds of `orchctl events --kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventKindArg {
+    /// A task's state changes.
+    Task,
+    /// A node's state changes.
+    Node,
+    /// A service's changes and rollout steps.
+    Service,
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,6 +302,10 @@ pub struct ManagerArgs {
     /// (plain HTTP, no token: keep it off networks you do not trust). Off by default.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How many of the newest events the manager keeps for `orchctl events
+    /// --since` (and for watchers that fell behind) to replay.
+    #[arg(long, default_value_t = orch_manager::DEFAULT_EVENTS_KEPT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events_kept: u64,
 }
 
 #[derive(Debug, Args)]
@@ -370,6 +411,9 @@ pub struct DevArgs {
     /// http://ADDR/metrics, like 127.0.0.1:9464 (plain HTTP, no token). Off by default.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How many of the newest events the manager keeps for replay.
+    #[arg(long, default_value_t = orch_manager::DEFAULT_EVENTS_KEPT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events_kept: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,4 +1,5 @@
-//! The client commands: `run`, `stop`, `status`, `nodes`, `node`, `events`;
+//! The client commands: `run`, `stop`, `status`, `nodes`, `node` (`events`
+//! is [`crate::events`]);
 //! and what the service commands ([`crate::services`]) share with them: the
 //! connection, the errors, the task spec made from `run`'s flags.
 
@@ -87,7 +88,7 @@ pub fn status_error(s: tonic::Status) -> CliError {
 }
 
 /// Finds a task by full id, unique id prefix, or exact name.
-pub(crate) async fn resolve(client: &mut Client, key: &str) -> Result<Task, CliError> {
+pub async fn resolve(client: &mut Client, key: &str) -> Result<Task, CliError> {
     if Uuid::parse_str(key).is_ok() {
         let task = client
             .get_task(GetTaskRequest {
@@ -300,7 +301,7 @@ pub async fn stop(manager: &Target, a: StopArgs, out: Output) -> Result<(), CliE
     } else {
         Some(
             client
-                .watch_events(WatchEventsRequest {})
+                .watch_events(WatchEventsRequest::default())
                 .await
                 .map_err(status_error)?
                 .into_inner(),
@@ -439,7 +440,7 @@ pub async fn nodes(manager: &Target, out: Output) -> Result<(), CliError> {
 }
 
 /// Finds a node by full id, unique id prefix, or exact name.
-async fn resolve_node(client: &mut Client, key: &str) -> Result<orch::v1::Node, CliError> {
+pub async fn resolve_node(client: &mut Client, key: &str) -> Result<orch::v1::Node, CliError> {
     let nodes = client
         .list_nodes(ListNodesRequest {})
         .await
@@ -502,23 +503,4 @@ pub async fn node(manager: &Target, command: NodeCommand, out: Output) -> Result
         Output::Table => output::print_nodes(&[node]),
     }
     Ok(())
-}
-
-pub async fn events(manager: &Target, out: Output) -> Result<(), CliError> {
-    let mut client = connect(manager).await?;
-    let mut stream = client
-        .watch_events(WatchEventsRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    while let Some(event) = stream.message().await.map_err(status_error)? {
-        match out {
-            Output::Json => println!("{}", output::event_json(&event)),
-            Output::Table => println!("{}", output::event_line(&event)),
-        }
-    }
-    // The stream never ends while the manager serves: it stopped.
-    Err(CliError(format!(
-        "the manager at {manager} closed the event stream (it stopped or restarted); events after this were not seen"
-    )))
 }

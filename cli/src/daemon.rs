@@ -103,6 +103,7 @@ pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> 
             orch_manager::AdminToken::FirstStart
         },
         metrics_listen: args.metrics_listen,
+        events_kept: args.events_kept,
         ..orch_manager::Config::default()
     };
     let manager = start_manager(config, listener).await?;
@@ -192,6 +193,7 @@ pub async fn dev(args: DevArgs, insecure: bool) -> Result<(), CliError> {
         strategy: args.scheduler,
         tls: !insecure,
         admin_token: orch_manager::AdminToken::EveryStart,
+        events_kept: args.events_kept,
         ..orch_manager::Config::default()
     };
     let manager = start_manager(manager_config, listener).await?;

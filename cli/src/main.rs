@@ -10,6 +10,7 @@ mod args;
 mod client;
 mod config;
 mod daemon;
+mod events;
 mod logs;
 mod output;
 mod services;
@@ -206,7 +207,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(a) => client::status(manager, a, out).await,
         Command::Nodes => client::nodes(manager, out).await,
         Command::Node(c) => client::node(manager, c, out).await,
-        Command::Events => client::events(manager, out).await,
+        Command::Events(a) => events::events(manager, a, out).await,
         Command::Logs(a) => {
             let code = logs::logs(manager, a).await?;
             if code != 0 {

@@ -403,7 +403,8 @@ pub fn rollout_state_name(s: RolloutState) -> &'static str {
 /// An event as one line for people.
 pub fn event_line(e: &Event) -> String {
     let time = rfc3339(e.time.as_ref());
-    let time = time.as_str().unwrap_or("-");
+    // The sequence, for `orchctl events --since`.
+    let time = format!("{} #{}", time.as_str().unwrap_or("-"), e.sequence);
     match &e.kind {
         Some(event::Kind::Task(t)) => format!(
             "{time} task {}{} attempt {} {}{}{}{}",
@@ -1398,9 +1399,9 @@ mod tests {
         };
         assert_eq!(
             event_line(&event("web")),
-            "- task 0192 (web) attempt 2 running"
+            "- #7 task 0192 (web) attempt 2 running"
         );
-        assert_eq!(event_line(&event("")), "- task 0192 attempt 2 running");
+        assert_eq!(event_line(&event("")), "- #7 task 0192 attempt 2 running");
         assert_eq!(event_json(&event("web"))["name"], "web");
     }
 

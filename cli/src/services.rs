@@ -296,7 +296,10 @@ impl Source for Client {
     }
 
     async fn watch(&mut self) -> Result<Events, tonic::Status> {
-        let stream = self.watch_events(WatchEventsRequest {}).await?.into_inner();
+        let stream = self
+            .watch_events(WatchEventsRequest::default())
+            .await?
+            .into_inner();
         Ok(Box::pin(stream))
     }
 }

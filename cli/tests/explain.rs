@@ -100,7 +100,9 @@ async fn status_lists_every_attempt_of_a_task_restarted_three_times_with_its_exi
     }
     // The worker keeps the containers of the newest three attempts, for
     // their output.
-    let kept: Vec<_> = (2..=4).map(|a| (id.to_string(), a, node.to_string())).collect();
+    let kept: Vec<_> = (2..=4)
+        .map(|a| (id.to_string(), a, node.to_string()))
+        .collect();
     cluster.assert_task_containers(&kept).await;
 }
 

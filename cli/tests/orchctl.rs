@@ -380,15 +380,19 @@ async fn an_unreachable_manager_is_named_in_one_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_says_so_and_exits_non_zero_when_the_manager_goes_away() {
+async fn events_says_so_and_exits_non_zero_when_the_manager_is_gone_for_good() {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut cluster = Cluster::builder().start().await;
+    // No worker: the task stays pending, which is event enough.
+    let mut cluster = Cluster::builder().workers(0).start().await;
     let url = cluster.url();
     let ca = cluster.manager_dir().join("ca.crt").display().to_string();
     let token = cluster.access().admin_token.clone().unwrap_or_default();
     let no_config = std::env::temp_dir().join("orch-tests-no-config.toml");
     let mut events = Command::new(env!("CARGO_BIN_EXE_orchctl"))
-        .args(["--manager", &url, "--ca", &ca, "--token", &token, "events"])
+        .args(["--manager", &url, "--ca", &ca, "--token", &token])
+        // From the first event: the task's is printed however late
+        // orchctl subscribes.
+        .args(["events", "--since", "0", "--reconnect-for", "2s"])
         .env("ORCH_CONFIG", no_config)
         .env_remove("ORCH_LOG")
         .stdin(Stdio::null())
@@ -399,12 +403,10 @@ async fn events_says_so_and_exits_non_zero_when_the_manager_goes_away() {
         .expect("spawn orchctl events");
     // Once it prints the event of a task, it is following.
     let mut lines = BufReader::new(events.stdout.take().expect("stdout")).lines();
-    let image = cluster.busybox().await;
     let task = cluster
         .submit(orch::v1::TaskSpec {
             name: "watched".into(),
-            image,
-            command: vec!["true".into()],
+            image: "never-pulled".into(),
             ..Default::default()
         })
         .await;
@@ -424,9 +426,20 @@ async fn events_says_so_and_exits_non_zero_when_the_manager_goes_away() {
         .expect("events ends once the manager is gone")
         .expect("orchctl events");
     assert_ne!(out.status.code(), Some(0), "{out:?}");
+    // It said it lost the manager and tried again, then gave up, saying
+    // where to resume.
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
     assert!(
-        stderr.contains(&format!("the manager at {url}")),
+        lines[0].starts_with(&format!("orchctl: lost the manager at {url}"))
+            && lines[0].contains("reconnecting from event"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "orchctl: the manager at {url} is gone: no answer for 2s"
+        )) && lines[1].contains("resume with `orchctl events --since"),
         "{stderr}"
     );
     cluster.shutdown().await;

@@ -119,7 +119,7 @@ async fn wait_service(
         let attempt = async {
             let mut client = cluster.client().await;
             let mut events = client
-                .watch_events(WatchEventsRequest {})
+                .watch_events(WatchEventsRequest::default())
                 .await?
                 .into_inner();
             loop {

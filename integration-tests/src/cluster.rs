@@ -374,7 +374,7 @@ impl Cluster {
     pub async fn wait_ready_nodes(&self, n: usize) {
         let mut client = self.client().await;
         let mut events = client
-            .watch_events(WatchEventsRequest {})
+            .watch_events(WatchEventsRequest::default())
             .await
             .expect("watch")
             .into_inner();
@@ -405,7 +405,7 @@ impl Cluster {
     pub async fn wait_task(&self, id: &str, done: impl Fn(&Task) -> bool) -> Task {
         let mut client = self.client().await;
         let mut events = client
-            .watch_events(WatchEventsRequest {})
+            .watch_events(WatchEventsRequest::default())
             .await
             .expect("watch")
             .into_inner();

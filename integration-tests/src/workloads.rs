@@ -32,3 +32,16 @@ pub fn fast_check(probe: Probe) -> HealthCheck {
         start_period: None,
     }
 }
+
+/// `n` specs of tasks named `name` that stay pending on a cluster without
+/// workers (and would fail to pull on one): each makes one event when
+/// submitted, for tests of the event stream that need no container.
+pub fn pending(name: &str, n: usize) -> Vec<orch::v1::TaskSpec> {
+    (0..n)
+        .map(|_| orch::v1::TaskSpec {
+            name: name.into(),
+            image: "orch-test/never-pulled".into(),
+            ..Default::default()
+        })
+        .collect()
+}

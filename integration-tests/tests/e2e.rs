@@ -448,7 +448,7 @@ async fn a_crashing_task_restarts_with_growing_delays_then_fails() {
     let mut events = cluster
         .client()
         .await
-        .watch_events(orch::v1::WatchEventsRequest {})
+        .watch_events(orch::v1::WatchEventsRequest::default())
         .await
         .expect("watch")
         .into_inner();

@@ -57,7 +57,7 @@ async fn an_unhealthy_task_is_restarted_on_failure() {
     let mut events = cluster
         .client()
         .await
-        .watch_events(WatchEventsRequest {})
+        .watch_events(WatchEventsRequest::default())
         .await
         .expect("watch")
         .into_inner();

@@ -113,7 +113,7 @@ async fn wait_service(
 ) -> (Service, Vec<Task>) {
     let mut client = cluster.client().await;
     let mut events = client
-        .watch_events(WatchEventsRequest {})
+        .watch_events(WatchEventsRequest::default())
         .await
         .expect("watch")
         .into_inner();

@@ -839,7 +839,7 @@ async fn a_storm_of_bad_requests_is_refused_and_changes_nothing() {
     };
     let before = view(&cluster).await;
     let mut events = client
-        .watch_events(WatchEventsRequest {})
+        .watch_events(WatchEventsRequest::default())
         .await
         .expect("watch")
         .into_inner();

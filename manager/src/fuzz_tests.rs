@@ -145,10 +145,8 @@ fn fields(kind: Kind) -> &'static [&'static str] {
         Kind::Join => &["token", "csr"],
         Kind::RenewCertificate => &["csr"],
         Kind::ListServices => &["page_size", "page_token"],
-        Kind::ListNodes
-        | Kind::WatchEvents
-        | Kind::Session
-        | Kind::ListTokens => &[],
+        Kind::WatchEvents => &["since", "task_id", "service", "node_id", "kinds"],
+        Kind::ListNodes | Kind::Session | Kind::ListTokens => &[],
     }
 }
 
@@ -306,7 +304,24 @@ fn request(kind: Kind, known: &Known) -> BoxedStrategy<Vec<u8>> {
                 }),
         ),
         Kind::ListNodes => encoded(Just(ListNodesRequest {})),
-        Kind::WatchEvents => encoded(Just(WatchEventsRequest {})),
+        Kind::WatchEvents => encoded(
+            (
+                proptest::option::of(0u64..1_000),
+                prop_oneof![Just(String::new()), "[0-9a-f-]{0,40}"],
+                prop_oneof![Just(String::new()), "[a-z0-9-]{0,70}"],
+                prop_oneof![Just(String::new()), "[0-9a-f-]{0,40}"],
+                proptest::collection::vec(-1i32..5, 0..4),
+            )
+                .prop_map(|(since, task_id, service, node_id, kinds)| {
+                    WatchEventsRequest {
+                        since,
+                        task_id,
+                        service,
+                        node_id,
+                        kinds,
+                    }
+                }),
+        ),
         Kind::ListServices => encoded(Just(ListServicesRequest::default())),
         Kind::DrainNode => encoded(node().prop_map(|id| DrainNodeRequest { id })),
         Kind::ActivateNode => encoded(node().prop_map(|id| ActivateNodeRequest { id })),
@@ -518,6 +533,7 @@ impl Fixture {
             auth: std::sync::Mutex::new(auth),
             tls: false,
             committer,
+            store,
         });
         let cluster = ClusterApi::new(shared.clone());
         let dispatcher = DispatcherApi::new(shared.clone(), &crate::limits::Limits::default());

@@ -58,6 +58,7 @@ use crate::engine::Engine;
 pub use crate::error::Error;
 use crate::persist::{Committer, StoreHealth};
 use crate::scheduler::{Scheduler, Strategy};
+pub use crate::store::DEFAULT_EVENTS_KEPT;
 use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 
 /// The redb file's name inside the data directory.
@@ -93,6 +94,9 @@ pub struct Config {
     /// own port); `None`, the default, serves none. [`Manager::registry`]
     /// is there to serve them some other way.
     pub metrics_listen: Option<SocketAddr>,
+    /// How many of the newest events the store keeps for `WatchEvents` to
+    /// replay (at least one); applies to the store [`start`] opens.
+    pub events_kept: u64,
 }
 
 /// When a start makes an admin client token.
@@ -128,6 +132,7 @@ impl Default for Config {
             admin_token: AdminToken::FirstStart,
             limits: limits::Limits::default(),
             metrics_listen: None,
+            events_kept: store::DEFAULT_EVENTS_KEPT,
         }
     }
 }
@@ -178,6 +183,9 @@ pub struct Shared {
     tls: bool,
     /// Writes of credentials go through the same committer as the engine's.
     committer: Committer,
+    /// The store, for reads that need not go through the engine: the kept
+    /// events `WatchEvents` replays.
+    store: Arc<dyn Store>,
 }
 
 impl Shared {
@@ -270,7 +278,9 @@ impl Shared {
 
 fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
     let Some(dir) = &config.data_dir else {
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok(Arc::new(
+            MemoryStore::new().with_events_kept(config.events_kept),
+        ));
     };
     let path = dir.display().to_string();
     std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
@@ -278,7 +288,8 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
         source,
     })?;
     let store = RedbStore::open(&dir.join(STORE_FILE))
-        .map_err(|source| ServeError::Store { path, source })?;
+        .map_err(|source| ServeError::Store { path, source })?
+        .with_events_kept(config.events_kept);
     Ok(Arc::new(store))
 }
 
@@ -415,7 +426,7 @@ pub async fn start_with_store(
         .join_token(false, None, None, wall)
         .map_err(|s| ServeError::Credentials(s.message().to_owned()))?;
     auth_writes.extend(writes);
-    let committer = Committer::start_measured(store, metrics.store.clone());
+    let committer = Committer::start_measured(store.clone(), metrics.store.clone());
     committer
         .queue_durable(auth_writes)
         .wait()
@@ -472,6 +483,7 @@ pub async fn start_with_store(
         auth: Mutex::new(auth),
         tls: config.tls,
         committer: committer.clone(),
+        store,
     });
     Ok(Manager {
         shared,
@@ -674,7 +686,8 @@ mod tests {
 
     /// The child half of the test below: poisons the lock, then locks again.
     fn poison_and_lock() {
-        let committer = Committer::start(Arc::new(MemoryStore::new()));
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let committer = Committer::start(store.clone());
         let now = std::time::SystemTime::now();
         let ca = Ca::create(now).expect("a CA");
         let (auth, _) = Auth::restore(ca, &[], auth::NODE_CERT_LIFETIME, now).expect("auth");
@@ -693,6 +706,7 @@ mod tests {
             auth: Mutex::new(auth),
             tls: true,
             committer,
+            store,
         };
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _held = shared.lock();

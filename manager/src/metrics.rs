@@ -148,9 +148,13 @@ impl StoreMetrics {
 pub struct WatchMetrics {
     /// Events sent to watchers.
     pub sent: Counter,
-    /// Events a watcher missed by falling too far behind (it is then cut off).
-    pub dropped: Counter,
-    /// Watchers cut off for falling behind.
+    /// Live events a watcher fell behind on, which it then read from the
+    /// store instead.
+    pub missed_live: Counter,
+    /// Times a watcher fell behind the live events and was caught up from
+    /// the store.
+    pub caught_up: Counter,
+    /// Watchers cut off because the events they needed were no longer kept.
     pub cut: Counter,
 }
 
@@ -287,13 +291,18 @@ impl Metrics {
             watch.sent.clone(),
         );
         registry.register(
-            "watch_events_dropped",
-            "Events WatchEvents streams missed by falling too far behind",
-            watch.dropped.clone(),
+            "watch_events_missed_live",
+            "Live events WatchEvents streams fell behind on and read from the store instead",
+            watch.missed_live.clone(),
+        );
+        registry.register(
+            "watch_catch_ups",
+            "Times a WatchEvents stream fell behind the live events and was caught up from the store",
+            watch.caught_up.clone(),
         );
         registry.register(
             "watchers_cut",
-            "WatchEvents streams cut off for falling too far behind",
+            "WatchEvents streams ended because the events they needed were no longer kept",
             watch.cut.clone(),
         );
 
@@ -375,7 +384,7 @@ mod tests {
             "# TYPE orch_manager_store_commit_failures counter",
             "# TYPE orch_manager_sessions gauge",
             "# TYPE orch_manager_watch_events_sent counter",
-            "# TYPE orch_manager_watch_events_dropped counter",
+            "# TYPE orch_manager_watch_events_missed_live counter",
             "# TYPE orch_manager_watchers_cut counter",
         ] {
             assert!(text.contains(family), "{family} missing from:\n{text}");

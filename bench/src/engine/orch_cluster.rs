@@ -134,7 +134,7 @@ impl OrchCluster {
         let mut client = connect(&crate::cluster::Access::insecure(url.clone())).await?;
         // Subscribe before the worker starts, so its ready event is not missed.
         let events = client
-            .watch_events(WatchEventsRequest {})
+            .watch_events(WatchEventsRequest::default())
             .await?
             .into_inner();
         let worker_dir = dir.path().join("worker");

@@ -409,6 +409,23 @@ impl Procs {
         self.manager = Some(child);
     }
 
+    /// Stops the manager as Ctrl-C does (SIGTERM: it commits what it holds
+    /// and ends its streams) and reaps it; its data directory stays.
+    pub async fn stop_manager(&mut self) {
+        let mut child = self.manager.take().expect("the manager is running");
+        let pid = child.id().expect("the manager's pid").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}: {sent}");
+        tokio::time::timeout(DEADLINE, child.wait())
+            .await
+            .expect("the manager stops in time")
+            .expect("reap the manager");
+    }
+
     /// `kill -9` the manager and reap it; its data directory stays.
     pub async fn kill_manager(&mut self) {
         let mut child = self.manager.take().expect("the manager is running");
@@ -738,7 +755,7 @@ impl Procs {
     pub async fn watch(&self) -> Streaming<Event> {
         self.client()
             .await
-            .watch_events(WatchEventsRequest {})
+            .watch_events(WatchEventsRequest::default())
             .await
             .expect("watch events")
             .into_inner()
@@ -828,7 +845,7 @@ impl Procs {
             let attempt = async {
                 let mut client = self.client().await;
                 let mut events = client
-                    .watch_events(WatchEventsRequest {})
+                    .watch_events(WatchEventsRequest::default())
                     .await?
                     .into_inner();
                 loop {

@@ -26,16 +26,16 @@ use orch::v1::{
     RevokeTokenRequest, RevokeTokenResponse,
 };
 use orch::validate::{self, FieldError};
-use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::engine::Engine;
 use crate::limits::MAX_PAGE_BYTES;
-use crate::metrics::WatchMetrics;
 
 mod access;
+mod events;
 mod logs;
+pub use events::catch_ups;
 mod services;
 use crate::{Error, Shared};
 
@@ -391,102 +391,12 @@ impl Cluster for ClusterApi {
 
     async fn watch_events(
         &self,
-        _request: Request<WatchEventsRequest>,
+        request: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let (rx, counted) = {
-            let engine = self.shared.lock();
-            (engine.subscribe(), engine.metrics().watch.clone())
-        };
-        Ok(Response::new(Box::pin(events(rx, counted))))
-    }
-}
-
-/// The response stream of `WatchEvents`: reads the broadcast directly, so
-/// tonic's encoder takes every event already waiting in one go and sends them
-/// in as few frames as fit, with no task or channel in between. A client that
-/// falls more than the broadcast's capacity behind gets `RESOURCE_EXHAUSTED`
-/// and the stream ends; it also ends when the manager shuts down, and is
-/// dropped when the client goes away. Every event sent, every event missed
-/// and every cut-off is counted in `counted`.
-fn events(
-    rx: tokio::sync::broadcast::Receiver<Event>,
-    counted: WatchMetrics,
-) -> impl Stream<Item = Result<Event, Status>> + Send + 'static {
-    futures::stream::unfold(Some(rx), move |rx| {
-        let counted = counted.clone();
-        async move {
-            let mut rx = rx?;
-            match rx.recv().await {
-                Ok(event) => {
-                    counted.sent.inc();
-                    Some((Ok(event), Some(rx)))
-                }
-                Err(RecvError::Lagged(n)) => {
-                    counted.dropped.inc_by(n);
-                    counted.cut.inc();
-                    Some((
-                        Err(Status::resource_exhausted(format!(
-                            "the client fell {n} events behind and was cut off; watch again"
-                        ))),
-                        None,
-                    ))
-                }
-                Err(RecvError::Closed) => None,
-            }
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use futures::StreamExt;
-    use tokio::sync::broadcast;
-    use tonic::Code;
-
-    use super::*;
-
-    fn event(sequence: u64) -> Event {
-        Event {
-            sequence,
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn a_watch_gets_every_event_in_order_and_ends_with_the_broadcast() {
-        let (tx, rx) = broadcast::channel(8);
-        let counted = WatchMetrics::default();
-        let stream = events(rx, counted.clone());
-        for seq in 1..=5 {
-            tx.send(event(seq)).unwrap();
-        }
-        drop(tx);
-        let got: Vec<u64> = stream.map(|e| e.unwrap().sequence).collect().await;
-        assert_eq!(got, [1, 2, 3, 4, 5]);
-        assert_eq!((counted.sent.get(), counted.dropped.get()), (5, 0));
-    }
-
-    #[tokio::test]
-    async fn a_watch_that_falls_behind_is_told_so_and_ends() {
-        let (tx, rx) = broadcast::channel(4);
-        let counted = WatchMetrics::default();
-        let mut stream = Box::pin(events(rx, counted.clone()));
-        for seq in 1..=6 {
-            tx.send(event(seq)).unwrap();
-        }
-        let status = stream.next().await.unwrap().unwrap_err();
-        assert_eq!(status.code(), Code::ResourceExhausted);
-        assert!(
-            status.message().contains("fell 2 events behind"),
-            "{status:?}"
-        );
-        // The watch let go of its subscription and ends, although the
-        // broadcast goes on.
-        assert!(tx.send(event(7)).is_err(), "no receiver is left");
-        assert_eq!(
-            (counted.sent.get(), counted.dropped.get(), counted.cut.get()),
-            (0, 2, 1)
-        );
-        assert!(stream.next().await.is_none());
+        let req = request.into_inner();
+        let filter = events::Filter::new(&req).map_err(Error::from)?;
+        let watch = events::Watch::new(Arc::clone(&self.shared), req.since, filter)
+            .counted(self.shared.lock().metrics().watch.clone());
+        Ok(Response::new(Box::pin(events::stream(watch))))
     }
 }

@@ -155,6 +155,22 @@ impl Engine {
         self.state.subscribe()
     }
 
+    /// Where a `WatchEvents` stream joins: a receiver of every event from
+    /// now on, the sequence of the newest event before it, and what resolves
+    /// once the store holds every event up to that one (it queues any write
+    /// not queued yet, then waits for everything queued before).
+    pub fn watch_point(
+        &mut self,
+    ) -> (
+        tokio::sync::broadcast::Receiver<orch::v1::Event>,
+        u64,
+        Durable,
+    ) {
+        let rx = self.state.subscribe();
+        let durable = self.committer.queue_durable(self.state.take_writes());
+        (rx, self.state.last_event(), durable)
+    }
+
     /// Reads the clock for an operation and stamps the state's changes with it.
     fn begin(&mut self) -> Now {
         let now = self.clock.now();

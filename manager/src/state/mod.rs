@@ -66,6 +66,10 @@ pub struct State {
     node_index: HashMap<Uuid, usize>,
     last_event: u64,
     events: broadcast::Sender<Event>,
+    /// Set at shutdown ([`State::close_events`]): a subscription from then
+    /// on is closed at once, so a watch that catches up cannot hold the
+    /// shutdown up.
+    events_closed: bool,
     /// Changes not yet handed to the committer, in the order they were made.
     writes: Vec<Write>,
     /// The time stamped on changes.
@@ -135,6 +139,7 @@ impl State {
             node_index: HashMap::new(),
             last_event: snapshot.last_event_sequence,
             events,
+            events_closed: false,
             writes,
             now,
             services: BTreeMap::new(),
@@ -215,15 +220,25 @@ impl State {
         self.writes.push(write);
     }
 
-    /// A receiver of every event from now on.
+    /// A receiver of every event from now on; after
+    /// [`State::close_events`], one that is closed.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        if self.events_closed {
+            return broadcast::channel(1).1;
+        }
         self.events.subscribe()
     }
 
+    /// The sequence of the newest event, or 0.
+    pub fn last_event(&self) -> u64 {
+        self.last_event
+    }
+
     /// Ends every `WatchEvents` stream (at shutdown): dropping the sender
-    /// closes them.
+    /// closes them, and later subscriptions are closed from the start.
     pub fn close_events(&mut self) {
         self.events = broadcast::channel(EVENT_BUFFER).0;
+        self.events_closed = true;
     }
 
     // ---- tasks ------------------------------------------------------------
@@ -599,6 +614,24 @@ mod tests {
 
     fn state() -> State {
         State::restore(Snapshot::default(), SystemTime::UNIX_EPOCH)
+    }
+
+    /// A watch that subscribes again after shutdown began (to catch up)
+    /// must not wait for events that will never come.
+    #[test]
+    fn a_subscription_after_close_events_is_closed() {
+        let mut s = state();
+        let mut before = s.subscribe();
+        s.close_events();
+        let mut after = s.subscribe();
+        assert_eq!(
+            before.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        );
+        assert_eq!(
+            after.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        );
     }
 
     fn pending_task() -> Task {

@@ -16,9 +16,20 @@ use super::{
 };
 
 /// A [`Store`] in memory. Everything is lost when it is dropped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// How many of the newest events stay.
+    events_kept: u64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            events_kept: super::DEFAULT_EVENTS_KEPT,
+        }
+    }
 }
 
 /// The "tables", laid out as redb's are, so that both stores behave alike.
@@ -40,6 +51,13 @@ impl MemoryStore {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same store keeping only the newest `kept` events (at least one).
+    #[must_use]
+    pub fn with_events_kept(mut self, kept: u64) -> Self {
+        self.events_kept = kept;
+        self
     }
 
     fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
@@ -151,7 +169,7 @@ impl Store for MemoryStore {
                 state.events.insert(seq, event.clone());
             }
             let newest = state.events.last_key_value().map_or(0, |(seq, _)| *seq);
-            if let Some(bound) = events_prune_bound(newest) {
+            if let Some(bound) = events_prune_bound(newest, self.events_kept) {
                 // Only the few oldest go at each commit, so pop them one by
                 // one rather than rebuild the map.
                 while let Some(oldest) = state.events.first_entry() {
@@ -207,7 +225,7 @@ mod tests {
 
     #[test]
     fn memory_events_pruning() {
-        checks::check_events_pruning(&MemoryStore::new());
+        checks::check_events_pruning(&MemoryStore::new().with_events_kept(checks::EVENTS_KEPT));
     }
 
     #[test]

@@ -35,9 +35,12 @@ pub use self::faulty::FaultyStore;
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
 
-/// How many of the latest events the store keeps; older ones are deleted as
-/// new ones are written.
-pub const EVENTS_KEPT: u64 = 10_000;
+/// How many of the latest events a store keeps unless told otherwise
+/// (`Config::events_kept`, `--events-kept`); older ones are deleted as new
+/// ones are written. A million covers a run of some 300,000 tasks (a task
+/// that is placed and runs makes three: scheduled, starting, running) and
+/// costs about 140 MB of the store's file (a task event is some 115 bytes).
+pub const DEFAULT_EVENTS_KEPT: u64 = 1_000_000;
 
 /// How many attempts of each task the store keeps, the newest: writing
 /// attempt `n` deletes those up to `n - ATTEMPTS_KEPT`.
@@ -351,9 +354,10 @@ fn task_id_of(key: u128) -> String {
 }
 
 /// The highest event sequence to delete once `newest` is stored, so that the
-/// newest [`EVENTS_KEPT`] stay; `None` while fewer than that were ever written.
-fn events_prune_bound(newest: u64) -> Option<u64> {
-    newest.checked_sub(EVENTS_KEPT)
+/// newest `kept` stay (at least one, so the numbering survives a restart);
+/// `None` while fewer than that were ever written.
+fn events_prune_bound(newest: u64, kept: u64) -> Option<u64> {
+    newest.checked_sub(kept.max(1))
 }
 
 /// Behaviours every [`Store`] must have, written once as `check_*` functions
@@ -838,6 +842,9 @@ mod checks {
         assert_eq!(snapshot.tasks, vec![expected]);
         assert_eq!(snapshot.nodes, vec![down]);
     }
+
+    /// The events a store under test keeps (`with_events_kept`).
+    pub(super) const EVENTS_KEPT: u64 = 1_000;
 
     /// Only the newest `EVENTS_KEPT` events stay, whether one batch or later
     /// ones push the old out.

@@ -7,7 +7,8 @@
 //!   every update (kept small for that reason);
 //! - `nodes`: node key -> prost `Node`;
 //! - `events`: sequence -> prost `Event`; only the newest
-//!   [`EVENTS_KEPT`](super::EVENTS_KEPT) stay;
+//!   `events_kept` ([`DEFAULT_EVENTS_KEPT`](super::DEFAULT_EVENTS_KEPT)
+//!   unless [`RedbStore::with_events_kept`] says otherwise) stay;
 //! - `services`: service name (`&str`) -> prost `Service`, rewritten at every
 //!   change of the service;
 //! - `service_versions`: (service name, version) as `(&str, u64)` -> prost
@@ -62,6 +63,8 @@ const CLUSTER_ID: &str = "cluster_id";
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
+    /// How many of the newest events stay.
+    events_kept: u64,
 }
 
 impl RedbStore {
@@ -96,7 +99,17 @@ impl RedbStore {
         txn.open_table(CREDENTIALS_TABLE)?;
         txn.open_table(TASK_ATTEMPTS_TABLE)?;
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            events_kept: super::DEFAULT_EVENTS_KEPT,
+        })
+    }
+
+    /// The same store keeping only the newest `kept` events (at least one).
+    #[must_use]
+    pub fn with_events_kept(mut self, kept: u64) -> Self {
+        self.events_kept = kept;
+        self
     }
 }
 
@@ -267,7 +280,7 @@ impl Store for RedbStore {
                 table.insert(seq, event.encode_to_vec().as_slice())?;
             }
             let newest = table.last()?.map_or(0, |(seq, _)| seq.value());
-            if let Some(bound) = events_prune_bound(newest) {
+            if let Some(bound) = events_prune_bound(newest, self.events_kept) {
                 // A range delete: only the keys at or below the bound are
                 // visited, that is the few events this batch pushed out.
                 table.retain_in(..=bound, |_, _| false)?;
@@ -362,7 +375,7 @@ mod tests {
 
     #[test]
     fn redb_events_pruning() {
-        checks::check_events_pruning(&new_store().1);
+        checks::check_events_pruning(&new_store().1.with_events_kept(checks::EVENTS_KEPT));
     }
 
     #[test]
