@@ -5,14 +5,12 @@
 
 mod support;
 
-use std::process::Stdio;
-
 use orch::v1::{StopTaskRequest, SubmitTasksRequest};
 use orch_integration_tests::workloads::pending;
 use serde_json::Value;
-use support::{DEADLINE, ORCHCTL, Options, Procs};
+use support::{DEADLINE, Options, Procs};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdout};
 
 /// Submits `n` tasks named `name` (pending: the cluster has no worker);
 /// returns their ids.
@@ -33,18 +31,10 @@ async fn submit(cluster: &Procs, name: &str, n: usize) -> Vec<String> {
 
 /// `orchctl -o json events ARGS`, running, and its stdout's lines.
 fn events(cluster: &Procs, args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = Command::new(ORCHCTL)
-        .args(["--manager", &cluster.url(), "-o", "json", "events"])
-        .args(args)
-        .env("ORCH_CONFIG", cluster.config_path())
-        .env_remove("ORCH_TOKEN")
-        .env_remove("ORCH_CA")
-        .env_remove("ORCH_MANAGER")
-        .env_remove("ORCH_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+    let mut all = vec!["-o", "json", "events"];
+    all.extend_from_slice(args);
+    let mut child = cluster
+        .orchctl_command(&all)
         .spawn()
         .expect("spawn orchctl events");
     let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();

@@ -6,13 +6,12 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use orch::v1::{RestartCondition, RestartPolicy, TaskSpec, TaskState};
-use support::{DEADLINE, ORCHCTL, Options, Procs, docker_cli, spec};
+use support::{DEADLINE, Options, Procs, docker_cli, spec};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// A spec of `sh -c SCRIPT`, named `name`.
 fn script(image: &str, name: &str, script: &str) -> TaskSpec {
@@ -24,20 +23,10 @@ fn script(image: &str, name: &str, script: &str) -> TaskSpec {
 
 /// `orchctl logs ARGS` started in the background, its stdout piped.
 fn spawn_logs(cluster: &Procs, args: &[&str]) -> Child {
-    Command::new(ORCHCTL)
-        .arg("--manager")
-        .arg(cluster.url())
-        .arg("logs")
-        .args(args)
-        .env("ORCH_CONFIG", cluster.config_path())
-        .env_remove("ORCH_TOKEN")
-        .env_remove("ORCH_CA")
-        .env_remove("ORCH_MANAGER")
-        .env_remove("ORCH_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+    let mut all = vec!["logs"];
+    all.extend_from_slice(args);
+    cluster
+        .orchctl_command(&all)
         .spawn()
         .expect("spawn orchctl logs")
 }

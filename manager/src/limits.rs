@@ -15,9 +15,11 @@
 //! `WatchEvents`) has answered once its stream begins, and the stream is not
 //! cut. [`TokenBucket`] limits `Register`.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tonic::codegen::http;
 use tonic::transport::Server;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::layer::util::{Identity, Stack};
 
 /// The largest message the manager decodes or encodes, per service: 4 MiB,
@@ -104,7 +107,10 @@ pub fn dispatcher(
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// Makes a [`Guard`] for each connection.
+/// Makes the [`Guard`] of the server. Tonic applies a server's layer once
+/// and clones the service it made for every connection, so the guard cannot
+/// hold a connection's count itself: it keeps one per connection, by the
+/// peer's address, in [`InFlight`].
 #[derive(Debug, Clone)]
 pub struct GuardLayer {
     limits: Limits,
@@ -116,19 +122,73 @@ impl<S> tower::Layer<S> for GuardLayer {
     fn layer(&self, inner: S) -> Guard<S> {
         Guard {
             inner,
-            in_flight: Arc::new(Semaphore::new(self.limits.requests_per_connection)),
+            in_flight: Arc::new(InFlight::default()),
             limits: self.limits,
         }
     }
 }
 
-/// One connection's guard; see the module documentation.
+/// The server's guard; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct Guard<S> {
     inner: S,
-    /// The connection's requests in flight.
-    in_flight: Arc<Semaphore>,
+    /// Every connection's requests in flight.
+    in_flight: Arc<InFlight>,
     limits: Limits,
+}
+
+/// The requests in flight on each connection, as a semaphore per peer
+/// address (a TCP connection's is its own while it is open). An entry lives
+/// while its connection has a request in flight: the permits hold the
+/// semaphore, the map only a weak reference, and dead entries are swept as
+/// the map grows. Requests without connection information (in tests) share
+/// one entry.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    by_peer: std::sync::Mutex<Peers>,
+}
+
+#[derive(Debug, Default)]
+struct Peers {
+    semaphores: HashMap<Option<SocketAddr>, Weak<Semaphore>>,
+    /// How many entries were left by the last sweep.
+    swept_to: usize,
+}
+
+impl InFlight {
+    /// The semaphore of `peer`'s connection, made with `permits` if it has
+    /// no request in flight.
+    fn of(&self, peer: Option<SocketAddr>, permits: usize) -> Arc<Semaphore> {
+        // A map of weak references is whole whatever panicked while it was
+        // held, so a poisoned lock is taken as it is.
+        let mut peers = self
+            .by_peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(semaphore) = peers.semaphores.get(&peer).and_then(Weak::upgrade) {
+            return semaphore;
+        }
+        let semaphore = Arc::new(Semaphore::new(permits));
+        peers.semaphores.insert(peer, Arc::downgrade(&semaphore));
+        if peers.semaphores.len() > 2 * peers.swept_to.max(64) {
+            peers.semaphores.retain(|_, s| s.strong_count() > 0);
+            peers.swept_to = peers.semaphores.len();
+        }
+        semaphore
+    }
+}
+
+/// The address of the peer a request came from, over TLS or not.
+fn peer<R>(request: &http::Request<R>) -> Option<SocketAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.get_ref().remote_addr())
+        })
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -149,7 +209,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<R>) -> Self::Future {
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+        let in_flight = self
+            .in_flight
+            .of(peer(&request), self.limits.requests_per_connection);
+        let Ok(permit) = in_flight.try_acquire_owned() else {
             let status = Status::resource_exhausted(format!(
                 "more than {} requests in flight on one connection; wait for answers before sending more",
                 self.limits.requests_per_connection
@@ -346,17 +409,60 @@ mod tests {
         assert_eq!(again.body(), "answer");
     }
 
+    /// A request from the peer at `port`, as tonic hands it on.
+    fn request_from(port: u16) -> http::Request<()> {
+        let mut request = request();
+        request.extensions_mut().insert(TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        });
+        request
+    }
+
+    /// Tonic layers a server once and clones the result for each
+    /// connection: the limit must still be each connection's.
     #[tokio::test]
     async fn each_connection_has_its_own_limit() {
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        let layer = GuardLayer { limits: limits() };
-        let mut one = layer.layer(waiting(rx.clone()));
-        let _a = one.ready().await.unwrap().call(request());
-        let _b = one.ready().await.unwrap().call(request());
-        let mut other = layer.layer(waiting(rx));
-        let mut third = Box::pin(other.ready().await.unwrap().call(request()));
-        // Still waiting for its answer, not refused.
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let server = GuardLayer { limits: limits() }.layer(waiting(rx));
+        let mut one = server.clone();
+        let a = one.ready().await.unwrap().call(request_from(1000));
+        let b = one.ready().await.unwrap().call(request_from(1000));
+        let refused = one.ready().await.unwrap().call(request_from(1000));
+        let (code, _) = status(&refused.await.unwrap());
+        assert_eq!(code, Code::ResourceExhausted);
+        // Another connection, through another clone, is not refused.
+        let mut other = server.clone();
+        let mut third = Box::pin(other.ready().await.unwrap().call(request_from(2000)));
         assert!(futures::poll!(&mut third).is_pending());
+        tx.send(true).unwrap();
+        assert_eq!(third.await.unwrap().body(), "answer");
+        assert_eq!(a.await.unwrap().body(), "answer");
+        assert_eq!(b.await.unwrap().body(), "answer");
+        // Done, the first connection has its places back.
+        let again = one.ready().await.unwrap().call(request_from(1000));
+        assert_eq!(again.await.unwrap().body(), "answer");
+    }
+
+    /// Entries of connections with nothing in flight do not pile up.
+    #[test]
+    fn the_counts_of_idle_connections_are_swept() {
+        let in_flight = InFlight::default();
+        let busy = in_flight.of(Some(SocketAddr::from(([127, 0, 0, 1], 1))), 2);
+        for port in 2..10_000 {
+            drop(in_flight.of(Some(SocketAddr::from(([127, 0, 0, 1], port))), 2));
+        }
+        let peers = in_flight.by_peer.lock().unwrap();
+        assert!(peers.semaphores.len() <= 2 * peers.swept_to.max(64) + 1);
+        assert!(peers.semaphores.len() < 200, "{}", peers.semaphores.len());
+        assert!(
+            peers
+                .semaphores
+                .get(&Some(SocketAddr::from(([127, 0, 0, 1], 1))))
+                .and_then(Weak::upgrade)
+                .is_some_and(|s| Arc::ptr_eq(&s, &busy)),
+            "a busy connection keeps its count"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -771,14 +771,14 @@ impl Procs {
         orchctl_in(limit, &all, Some(&self.config_path())).await
     }
 
-    /// Runs the client `orchctl --manager <this manager> -o json ARGS` as a
-    /// person would, and returns what it printed, parsed. Panics unless it
-    /// exits 0 within the deadline.
-    pub async fn orchctl_json(&self, args: &[&str]) -> serde_json::Value {
+    /// The command `orchctl --manager <this manager> ARGS` with this
+    /// cluster's client configuration and none from the environment, its
+    /// stdout and stderr piped, killed when dropped: for a test to start and
+    /// read as it runs.
+    pub fn orchctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(ORCHCTL);
         cmd.arg("--manager")
             .arg(self.url())
-            .args(["-o", "json"])
             .args(args)
             .env("ORCH_CONFIG", self.config_path())
             .env_remove("ORCH_TOKEN")
@@ -786,7 +786,19 @@ impl Procs {
             .env_remove("ORCH_MANAGER")
             .env_remove("ORCH_LOG")
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs the client `orchctl --manager <this manager> -o json ARGS` as a
+    /// person would, and returns what it printed, parsed. Panics unless it
+    /// exits 0 within the deadline.
+    pub async fn orchctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let mut cmd = self.orchctl_command(&all);
         let out = tokio::time::timeout(DEADLINE, cmd.output())
             .await
             .unwrap_or_else(|_| panic!("orchctl {args:?} did not finish within {DEADLINE:?}"))
