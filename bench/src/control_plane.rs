@@ -221,13 +221,24 @@ impl fmt::Display for Report {
 
 /// The spec every task gets: a little cpu and memory, so the capacity
 /// filters do real work, and a simulated image that runs until stopped.
-fn spec() -> TaskSpec {
+fn spec(milli_cpus: i64) -> TaskSpec {
     TaskSpec {
         image: "sim/app".into(),
-        milli_cpus: Some(100),
+        milli_cpus: Some(milli_cpus),
         memory_bytes: Some(16 << 20),
         ..TaskSpec::default()
     }
+}
+
+/// A task's cpu: a tenth of a core, or less where `tasks` would not fit
+/// on `workers` simulated machines otherwise (1,000,000 tasks on 1,000
+/// workers of 64 cores take 0.064 each), so that every task can run.
+fn task_milli_cpus(tasks: usize, workers: usize) -> i64 {
+    let machine = orch_worker::runtime::sim::SimConfig::default()
+        .capacity
+        .milli_cpus;
+    let per_worker = i64::try_from(tasks.div_ceil(workers.max(1))).unwrap_or(i64::MAX);
+    (machine / per_worker.max(1)).clamp(1, 100)
 }
 
 /// How the watch ended.
@@ -346,6 +357,7 @@ async fn submitter(
     next: Arc<AtomicUsize>,
     tasks: usize,
     batch: usize,
+    milli_cpus: i64,
 ) -> Result<Vec<(Vec<(String, bool)>, SystemTime)>, Error> {
     let mut sent = Vec::new();
     loop {
@@ -354,7 +366,7 @@ async fn submitter(
             return Ok(sent);
         }
         let n = batch.min(tasks - start);
-        let specs = vec![spec(); n];
+        let specs = vec![spec(milli_cpus); n];
         let at = SystemTime::now();
         let reply = client
             .submit_tasks(SubmitTasksRequest { specs })
@@ -426,7 +438,15 @@ async fn measure(
     let next = Arc::new(AtomicUsize::new(0));
     let submitters: Vec<_> = clients
         .into_iter()
-        .map(|c| tokio::spawn(submitter(c, next.clone(), params.tasks, batch)))
+        .map(|c| {
+            tokio::spawn(submitter(
+                c,
+                next.clone(),
+                params.tasks,
+                batch,
+                task_milli_cpus(params.tasks, cluster.worker_count()),
+            ))
+        })
         .collect();
     let mut submitted_at: HashMap<String, SystemTime> = HashMap::with_capacity(params.tasks);
     let mut placed_at_submit = 0;
@@ -526,4 +546,21 @@ async fn measure(
         watched: events_watched,
         catch_ups,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_milli_cpus;
+
+    #[test]
+    fn every_task_of_a_run_fits_on_its_simulated_workers() {
+        // A tenth of a core while that fits (64 cores a worker) ...
+        assert_eq!(task_milli_cpus(100_000, 1_000), 100);
+        assert_eq!(task_milli_cpus(10, 0), 100);
+        // ... and less when it would not: 1,000 tasks a worker.
+        assert_eq!(task_milli_cpus(1_000_000, 1_000), 64);
+        let per_worker = 1_000_000usize.div_ceil(1_000) as i64;
+        assert!(per_worker * task_milli_cpus(1_000_000, 1_000) <= 64_000);
+        assert_eq!(task_milli_cpus(usize::MAX, 1), 1);
+    }
 }
