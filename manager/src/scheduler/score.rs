@@ -151,8 +151,14 @@ pub fn describe(strategy: Strategy, cost: &Cost) -> String {
             cost.primary
         ),
         Strategy::Spread => format!(
-            "spread: {} tasks on the node (fewest wins), then {:.3} of cpu and memory free after (most wins)",
-            cost.primary, -cost.secondary
+            "spread: {} {} on the node (fewest wins), then {:.3} of cpu and memory free after (most wins)",
+            cost.primary,
+            if (cost.primary - 1.0).abs() < f64::EPSILON {
+                "task"
+            } else {
+                "tasks"
+            },
+            -cost.secondary
         ),
     };
     match cost.siblings {

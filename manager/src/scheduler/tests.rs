@@ -795,7 +795,7 @@ fn explain_scores_feasible_nodes_by_the_strategy_and_changes_nothing() {
     assert_eq!(costs[0].primary, 3.0);
     assert_eq!(costs[1].primary, 1.0);
     assert_eq!(e.chosen, Some(1));
-    assert!(score::describe(Strategy::Spread, &costs[1]).starts_with("spread: 1 tasks"));
+    assert!(score::describe(Strategy::Spread, &costs[1]).starts_with("spread: 1 task on the node"));
 
     // Round-robin: explaining twice says the same, and place then agrees,
     // because explaining does not move the cursor.
