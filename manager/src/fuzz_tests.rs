@@ -504,7 +504,7 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> (Self, Known) {
-        let store = Arc::new(MemoryStore::new());
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let committer = Committer::start(store.clone());
         let now = std::time::SystemTime::now();
         let (auth, _) = crate::auth::Auth::restore(
@@ -533,7 +533,7 @@ impl Fixture {
             auth: std::sync::Mutex::new(auth),
             tls: false,
             committer,
-            store,
+            store: Arc::downgrade(&store),
         });
         let cluster = ClusterApi::new(shared.clone());
         let dispatcher = DispatcherApi::new(shared.clone(), &crate::limits::Limits::default());

@@ -184,8 +184,10 @@ pub struct Shared {
     /// Writes of credentials go through the same committer as the engine's.
     committer: Committer,
     /// The store, for reads that need not go through the engine: the kept
-    /// events `WatchEvents` replays.
-    store: Arc<dyn Store>,
+    /// events `WatchEvents` replays. Weak: the committer owns the store and
+    /// closes it at shutdown, and a stream that outlives the server (until
+    /// hyper drops its connection) must not hold the data directory's lock.
+    store: std::sync::Weak<dyn Store>,
 }
 
 impl Shared {
@@ -483,7 +485,7 @@ pub async fn start_with_store(
         auth: Mutex::new(auth),
         tls: config.tls,
         committer: committer.clone(),
-        store,
+        store: Arc::downgrade(&store),
     });
     Ok(Manager {
         shared,
@@ -706,7 +708,7 @@ mod tests {
             auth: Mutex::new(auth),
             tls: true,
             committer,
-            store,
+            store: Arc::downgrade(&store),
         };
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _held = shared.lock();

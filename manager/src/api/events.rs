@@ -53,8 +53,8 @@ pub trait Source: Send + Sync + 'static {
     /// event before it, and what resolves once the store holds that one.
     fn watch_point(&self) -> (broadcast::Receiver<Event>, u64, Durable);
 
-    /// The store to replay from.
-    fn store(&self) -> Arc<dyn Store>;
+    /// The store to replay from; `None` once the manager has closed it.
+    fn store(&self) -> Option<Arc<dyn Store>>;
 }
 
 impl Source for Arc<Shared> {
@@ -62,8 +62,8 @@ impl Source for Arc<Shared> {
         self.lock().watch_point()
     }
 
-    fn store(&self) -> Arc<dyn Store> {
-        Arc::clone(&self.store)
+    fn store(&self) -> Option<Arc<dyn Store>> {
+        self.store.upgrade()
     }
 }
 
@@ -298,7 +298,11 @@ impl<S: Source> Watch<S> {
     /// The next kept events after the position, up to `until`: they must
     /// follow it without a gap, or those it needs are gone.
     async fn read_page(&self, until: u64) -> Result<Vec<Event>, Status> {
-        let store = self.source.store();
+        let Some(store) = self.source.store() else {
+            return Err(Status::unavailable(
+                "the manager is shutting down; watch again with since",
+            ));
+        };
         let after = self.position;
         let limit = usize::try_from(until - after)
             .unwrap_or(usize::MAX)

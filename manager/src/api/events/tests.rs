@@ -105,8 +105,8 @@ impl Source for Arc<TestSource> {
         (rx, inner.0, self.committer.queue_durable(writes))
     }
 
-    fn store(&self) -> Arc<dyn Store> {
-        Arc::clone(&self.store)
+    fn store(&self) -> Option<Arc<dyn Store>> {
+        Some(Arc::clone(&self.store))
     }
 }
 
