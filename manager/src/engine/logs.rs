@@ -218,11 +218,7 @@ fn header_of(task: &Task) -> LogsResponse {
         attempt: task.attempt,
         service: task.service.clone(),
         slot: task.slot,
-        name: task
-            .spec
-            .as_ref()
-            .map(|s| s.name.clone())
-            .unwrap_or_default(),
+        name: crate::state::task_name(task),
         pinned_node_id: task.pinned_node_id.clone(),
         ..Default::default()
     }

@@ -107,6 +107,14 @@ pub fn task_uuid(task: &Task) -> Uuid {
     Uuid::parse_str(&task.id).unwrap_or_default()
 }
 
+/// A task's name (its spec's), empty if it has none.
+pub fn task_name(task: &Task) -> String {
+    task.spec
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or_default()
+}
+
 impl State {
     /// Rebuilds the objects from what the store holds. Nodes come back
     /// `down` until their workers reconnect (a write each, queued); pending
@@ -434,11 +442,7 @@ impl State {
             health: task.health,
             service: task.service.clone(),
             slot: task.slot,
-            name: task
-                .spec
-                .as_ref()
-                .map(|s| s.name.clone())
-                .unwrap_or_default(),
+            name: task_name(task),
         });
         // No copy of the spec to make, queue and drop for every change of state.
         let spec = task.spec.take();
