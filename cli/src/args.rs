@@ -269,14 +269,32 @@ fn parse_port(s: &str) -> Result<Port, String> {
     })
 }
 
+/// `--store`: an etcd URL (the manager checks the rest of it).
+fn parse_store(s: &str) -> Result<String, String> {
+    if s.starts_with("etcd://") {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a store: write etcd://HOST:PORT[,HOST:PORT...][/PREFIX], or leave --store out for the redb file in --data-dir"
+        ))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ManagerArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
-    /// Where the manager keeps its state (a redb file).
+    /// Where the manager keeps its state (a redb file) or, with --store
+    /// etcd://..., what it keeps of its own (its server certificate and the
+    /// id of the cluster it belongs to).
     #[arg(long, default_value = "./orch-data")]
     pub data_dir: PathBuf,
+    /// Keep the cluster's state in etcd, etcd://HOST:PORT[,HOST:PORT...][/PREFIX],
+    /// to run several managers on it (default: the redb file in --data-dir).
+    /// Needs an orchctl built with `--features etcd`.
+    #[arg(long, value_name = "URL", value_parser = parse_store)]
+    pub store: Option<String>,
     /// How tasks are placed on nodes: round-robin, epvm, best-fit or spread.
     #[arg(long, default_value = "spread", value_parser = parse_strategy)]
     pub scheduler: Strategy,

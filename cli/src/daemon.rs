@@ -104,6 +104,7 @@ pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> 
         },
         metrics_listen: args.metrics_listen,
         events_kept: args.events_kept,
+        etcd: args.store,
         ..orch_manager::Config::default()
     };
     let manager = start_manager(config, listener).await?;

@@ -57,34 +57,11 @@ async fn a_manager_can_make_a_new_admin_token_for_a_lost_one() {
     let listen = format!("127.0.0.1:{}", free_port());
     let url = format!("https://{listen}");
     let start = |extra: &'static [&'static str]| {
-        let mut manager = Command::new(ORCHCTL);
-        manager
-            .args(["manager", "--listen", &listen, "--data-dir", &data])
-            .args(extra)
-            .env("ORCH_CONFIG", &config)
-            .env_remove("ORCH_MANAGER")
-            .env_remove("ORCH_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = manager.spawn().expect("spawn orchctl manager");
-        let stderr = child.stderr.take().expect("stderr");
-        async move {
-            let mut lines = BufReader::new(stderr).lines();
-            tokio::time::timeout(DEADLINE, async {
-                while let Some(line) = lines.next_line().await.expect("read stderr") {
-                    if line.contains("orch: manager on") {
-                        return;
-                    }
-                }
-                panic!("the manager ended without serving");
-            })
-            .await
-            .expect("the manager serves in time");
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            child
-        }
+        let mut args = vec!["manager", "--listen", &listen, "--data-dir", &data];
+        args.extend_from_slice(extra);
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        let config = config.clone();
+        async move { serving_manager(&config, &args).await }
     };
     let token = |text: &str| {
         text.lines()
@@ -124,4 +101,127 @@ async fn a_manager_can_make_a_new_admin_token_for_a_lost_one() {
     nodes(lost).await.ok();
     renewed.start_kill().expect("stop the manager");
     renewed.wait().await.expect("reap it");
+}
+
+/// Starts `orchctl ARGS` (a manager) with `config` as its client
+/// configuration, and returns it once it says it serves.
+async fn serving_manager(config: &std::path::Path, args: &[String]) -> tokio::process::Child {
+    let mut manager = Command::new(ORCHCTL);
+    manager
+        .args(args)
+        .env("ORCH_CONFIG", config)
+        .env_remove("ORCH_MANAGER")
+        .env_remove("ORCH_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = manager.spawn().expect("spawn orchctl manager");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if line.contains("orch: manager on") {
+                return;
+            }
+        }
+        panic!("the manager ended without serving");
+    })
+    .await
+    .expect("the manager serves in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// A manager on an etcd nobody answers at, or on a store holding another
+/// cluster (or none) than its data directory belongs to, exits at start
+/// with one line naming both, and writes nothing to that store.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_refuses_an_unreachable_etcd_and_another_clusters_store() {
+    let dir = tempfile::Builder::new()
+        .prefix("orch-startup-")
+        .tempdir()
+        .expect("temp dir");
+    let config = dir.path().join("config.toml");
+    let data = |name: &str| dir.path().join(name).display().to_string();
+    let manager = |store: String, data: String| -> Vec<String> {
+        let listen = format!("127.0.0.1:{}", free_port());
+        [
+            "manager",
+            "--listen",
+            &listen,
+            "--data-dir",
+            &data,
+            "--store",
+            &store,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let refused = |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let ran = support::orchctl_in(Duration::from_secs(60), &args, Some(&config)).await;
+            assert!(!ran.stderr.contains("orch: manager on"), "{ran:#?}");
+            ran.refused().to_owned()
+        }
+    };
+
+    let nobody = format!("etcd://127.0.0.1:{}", free_port());
+    let line = refused(manager(nobody.clone(), data("a"))).await;
+    assert!(
+        line.contains(&nobody) && line.contains("is etcd running there?"),
+        "{line}"
+    );
+
+    let etcd = orch_manager::store::etcd::local::LocalEtcd::start(1).expect("etcd");
+    let (one, two) = (etcd.store_arg("one"), etcd.store_arg("two"));
+    let mut first = serving_manager(&config, &manager(one.clone(), data("a"))).await;
+    first.start_kill().expect("stop the manager");
+    first.wait().await.expect("reap it");
+    let cluster_a = std::fs::read_to_string(dir.path().join("a/cluster-id")).expect("recorded");
+    let cluster_a = cluster_a.trim();
+
+    // An empty store: not founded again under a manager of cluster a.
+    let line = refused(manager(two.clone(), data("a"))).await;
+    assert!(
+        line.contains(&format!("the store {two} holds no cluster")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("belongs to cluster {cluster_a}")),
+        "{line}"
+    );
+    // Nor is the redb file in its data directory.
+    let args = [
+        "manager",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--data-dir",
+        &data("a"),
+    ];
+    let ran = support::orchctl_in(Duration::from_secs(60), &args, Some(&config)).await;
+    assert!(ran.refused().contains("holds no cluster"), "{ran:#?}");
+
+    // Another cluster's store: refused, naming both clusters.
+    let mut other = serving_manager(&config, &manager(two.clone(), data("b"))).await;
+    other.start_kill().expect("stop the manager");
+    other.wait().await.expect("reap it");
+    let cluster_b = std::fs::read_to_string(dir.path().join("b/cluster-id")).expect("recorded");
+    let line = refused(manager(two.clone(), data("a"))).await;
+    assert!(
+        line.contains(&format!("holds cluster {}", cluster_b.trim())),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("belongs to cluster {cluster_a}")),
+        "{line}"
+    );
+
+    // Its own store still takes it.
+    let mut again = serving_manager(&config, &manager(one, data("a"))).await;
+    again.start_kill().expect("stop the manager");
+    again.wait().await.expect("reap it");
 }

@@ -97,6 +97,10 @@ pub struct Config {
     /// How many of the newest events the store keeps for `WatchEvents` to
     /// replay (at least one); applies to the store [`start`] opens.
     pub events_kept: u64,
+    /// The etcd cluster holding the state, `etcd://HOST:PORT[,...][/PREFIX]`
+    /// (`--store`), instead of the redb file in `data_dir`; its cluster's CA
+    /// is there too. Needs the crate's `etcd` feature.
+    pub etcd: Option<String>,
 }
 
 /// When a start makes an admin client token.
@@ -133,6 +137,7 @@ impl Default for Config {
             limits: limits::Limits::default(),
             metrics_listen: None,
             events_kept: store::DEFAULT_EVENTS_KEPT,
+            etcd: None,
         }
     }
 }
@@ -168,7 +173,16 @@ pub enum ServeError {
     /// The metrics port could not be bound.
     #[error(transparent)]
     Metrics(#[from] orch_metrics::BindError),
+    /// The store holds another cluster than the one the data directory
+    /// belongs to, or cannot be used as asked.
+    #[error("{0}")]
+    Cluster(String),
 }
+
+/// The file in the data directory naming the cluster it belongs to, written
+/// at the first start: a later start on a store of another cluster is
+/// refused rather than mixing two clusters' state.
+pub const CLUSTER_FILE: &str = "cluster-id";
 
 /// The state shared by the gRPC services, behind one lock that is never held
 /// across an await.
@@ -342,8 +356,136 @@ pub async fn run(
 /// # Errors
 /// If the store cannot be opened or read, or the CA cannot be made or read.
 pub async fn start(config: Config, listener: TcpListener) -> Result<Manager, ServeError> {
+    if let Some(url) = &config.etcd {
+        let (store, ca) = open_etcd(&config, url).await?;
+        return start_inner(config, store, Some(ca), listener).await;
+    }
     let store = open_store(&config)?;
     start_with_store(config, store, listener).await
+}
+
+/// Opens the etcd store at `url` and reads the cluster's CA from it, making
+/// both the cluster and its CA if the store holds none yet.
+#[cfg(feature = "etcd")]
+async fn open_etcd(config: &Config, url: &str) -> Result<(Arc<dyn Store>, Ca), ServeError> {
+    use crate::store::etcd::{EtcdStore, EtcdUrl, Founding};
+    let url = EtcdUrl::parse(url).map_err(|e| ServeError::Cluster(format!("--store: {e}")))?;
+    let events_kept = config.events_kept;
+    let proposal = Ca::create(std::time::SystemTime::now())?;
+    let shown = url.to_string();
+    let failed = move |source| ServeError::Store {
+        path: shown.clone(),
+        source,
+    };
+    // The data directory holds this manager's own files (its server
+    // certificate, the cluster it belongs to).
+    if let Some(dir) = &config.data_dir {
+        std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    // A manager that already belongs to a cluster never founds another: a
+    // wrong URL or prefix must not start an empty cluster.
+    let recorded = recorded_cluster(config)?;
+    let proposal = recorded.is_none().then(|| Founding {
+        cluster_id: uuid::Uuid::new_v4().to_string(),
+        ca_cert_pem: proposal.cert_pem().to_owned(),
+        ca_key_pem: proposal.key_pem(),
+    });
+    // Connecting and founding block: off the runtime's threads.
+    let (store, found) = tokio::task::spawn_blocking(move || {
+        let store = EtcdStore::connect(&url)?.with_events_kept(events_kept);
+        let found = store.found(proposal)?;
+        Ok((store, found))
+    })
+    .await
+    .map_err(|e| ServeError::Credentials(format!("opening the etcd store: {e}")))?
+    .map_err(failed)?;
+    let Some((founding, made)) = found else {
+        return Err(cluster_mismatch(
+            config,
+            None,
+            recorded.as_deref().unwrap_or_default(),
+        ));
+    };
+    if made {
+        tracing::info!(cluster = %founding.cluster_id, store = %store.url(), "made a new cluster in etcd");
+    }
+    let ca = Ca::from_pem(&founding.ca_cert_pem, &founding.ca_key_pem)?;
+    Ok((Arc::new(store), ca))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(_: &Config, url: &str) -> Result<(Arc<dyn Store>, Ca), ServeError> {
+    Err(ServeError::Cluster(format!(
+        "--store {url}: this build has no etcd store; build orchctl with `cargo build --release --features etcd` (it needs protoc: Debian's protobuf-compiler)"
+    )))
+}
+
+/// The cluster the data directory belongs to, if a start recorded one
+/// ([`CLUSTER_FILE`]).
+fn recorded_cluster(config: &Config) -> Result<Option<String>, ServeError> {
+    let Some(dir) = &config.data_dir else {
+        return Ok(None);
+    };
+    let path = dir.join(CLUSTER_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(recorded) => Ok(Some(recorded.trim().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ServeError::DataDir {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// The error of a store holding another cluster (`None`: none at all) than
+/// the `recorded` one of the data directory.
+fn cluster_mismatch(config: &Config, held: Option<&str>, recorded: &str) -> ServeError {
+    let dir = config
+        .data_dir
+        .as_deref()
+        .unwrap_or(std::path::Path::new("."));
+    let store = config.etcd.as_deref().map_or_else(
+        || format!("the store {}", dir.join(STORE_FILE).display()),
+        |url| format!("the store {url}"),
+    );
+    let held = held.map_or_else(|| "no cluster".to_owned(), |id| format!("cluster {id}"));
+    ServeError::Cluster(format!(
+        "{store} holds {held}, but this manager's data directory {} belongs to cluster {recorded} ({}): point --store at that cluster's store, or start with a new --data-dir",
+        dir.display(),
+        dir.join(CLUSTER_FILE).display(),
+    ))
+}
+
+/// Checks that the data directory belongs to the cluster the store holds
+/// (`None`: the store holds none yet).
+fn check_cluster(config: &Config, held: Option<&str>) -> Result<(), ServeError> {
+    match (recorded_cluster(config)?, held) {
+        (Some(recorded), held) if held != Some(recorded.as_str()) => {
+            Err(cluster_mismatch(config, held, &recorded))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Records in the data directory the cluster it belongs to, at its first
+/// start.
+fn record_cluster(config: &Config, cluster_id: &str) -> Result<(), ServeError> {
+    let Some(dir) = &config.data_dir else {
+        return Ok(());
+    };
+    if recorded_cluster(config)?.is_some() {
+        return Ok(());
+    }
+    let path = dir.join(CLUSTER_FILE);
+    let failed = |source| ServeError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    std::fs::write(&path, format!("{cluster_id}\n")).map_err(failed)
 }
 
 /// As [`run`], over a store opened by the caller (`config.data_dir` only
@@ -373,6 +515,17 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
     listener: TcpListener,
 ) -> Result<Manager, ServeError> {
+    start_inner(config, store, None, listener).await
+}
+
+/// As [`start_with_store`], with the cluster's CA if the store holds it
+/// (etcd); `None` loads or makes it in the data directory.
+async fn start_inner(
+    config: Config,
+    store: Arc<dyn Store>,
+    ca: Option<Ca>,
+    listener: TcpListener,
+) -> Result<Manager, ServeError> {
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(orch_metrics::Endpoint::bind(addr).await?),
         None => None,
@@ -386,10 +539,13 @@ pub async fn start_with_store(
     let mut snapshot = store
         .load()
         .map_err(|source| ServeError::Store { path, source })?;
+    // Before anything is written: a store of another cluster stays as it is.
+    check_cluster(&config, snapshot.cluster_id.as_deref())?;
     let wall = std::time::SystemTime::now();
-    let ca = match &config.data_dir {
-        Some(dir) => Ca::load_or_create(dir, wall)?,
-        None => Ca::create(wall)?,
+    let ca = match (ca, &config.data_dir) {
+        (Some(ca), _) => ca,
+        (None, Some(dir)) => Ca::load_or_create(dir, wall)?,
+        (None, None) => Ca::create(wall)?,
     };
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let mut names = config.advertise.clone();
@@ -449,6 +605,7 @@ pub async fn start_with_store(
         liveness,
         metrics.clone(),
     );
+    record_cluster(&config, engine.cluster_id())?;
     tracing::info!(cluster = %engine.cluster_id(), tasks, strategy = %config.strategy, ca = %auth.ca().digest(), "manager state loaded");
     let host = match addr {
         Some(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),

@@ -152,8 +152,9 @@ impl Ca {
         &self.cert_pem
     }
 
-    /// The CA's key, PEM (tests only: it never leaves the data directory).
-    #[cfg(test)]
+    /// The CA's key, PEM: for tests, and for the etcd store, where every
+    /// manager of the cluster reads it (it never leaves the manager otherwise).
+    #[cfg_attr(not(any(test, feature = "etcd")), allow(dead_code))]
     pub(crate) fn key_pem(&self) -> String {
         self.issuer.key().serialize_pem()
     }

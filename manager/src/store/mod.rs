@@ -20,6 +20,8 @@
 //! keys and which names are refused, how a task is joined back from its spec
 //! and status, and which events are pruned.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod faulty;
 pub mod memory;
 pub mod redb;
@@ -403,7 +405,7 @@ mod checks {
     }
 
     /// A task just accepted: pending, with a full spec.
-    fn task(n: u64) -> Task {
+    pub(super) fn task(n: u64) -> Task {
         let seconds = i64::try_from(n).unwrap_or(i64::MAX);
         Task {
             id: id(n),

@@ -1,0 +1,166 @@
+//! The store's behaviours (`store::checks`) against a real etcd, and what is
+//! etcd's own: a reconnect reads what was written, a batch larger than one
+//! transaction, the prefix that keeps clusters apart, an unreachable etcd.
+
+use super::local::LocalEtcd;
+use super::*;
+use crate::store::checks;
+
+/// One behaviour of `store::checks`, run on a fresh store.
+type Check = fn(&EtcdStore);
+
+/// Runs every check of `store::checks` against one etcd member, each on a
+/// prefix of its own, so that one process serves them all (a member takes a
+/// second or two to start on a loaded machine).
+#[test]
+fn etcd_store_behaves_as_the_others() {
+    let etcd = LocalEtcd::start(1).unwrap();
+    let store = |name: &str| EtcdStore::connect(&etcd.url(name)).unwrap();
+    let checks: [(&str, Check); 14] = [
+        ("empty", |s| checks::check_empty(s)),
+        ("round_trip", |s| checks::check_round_trip(s)),
+        ("update_keeps_spec", |s| checks::check_update_keeps_spec(s)),
+        ("coalescing", |s| checks::check_coalescing(s)),
+        ("events_after_paging", |s| {
+            checks::check_events_after_paging(s)
+        }),
+        ("bad_id_refuses_batch", |s| {
+            checks::check_bad_id_refuses_batch(s)
+        }),
+        ("status_without_spec_is_corrupt", |s| {
+            checks::check_status_without_spec_is_corrupt(s);
+        }),
+        ("service_replaces", |s| checks::check_service_replaces(s)),
+        ("service_delete", |s| checks::check_service_delete(s)),
+        ("service_delete_then_recreate", |s| {
+            checks::check_service_delete_then_recreate(s);
+        }),
+        ("service_version_delete", |s| {
+            checks::check_service_version_delete(s)
+        }),
+        ("attempts_are_bounded", |s| {
+            checks::check_attempts_are_bounded(s)
+        }),
+        ("empty_service_name_refuses_batch", |s| {
+            checks::check_empty_service_name_refuses_batch(s);
+        }),
+        ("events_pruning", |s| {
+            // `with_events_kept` takes the store by value: a second
+            // connection on the same prefix.
+            let pruned = EtcdStore::connect(s.url())
+                .unwrap()
+                .with_events_kept(checks::EVENTS_KEPT);
+            checks::check_events_pruning(&pruned);
+        }),
+    ];
+    for (name, check) in checks {
+        let store = store(name);
+        check(&store);
+    }
+}
+
+/// What one connection wrote, another reads back whole, as a manager that
+/// takes over from another loads what that one committed; and a prefix sees
+/// nothing of another's.
+#[test]
+fn etcd_everything_survives_a_new_connection_and_prefixes_are_apart() {
+    let etcd = LocalEtcd::start(1).unwrap();
+    let store = EtcdStore::connect(&etcd.url("one")).unwrap();
+    let expected = checks::write_everything(&store);
+    let events = store.events_after(0, usize::MAX).unwrap();
+    drop(store);
+
+    let again = EtcdStore::connect(&etcd.url("one")).unwrap();
+    assert_eq!(again.load().unwrap(), expected);
+    assert_eq!(again.events_after(0, usize::MAX).unwrap(), events);
+
+    let other = EtcdStore::connect(&etcd.url("one-other")).unwrap();
+    assert_eq!(other.load().unwrap(), Snapshot::default());
+}
+
+/// A batch far beyond one transaction's limits (ops and bytes) is committed
+/// whole, with every spec beside its status, and loads back in id order.
+#[test]
+fn etcd_large_batch_spans_transactions() {
+    let etcd = LocalEtcd::start(1).unwrap();
+    let store = EtcdStore::connect(&etcd.url("large")).unwrap();
+    let mut writes = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..2_000u64 {
+        let mut task = checks::task(n + 1);
+        // Large specs: the byte limit cuts transactions too.
+        task.spec.as_mut().unwrap().image = "x".repeat(2_000);
+        ids.push(task.id.clone());
+        writes.push(Write::TaskCreated(Box::new(task)));
+    }
+    let [first, second] = store.transactions(&Batch::new(&writes).unwrap());
+    assert!(first.is_empty());
+    assert!(
+        second.len() > 2_000 * 2 / MAX_TXN_OPS,
+        "{} txns",
+        second.len()
+    );
+    assert!(second.iter().all(|ops| ops.len() <= MAX_TXN_OPS));
+    store.commit(&writes).unwrap();
+    let loaded = store.load().unwrap();
+    let mut want = ids.clone();
+    want.sort();
+    let got: Vec<String> = loaded.tasks.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(got, want);
+    assert!(
+        loaded
+            .tasks
+            .iter()
+            .all(|t| t.spec.as_ref().unwrap().image.len() == 2_000)
+    );
+}
+
+/// An etcd that does not answer is a clear error naming it, in seconds.
+#[test]
+fn etcd_unreachable_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = EtcdUrl::parse(&format!("etcd://127.0.0.1:{port}")).unwrap();
+    let started = std::time::Instant::now();
+    let err = EtcdStore::connect(&url).unwrap_err().to_string();
+    assert!(err.contains(&format!("etcd://127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("is etcd running there?"), "{err}");
+    assert!(
+        started.elapsed() < CONNECT_TIMEOUT + REQUEST_TIMEOUT + std::time::Duration::from_secs(5)
+    );
+}
+
+#[test]
+fn etcd_urls_parse() {
+    let url = EtcdUrl::parse("etcd://a:2379,10.0.0.2:2380/team/orch").unwrap();
+    assert_eq!(url.endpoints, ["http://a:2379", "http://10.0.0.2:2380"]);
+    assert_eq!(url.prefix, "/team/orch/");
+    assert_eq!(url.to_string(), "etcd://a:2379,10.0.0.2:2380/team/orch");
+    assert_eq!(EtcdUrl::parse("etcd://a:1").unwrap().prefix, DEFAULT_PREFIX);
+    for bad in [
+        "http://a:2379",
+        "etcd://",
+        "etcd://a",
+        "etcd://a:x",
+        "etcd://a:1,,b:2",
+        "etcd://:1",
+    ] {
+        let err = EtcdUrl::parse(bad).unwrap_err();
+        assert!(
+            err.contains(bad) || err.contains("HOST:PORT"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn keys_order_as_ids_and_numbers() {
+    assert!(hex(1) < hex(u128::MAX));
+    assert!(hex(0x0f) < hex(0x10));
+    assert!(number(9) < number(10));
+    assert_eq!(prefix_end(b"/orch/event/"), b"/orch/event0");
+    assert_eq!(prefix_end(&[b'a', 0xff]), b"b");
+}
