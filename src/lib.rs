@@ -39,6 +39,10 @@ pub mod api {
     /// The trailer of a `WatchEvents` stream that ended with an error: the
     /// last sequence the watch got to, to pass as `since` to resume.
     pub const LAST_SEQUENCE_TRAILER: &str = "orch-last-sequence";
+
+    /// The metadata of an `UNAVAILABLE` from a manager that does not lead
+    /// (several managers on etcd): the leader's URL, where to go instead.
+    pub const LEADER_METADATA: &str = "orch-leader";
 }
 
 pub use api::v1;

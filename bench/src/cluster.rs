@@ -118,6 +118,7 @@ pub struct Builder {
     sim: SimConfig,
     tls: bool,
     events_kept: u64,
+    manager_args: Vec<String>,
 }
 
 struct Worker {
@@ -194,6 +195,13 @@ impl Builder {
         self
     }
 
+    /// More arguments of a child manager (`--store etcd://...`).
+    #[must_use]
+    pub fn manager_args(mut self, args: Vec<String>) -> Self {
+        self.manager_args = args;
+        self
+    }
+
     /// Starts the manager, then the workers in waves, and waits until every
     /// worker's node is ready.
     ///
@@ -245,6 +253,7 @@ impl Builder {
                     self.heartbeat_period,
                     self.missed_heartbeats,
                     self.tls.then_some(config.as_path()),
+                    &self.manager_args,
                 )?);
                 let access = if self.tls {
                     child_access(&config).await?
@@ -440,6 +449,10 @@ pub(crate) async fn loopback_listener() -> Result<(TcpListener, SocketAddr), Err
 ///
 /// # Errors
 /// If it cannot be started.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is one flag of `orchctl manager`, named where it is passed"
+)]
 pub(crate) fn spawn_child(
     orchctl: &Path,
     addr: SocketAddr,
@@ -448,6 +461,7 @@ pub(crate) fn spawn_child(
     heartbeat_period: Duration,
     missed_heartbeats: u32,
     config: Option<&Path>,
+    extra: &[String],
 ) -> Result<tokio::process::Child, Error> {
     let mut args: Vec<String> = Vec::new();
     if config.is_none() {
@@ -464,6 +478,7 @@ pub(crate) fn spawn_child(
         "--missed-heartbeats".into(),
         missed_heartbeats.to_string(),
     ]);
+    args.extend(extra.iter().cloned());
     let mut child = orchctl_command(orchctl, &args, &log_dir.join("manager.log"))?;
     if let Some(config) = config {
         child.env("ORCH_CONFIG", config);
@@ -559,6 +574,7 @@ impl SimCluster {
             sim: SimConfig::default(),
             tls: false,
             events_kept: orch_manager::DEFAULT_EVENTS_KEPT,
+            manager_args: Vec::new(),
         }
     }
 

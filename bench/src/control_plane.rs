@@ -52,6 +52,8 @@ pub struct Params {
     pub tls: bool,
     /// How many events the manager keeps (a manager in process only).
     pub events_kept: u64,
+    /// More arguments of a child manager (`--store etcd://...`).
+    pub manager_args: Vec<String>,
 }
 
 impl Default for Params {
@@ -66,6 +68,7 @@ impl Default for Params {
             timeout: Duration::from_secs(300),
             tls: false,
             events_kept: orch_manager::DEFAULT_EVENTS_KEPT,
+            manager_args: Vec::new(),
         }
     }
 }
@@ -406,6 +409,7 @@ pub async fn run(params: &Params) -> Result<Report, Error> {
         .heartbeat_period(params.heartbeat_period)
         .tls(params.tls)
         .events_kept(params.events_kept)
+        .manager_args(params.manager_args.clone())
         .start()
         .await?;
     let startup = begun.elapsed();

@@ -89,6 +89,11 @@ struct ControlPlaneArgs {
     /// in-process only; default: the manager's default).
     #[arg(long)]
     events_kept: Option<u64>,
+    /// Keep the manager's state on a local etcd of this many members (real
+    /// `etcd` processes on loopback) instead of redb: needs --manager child
+    /// and orch-bench built with `--features etcd`.
+    #[arg(long, value_name = "MEMBERS")]
+    etcd: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -271,10 +276,19 @@ async fn control(args: ControlPlaneArgs) -> Result<(), String> {
         events_kept: args
             .events_kept
             .unwrap_or(orch_manager::DEFAULT_EVENTS_KEPT),
+        manager_args: Vec::new(),
     };
     if args.events_kept.is_some() && !matches!(manager, ManagerKind::InProcess) {
         return Err("--events-kept needs --manager in-process".into());
     }
+    let etcd = local_etcd(args.etcd, &manager)?;
+    let params = control_plane::Params {
+        manager_args: etcd
+            .as_ref()
+            .map(|(_, args)| args.clone())
+            .unwrap_or_default(),
+        ..params
+    };
     println!(
         "control-plane: {} tasks, {} workers, {} clients, batches of {}, heartbeat {:?}, manager {}, {}",
         args.tasks,
@@ -294,6 +308,36 @@ async fn control(args: ControlPlaneArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     print!("{report}");
     Ok(())
+}
+
+/// A local etcd of `members` for the manager, and the arguments that put the
+/// manager's store on it; `None` without `--etcd`.
+#[cfg(feature = "etcd")]
+fn local_etcd(
+    members: Option<usize>,
+    manager: &ManagerKind,
+) -> Result<Option<(orch_manager::store::etcd::local::LocalEtcd, Vec<String>)>, String> {
+    let Some(members) = members else {
+        return Ok(None);
+    };
+    if !matches!(manager, ManagerKind::Child(_)) {
+        return Err("--etcd needs --manager child".into());
+    }
+    let etcd = orch_manager::store::etcd::local::LocalEtcd::start(members)?;
+    let args = vec!["--store".to_owned(), etcd.store_arg("")];
+    println!("etcd: {members} members, {}", etcd.store_arg(""));
+    Ok(Some((etcd, args)))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn local_etcd(
+    members: Option<usize>,
+    _: &ManagerKind,
+) -> Result<Option<((), Vec<String>)>, String> {
+    match members {
+        None => Ok(None),
+        Some(_) => Err("--etcd needs orch-bench built with `--features etcd`".into()),
+    }
 }
 
 async fn real_engine(args: EngineArgs) -> Result<(), String> {

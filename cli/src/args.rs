@@ -19,7 +19,10 @@ use orch_manager::scheduler::Strategy;
     propagate_version = true
 )]
 pub struct Cli {
-    /// The manager's URL (default: the client configuration's, else https://127.0.0.1:7070).
+    /// The manager's URL (default: the client configuration's, else
+    /// https://127.0.0.1:7070). Several managers (on etcd): their URLs
+    /// separated by commas; a client uses the first that answers, a worker
+    /// finds the one that leads.
     #[arg(long, global = true, env = "ORCH_MANAGER")]
     pub manager: Option<String>,
 
@@ -77,6 +80,8 @@ pub enum Command {
     Status(StatusArgs),
     /// List nodes with capacity, allocation and usage.
     Nodes,
+    /// List the managers of the cluster: which one leads, since when.
+    Managers,
     /// Drain or activate a node.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -295,6 +300,15 @@ pub struct ManagerArgs {
     /// Needs an orchctl built with `--features etcd`.
     #[arg(long, value_name = "URL", value_parser = parse_store)]
     pub store: Option<String>,
+    /// With --store etcd://...: how long a manager's lease lasts, the
+    /// longest a dead leader holds the cluster before another manager is
+    /// elected (whole seconds, at least 2s).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub leader_lease: Duration,
+    /// With --store etcd://...: how long a new leader gives each worker to
+    /// come back to it before declaring its node down and moving its tasks.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub failover_grace: Duration,
     /// How tasks are placed on nodes: round-robin, epvm, best-fit or spread.
     #[arg(long, default_value = "spread", value_parser = parse_strategy)]
     pub scheduler: Strategy,

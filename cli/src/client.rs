@@ -22,9 +22,39 @@ use crate::output;
 
 pub use orch::auth::Client;
 
-/// Connects to the manager, or explains why not.
+/// Connects to the manager, or explains why not. `--manager` may name
+/// several managers (on etcd), separated by commas: the first that answers
+/// is used (any of them serves a client: a follower forwards to the leader).
 pub async fn connect(target: &Target) -> Result<Client, CliError> {
-    let manager = &target.url;
+    let bearer = orch::auth::Bearer::new(target.token.as_deref()).map_err(CliError)?;
+    let urls: Vec<&str> = target
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let mut unreachable = Vec::new();
+    for manager in &urls {
+        match channel(manager, target).await? {
+            Ok(channel) => return Ok(ClusterClient::with_interceptor(channel, bearer)),
+            Err(cause) => unreachable.push(format!("{manager}: {cause}")),
+        }
+    }
+    Err(CliError(match unreachable.as_slice() {
+        [] => format!("{:?} is not a URL like https://127.0.0.1:7070", target.url),
+        [one] => format!(
+            "cannot reach the manager at {one} (is it running? start one with `orchctl dev`)"
+        ),
+        all => format!("cannot reach any manager ({})", all.join("; ")),
+    }))
+}
+
+/// A channel to `manager`: `Err` for a bad URL or TLS settings, `Ok(Err)`
+/// with the innermost cause for a manager that does not answer.
+async fn channel(
+    manager: &str,
+    target: &Target,
+) -> Result<Result<tonic::transport::Channel, String>, CliError> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(manager.to_string())
         .map_err(|_| {
             CliError(format!(
@@ -46,18 +76,14 @@ pub async fn connect(target: &Target) -> Result<Client, CliError> {
             )
             .map_err(|e| CliError(format!("TLS settings: {e}")))?;
     }
-    let bearer = orch::auth::Bearer::new(target.token.as_deref()).map_err(CliError)?;
-    let channel = endpoint.connect().await.map_err(|e| {
+    Ok(endpoint.connect().await.map_err(|e| {
         // The innermost cause says it best ("Connection refused").
         let mut cause: &dyn std::error::Error = &e;
         while let Some(inner) = cause.source() {
             cause = inner;
         }
-        CliError(format!(
-            "cannot reach the manager at {manager}: {cause} (is it running? start one with `orchctl dev`)"
-        ))
-    })?;
-    Ok(ClusterClient::with_interceptor(channel, bearer))
+        cause.to_string()
+    }))
 }
 
 /// One line for a gRPC error: the code in words, then the manager's message.
@@ -435,6 +461,23 @@ pub async fn nodes(manager: &Target, out: Output) -> Result<(), CliError> {
             nodes.iter().map(output::node_json).collect(),
         )),
         Output::Table => output::print_nodes(&nodes),
+    }
+    Ok(())
+}
+
+pub async fn managers(manager: &Target, out: Output) -> Result<(), CliError> {
+    let mut client = connect(manager).await?;
+    let managers = client
+        .list_managers(orch::v1::ListManagersRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .managers;
+    match out {
+        Output::Json => output::print_json(&serde_json::Value::Array(
+            managers.iter().map(output::manager_json).collect(),
+        )),
+        Output::Table => output::print_managers(&managers),
     }
     Ok(())
 }

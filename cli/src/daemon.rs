@@ -105,8 +105,13 @@ pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> 
         metrics_listen: args.metrics_listen,
         events_kept: args.events_kept,
         etcd: args.store,
+        leader_lease: args.leader_lease,
+        failover_grace: args.failover_grace,
         ..orch_manager::Config::default()
     };
+    if config.etcd.is_some() {
+        return replica(config, listener).await;
+    }
     let manager = start_manager(config, listener).await?;
     if let Some(addr) = manager.metrics_addr() {
         eprintln!("orch: metrics on http://{addr}/metrics");
@@ -120,6 +125,50 @@ pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> 
     );
     manager.serve(terminated()).await?;
     Ok(())
+}
+
+/// A manager on etcd: follows, and leads when elected.
+#[cfg(feature = "etcd")]
+async fn replica(config: orch_manager::Config, listener: TcpListener) -> Result<(), CliError> {
+    let store = config.etcd.clone().unwrap_or_default();
+    let dir = config
+        .data_dir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    let replica = orch_manager::replica::start(config, listener)
+        .await
+        .map_err(|e| {
+            CliError(format!(
+                "the manager could not start (data directory {dir}): {e}"
+            ))
+        })?;
+    eprintln!(
+        "orch: manager on {} (id {}), on {store}: following until elected",
+        replica.url(),
+        replica.id()
+    );
+    let mut config_error = None;
+    let served = replica
+        .serve(terminated(), |access| {
+            eprintln!("orch: leading the cluster");
+            match write_client_config(access) {
+                Ok(Some(path)) => {
+                    eprintln!("orch: a new admin token and the cluster's CA are in {path}");
+                }
+                Ok(None) => {}
+                Err(e) => config_error = Some(e),
+            }
+        })
+        .await;
+    served?;
+    config_error.map_or(Ok(()), Err)
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn replica(config: orch_manager::Config, listener: TcpListener) -> Result<(), CliError> {
+    // `start` says in words that this build has no etcd store.
+    start_manager(config, listener).await.map(drop)
 }
 
 async fn docker(logs: &LogKeepArgs) -> Result<Arc<DockerRuntime>, CliError> {

@@ -206,6 +206,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stop(a) => client::stop(manager, a, out).await,
         Command::Status(a) => client::status(manager, a, out).await,
         Command::Nodes => client::nodes(manager, out).await,
+        Command::Managers => client::managers(manager, out).await,
         Command::Node(c) => client::node(manager, c, out).await,
         Command::Events(a) => events::events(manager, a, out).await,
         Command::Logs(a) => {

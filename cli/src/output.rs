@@ -605,6 +605,38 @@ fn task_detail(t: &Task) -> Vec<(&'static str, String)> {
 }
 
 /// The node list.
+/// A manager as `orchctl managers -o json` prints it.
+pub fn manager_json(m: &orch::v1::ManagerInfo) -> Value {
+    json!({
+        "id": m.id,
+        "url": m.url,
+        "role": if m.leader { "leader" } else { "follower" },
+        "started_at": rfc3339(m.started_at.as_ref()),
+        "leader_since": rfc3339(m.leader_since.as_ref()),
+    })
+}
+
+/// `orchctl managers`: one row per manager, the leader's term's age.
+pub fn print_managers(managers: &[orch::v1::ManagerInfo]) {
+    let rows: Vec<Vec<String>> = managers
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.clone(),
+                m.url.clone(),
+                if m.leader { "leader" } else { "follower" }.into(),
+                if m.leader {
+                    ago(m.leader_since.as_ref())
+                } else {
+                    "-".into()
+                },
+                ago(m.started_at.as_ref()),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "URL", "ROLE", "LEADING SINCE", "STARTED"], &rows);
+}
+
 pub fn print_nodes(nodes: &[Node]) {
     let rows: Vec<Vec<String>> = nodes
         .iter()

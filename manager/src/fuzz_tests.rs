@@ -27,11 +27,12 @@ use orch::v1::cluster_server::Cluster;
 use orch::v1::dispatcher_server::Dispatcher;
 use orch::v1::{
     ActivateNodeRequest, ApplyServiceRequest, DeleteServiceRequest, DrainNodeRequest,
-    GetServiceRequest, GetTaskRequest, Heartbeat, ListNodesRequest, ListServiceVersionsRequest,
-    ListServicesRequest, ListTasksRequest, NodeMetrics, PlanServiceRequest, PlanTaskRequest,
-    RegisterRequest, RollbackServiceRequest, ScaleServiceRequest, SessionOpen, StatusBatch,
-    StopTaskRequest, SubmitTaskRequest, SubmitTasksRequest, TaskStatus, WatchEventsRequest,
-    WorkerMessage, service_spec, worker_message,
+    GetServiceRequest, GetTaskRequest, Heartbeat, ListManagersRequest, ListNodesRequest,
+    ListServiceVersionsRequest, ListServicesRequest, ListTasksRequest, NodeMetrics,
+    PlanServiceRequest, PlanTaskRequest, RegisterRequest, RollbackServiceRequest,
+    ScaleServiceRequest, SessionOpen, StatusBatch, StopTaskRequest, SubmitTaskRequest,
+    SubmitTasksRequest, TaskStatus, WatchEventsRequest, WorkerMessage, service_spec,
+    worker_message,
 };
 use orch::v1::{
     CreateTokenRequest, GetJoinTokenRequest, JoinRequest, ListTokensRequest, RemoveNodeRequest,
@@ -64,6 +65,7 @@ enum Kind {
     GetTask,
     ListTasks,
     ListNodes,
+    ListManagers,
     DrainNode,
     ActivateNode,
     WatchEvents,
@@ -90,13 +92,14 @@ enum Kind {
     PlanService,
 }
 
-const KINDS: [Kind; 29] = [
+const KINDS: [Kind; 30] = [
     Kind::SubmitTask,
     Kind::SubmitTasks,
     Kind::StopTask,
     Kind::GetTask,
     Kind::ListTasks,
     Kind::ListNodes,
+    Kind::ListManagers,
     Kind::DrainNode,
     Kind::ActivateNode,
     Kind::WatchEvents,
@@ -146,7 +149,7 @@ fn fields(kind: Kind) -> &'static [&'static str] {
         Kind::RenewCertificate => &["csr"],
         Kind::ListServices => &["page_size", "page_token"],
         Kind::WatchEvents => &["since", "task_id", "service", "node_id", "kinds"],
-        Kind::ListNodes | Kind::Session | Kind::ListTokens => &[],
+        Kind::ListNodes | Kind::ListManagers | Kind::Session | Kind::ListTokens => &[],
     }
 }
 
@@ -304,6 +307,7 @@ fn request(kind: Kind, known: &Known) -> BoxedStrategy<Vec<u8>> {
                 }),
         ),
         Kind::ListNodes => encoded(Just(ListNodesRequest {})),
+        Kind::ListManagers => encoded(Just(ListManagersRequest {})),
         Kind::WatchEvents => encoded(
             (
                 proptest::option::of(0u64..1_000),
@@ -534,6 +538,7 @@ impl Fixture {
             tls: false,
             committer,
             store: Arc::downgrade(&store),
+            managers: Arc::new(crate::Alone(orch::v1::ManagerInfo::default())),
         });
         let cluster = ClusterApi::new(shared.clone());
         let dispatcher = DispatcherApi::new(shared.clone(), &crate::limits::Limits::default());
@@ -665,6 +670,7 @@ impl Fixture {
             }
             Kind::ListTasks => c.list_tasks(decode(bytes)?).await.map(drop),
             Kind::ListNodes => c.list_nodes(decode(bytes)?).await.map(drop),
+            Kind::ListManagers => c.list_managers(decode(bytes)?).await.map(drop),
             Kind::DrainNode => c.drain_node(decode(bytes)?).await.map(drop),
             Kind::ActivateNode => c.activate_node(decode(bytes)?).await.map(drop),
             Kind::WatchEvents => c.watch_events(decode(bytes)?).await.map(drop),

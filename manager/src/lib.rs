@@ -21,6 +21,8 @@
 //!   connection, timeouts, the rate of `Register`) and the tower layer
 //!   enforcing them.
 //! - [`metrics`]: the Prometheus metrics, served on `Config::metrics_listen`.
+//! - `replica` (the `etcd` feature): several managers on one etcd store,
+//!   each following until elected, then leading until its term ends.
 
 pub mod api;
 pub mod auth;
@@ -35,6 +37,8 @@ pub mod logs;
 pub mod metrics;
 pub mod orchestrator;
 pub mod persist;
+#[cfg(feature = "etcd")]
+pub mod replica;
 pub mod scheduler;
 pub mod state;
 pub mod store;
@@ -48,7 +52,6 @@ use std::time::Duration;
 use orch::v1::cluster_server::ClusterServer;
 use orch::v1::dispatcher_server::DispatcherServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
@@ -99,8 +102,16 @@ pub struct Config {
     pub events_kept: u64,
     /// The etcd cluster holding the state, `etcd://HOST:PORT[,...][/PREFIX]`
     /// (`--store`), instead of the redb file in `data_dir`; its cluster's CA
-    /// is there too. Needs the crate's `etcd` feature.
+    /// is there too. Needs the crate's `etcd` feature; such a manager starts
+    /// with `replica::start`.
     pub etcd: Option<String>,
+    /// On etcd: how long a manager's lease lasts, the longest a dead leader
+    /// holds the cluster before another is elected (whole seconds, at least 2).
+    pub leader_lease: Duration,
+    /// On etcd: how long a new leader gives every worker to open a session
+    /// with it before declaring its node down (at least the liveness
+    /// deadline): the workers first have to find it.
+    pub failover_grace: Duration,
 }
 
 /// When a start makes an admin client token.
@@ -138,6 +149,8 @@ impl Default for Config {
             metrics_listen: None,
             events_kept: store::DEFAULT_EVENTS_KEPT,
             etcd: None,
+            leader_lease: Duration::from_secs(2),
+            failover_grace: Duration::from_secs(10),
         }
     }
 }
@@ -202,6 +215,30 @@ pub struct Shared {
     /// closes it at shutdown, and a stream that outlives the server (until
     /// hyper drops its connection) must not hold the data directory's lock.
     store: std::sync::Weak<dyn Store>,
+    /// Who the cluster's managers are, for `ListManagers`.
+    managers: Arc<dyn Managers>,
+}
+
+/// Who the managers of the cluster are, and which one leads, for
+/// `ListManagers`: this manager alone ([`Alone`]), or the records of the
+/// managers on etcd (`replica`).
+pub trait Managers: Send + Sync + 'static {
+    /// Every manager, in the order they started.
+    fn list(
+        &self,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<orch::v1::ManagerInfo>, Error>>;
+}
+
+/// A manager alone on its store: it lists itself, leading since it started.
+pub struct Alone(orch::v1::ManagerInfo);
+
+impl Managers for Alone {
+    fn list(
+        &self,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<orch::v1::ManagerInfo>, Error>> {
+        let me = self.0.clone();
+        Box::pin(async move { Ok(vec![me]) })
+    }
 }
 
 impl Shared {
@@ -276,6 +313,11 @@ impl Shared {
             .authorize(authorization, needed, method, self.now().wall)
     }
 
+    /// The cluster's managers.
+    pub fn managers(&self) -> Arc<dyn Managers> {
+        self.managers.clone()
+    }
+
     /// Persists credential writes; resolves once they are durable.
     ///
     /// # Errors
@@ -328,7 +370,7 @@ pub struct ClientAccess {
 pub struct Manager {
     shared: Arc<Shared>,
     committer: Committer,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     liveness: Liveness,
     tls: Option<tonic::transport::ServerTlsConfig>,
     client: ClientAccess,
@@ -357,8 +399,8 @@ pub async fn run(
 /// If the store cannot be opened or read, or the CA cannot be made or read.
 pub async fn start(config: Config, listener: TcpListener) -> Result<Manager, ServeError> {
     if let Some(url) = &config.etcd {
-        let (store, ca) = open_etcd(&config, url).await?;
-        return start_inner(config, store, Some(ca), listener).await;
+        // Managers on etcd take turns leading: see `replica`.
+        return Err(open_etcd_unbuilt(url));
     }
     let store = open_store(&config)?;
     start_with_store(config, store, listener).await
@@ -367,7 +409,10 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<Manager, Ser
 /// Opens the etcd store at `url` and reads the cluster's CA from it, making
 /// both the cluster and its CA if the store holds none yet.
 #[cfg(feature = "etcd")]
-async fn open_etcd(config: &Config, url: &str) -> Result<(Arc<dyn Store>, Ca), ServeError> {
+async fn open_etcd(
+    config: &Config,
+    url: &str,
+) -> Result<(Arc<store::etcd::EtcdStore>, Ca), ServeError> {
     use crate::store::etcd::{EtcdStore, EtcdUrl, Founding};
     let url = EtcdUrl::parse(url).map_err(|e| ServeError::Cluster(format!("--store: {e}")))?;
     let events_kept = config.events_kept;
@@ -409,18 +454,34 @@ async fn open_etcd(config: &Config, url: &str) -> Result<(Arc<dyn Store>, Ca), S
             recorded.as_deref().unwrap_or_default(),
         ));
     };
+    if let Some(recorded) = recorded.as_deref()
+        && recorded != founding.cluster_id
+    {
+        return Err(cluster_mismatch(
+            config,
+            Some(&founding.cluster_id),
+            recorded,
+        ));
+    }
     if made {
         tracing::info!(cluster = %founding.cluster_id, store = %store.url(), "made a new cluster in etcd");
     }
+    record_cluster(config, &founding.cluster_id)?;
     let ca = Ca::from_pem(&founding.ca_cert_pem, &founding.ca_key_pem)?;
     Ok((Arc::new(store), ca))
 }
 
-#[cfg(not(feature = "etcd"))]
-async fn open_etcd(_: &Config, url: &str) -> Result<(Arc<dyn Store>, Ca), ServeError> {
-    Err(ServeError::Cluster(format!(
-        "--store {url}: this build has no etcd store; build orchctl with `cargo build --release --features etcd` (it needs protoc: Debian's protobuf-compiler)"
-    )))
+/// The error of [`start`] asked for a store on etcd.
+fn open_etcd_unbuilt(url: &str) -> ServeError {
+    if cfg!(feature = "etcd") {
+        ServeError::Cluster(format!(
+            "--store {url}: a manager on etcd starts with `replica::start`, which elects a leader"
+        ))
+    } else {
+        ServeError::Cluster(format!(
+            "--store {url}: this build has no etcd store; build orchctl with `cargo build --release --features etcd` (it needs protoc: Debian's protobuf-compiler)"
+        ))
+    }
 }
 
 /// The cluster the data directory belongs to, if a start recorded one
@@ -515,7 +576,7 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
     listener: TcpListener,
 ) -> Result<Manager, ServeError> {
-    start_inner(config, store, None, listener).await
+    start_inner(config, store, None, None, Arc::new(listener)).await
 }
 
 /// As [`start_with_store`], with the cluster's CA if the store holds it
@@ -524,7 +585,8 @@ async fn start_inner(
     config: Config,
     store: Arc<dyn Store>,
     ca: Option<Ca>,
-    listener: TcpListener,
+    managers: Option<Arc<dyn Managers>>,
+    listener: Arc<TcpListener>,
 ) -> Result<Manager, ServeError> {
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(orch_metrics::Endpoint::bind(addr).await?),
@@ -548,12 +610,7 @@ async fn start_inner(
         (None, None) => Ca::create(wall)?,
     };
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    let mut names = config.advertise.clone();
-    if let Some(addr) = addr.filter(|a| !a.ip().is_unspecified()) {
-        names.push(addr.ip().to_string());
-    }
-    names.extend(host_name());
-    let identity = ca.issue_server(&names, wall, config.data_dir.as_deref())?;
+    let tls = server_tls(&config, &ca, addr, wall)?;
     let credentials = std::mem::take(&mut snapshot.credentials);
     let (mut auth, mut auth_writes) =
         Auth::restore(ca, &credentials, config.node_cert_lifetime, wall)
@@ -606,6 +663,15 @@ async fn start_inner(
         metrics.clone(),
     );
     record_cluster(&config, engine.cluster_id())?;
+    // What the restore wrote (a pending task's new attempt number) is
+    // durable before any worker hears of it.
+    committer
+        .flush()
+        .await
+        .map_err(|source| ServeError::Store {
+            path: "the restored state".into(),
+            source,
+        })?;
     tracing::info!(cluster = %engine.cluster_id(), tasks, strategy = %config.strategy, ca = %auth.ca().digest(), "manager state loaded");
     let host = match addr {
         Some(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
@@ -618,24 +684,21 @@ async fn start_inner(
         admin_token,
         join_token: join.token,
     };
-    let tls = config.tls.then(|| {
-        tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                &identity.chain_pem,
-                &identity.key_pem,
-            ))
-            .client_ca_root(tonic::transport::Certificate::from_pem(
-                auth.ca().cert_pem(),
-            ))
-            // Clients carry tokens, not certificates; joining workers have
-            // none yet. The Dispatcher refuses calls without one itself.
-            .client_auth_optional(true)
-    });
     if !config.tls {
         tracing::warn!(
             "serving without TLS or authentication (--insecure): anyone who can reach the port can read the traffic, register workers and submit or stop anything"
         );
     }
+    let managers = managers.unwrap_or_else(|| {
+        let now = Some(orch::time::timestamp(wall));
+        Arc::new(Alone(orch::v1::ManagerInfo {
+            id: uuid::Uuid::new_v4().to_string(),
+            url: client.url.clone(),
+            leader: true,
+            started_at: now,
+            leader_since: now,
+        }))
+    });
     let shared = Arc::new(Shared {
         clock: engine.clock(),
         engine: Mutex::new(engine),
@@ -643,6 +706,7 @@ async fn start_inner(
         tls: config.tls,
         committer: committer.clone(),
         store: Arc::downgrade(&store),
+        managers,
     });
     Ok(Manager {
         shared,
@@ -654,6 +718,49 @@ async fn start_inner(
         limits: config.limits,
         metrics,
         metrics_endpoint,
+    })
+}
+
+/// The server's certificate for the names it is reached at (the advertised
+/// ones, the listen address, the host name), signed by `ca`, as the TLS
+/// settings of its port; `None` without TLS.
+fn server_tls(
+    config: &Config,
+    ca: &Ca,
+    addr: Option<SocketAddr>,
+    now: std::time::SystemTime,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, ServeError> {
+    if !config.tls {
+        return Ok(None);
+    }
+    let mut names = config.advertise.clone();
+    if let Some(addr) = addr.filter(|a| !a.ip().is_unspecified()) {
+        names.push(addr.ip().to_string());
+    }
+    names.extend(host_name());
+    let identity = ca.issue_server(&names, now, config.data_dir.as_deref())?;
+    Ok(Some(
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &identity.chain_pem,
+                &identity.key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(ca.cert_pem()))
+            // Clients carry tokens, not certificates; joining workers have
+            // none yet. The Dispatcher refuses calls without one itself.
+            .client_auth_optional(true),
+    ))
+}
+
+/// The connections `listener` accepts, as a stream a server takes while
+/// others may take the listener after it (a manager on etcd serves one
+/// listener as a follower, then as the leader, and so on).
+fn incoming(
+    listener: Arc<TcpListener>,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
     })
 }
 
@@ -669,6 +776,12 @@ impl Manager {
     /// How a local client reaches this manager.
     pub fn client(&self) -> &ClientAccess {
         &self.client
+    }
+
+    /// Gives every node's worker `grace` to come back before it is
+    /// declared down (a new leader's, after a failover).
+    pub fn hold_nodes(&self, grace: Duration) {
+        self.shared.lock().hold_nodes(grace);
     }
 
     /// The registry of the manager's metrics (`orch_manager_*`), for a
@@ -760,7 +873,7 @@ impl Manager {
             closing.lock().close_streams();
         };
         let result = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await;
         if let Some(task) = metrics_task {
             let _ = task.await;
@@ -866,6 +979,7 @@ mod tests {
             tls: true,
             committer,
             store: Arc::downgrade(&store),
+            managers: Arc::new(crate::Alone(orch::v1::ManagerInfo::default())),
         };
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _held = shared.lock();

@@ -43,7 +43,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The manager's URL, for example `http://127.0.0.1:7070`.
+    /// The manager's URL, for example `https://127.0.0.1:7070`, or several
+    /// managers' URLs separated by commas (managers on etcd): the worker
+    /// finds the one that leads.
     pub manager: String,
     /// The node's name; by default the host name.
     pub name: String,
@@ -259,10 +261,12 @@ pub async fn run_measured<R: Runtime>(
     let mut executor: Option<(String, Executor)> = None;
     let mut backoff = Backoff::new();
     let mut sessions = 0u64;
+    let mut managers = Managers::new(&config.manager);
     tokio::pin!(shutdown);
     loop {
+        let url = managers.current().to_owned();
         let attempt = async {
-            let endpoint = manager_endpoint(&config, identity.as_ref())?;
+            let endpoint = manager_endpoint(&url, identity.as_ref())?;
             let channel = endpoint.connect().await.map_err(|e| {
                 tonic::Status::unavailable(format!("cannot reach the manager: {e}"))
             })?;
@@ -298,7 +302,8 @@ pub async fn run_measured<R: Runtime>(
                 return Err(Error::Refused(status.message().to_string()));
             }
             Err(status) => {
-                tracing::warn!(manager = %config.manager, error = %status.message(), "registration failed; retrying");
+                tracing::warn!(manager = %url, error = %status.message(), "registration failed; retrying");
+                managers.after_failure(Some(&status));
                 tokio::select! {
                     () = backoff.wait() => continue,
                     () = &mut shutdown => return Ok(()),
@@ -350,6 +355,7 @@ pub async fn run_measured<R: Runtime>(
         };
         telemetry.connected.set(0);
         tracing::warn!(reason = %ended, "session ended; reconnecting");
+        managers.after_failure(None);
         tokio::select! {
             () = backoff.wait() => {}
             () = &mut shutdown => return Ok(()),
@@ -357,13 +363,63 @@ pub async fn run_measured<R: Runtime>(
     }
 }
 
+/// The managers a worker may open its session with, and which to try next.
+struct Managers {
+    urls: Vec<String>,
+    /// The one to try next: one of `urls`, or where the last refusal said
+    /// the leader is.
+    next: String,
+}
+
+impl Managers {
+    fn new(list: &str) -> Self {
+        let urls = manager_urls(list);
+        let next = urls.first().cloned().unwrap_or_default();
+        Self { urls, next }
+    }
+
+    fn current(&self) -> &str {
+        &self.next
+    }
+
+    /// After a failed registration or an ended session: the leader the
+    /// manager named (a follower's refusal), else the next in the list.
+    fn after_failure(&mut self, status: Option<&tonic::Status>) {
+        let hint = status
+            .and_then(|s| s.metadata().get(orch::api::LEADER_METADATA))
+            .and_then(|v| v.to_str().ok())
+            .filter(|url| url.starts_with("https://") || url.starts_with("http://"));
+        if let Some(leader) = hint {
+            if leader != self.next {
+                tracing::info!(leader, "the manager named the leader; going there");
+            }
+            leader.clone_into(&mut self.next);
+            return;
+        }
+        if self.urls.len() > 1 {
+            let at = self.urls.iter().position(|u| *u == self.next);
+            let i = at.map_or(0, |i| (i + 1) % self.urls.len());
+            self.next.clone_from(&self.urls[i]);
+        }
+    }
+}
+
+/// The URLs of `list`, separated by commas.
+pub fn manager_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Where the manager is, with the node's TLS identity if it has one.
 fn manager_endpoint(
-    config: &Config,
+    url: &str,
     identity: Option<&Identity>,
 ) -> Result<tonic::transport::Endpoint, tonic::Status> {
-    let mut endpoint = identity::endpoint(&config.manager)
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let mut endpoint =
+        identity::endpoint(url).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
     if let Some(identity) = identity {
         endpoint = endpoint
             .tls_config(identity.tls())
@@ -385,22 +441,32 @@ fn heartbeat_period(reply: &RegisterResponse) -> Duration {
 /// The node's certificate: the one kept in the data directory, or a new one
 /// from joining with the token; `None` for an `--insecure` worker.
 async fn identify(config: &Config) -> Result<Option<Identity>, Error> {
-    let plaintext = config.manager.starts_with("http://");
-    if config.insecure {
-        if !plaintext {
+    let urls = manager_urls(&config.manager);
+    if urls.is_empty() {
+        return Err(Error::ManagerUrl {
+            url: config.manager.clone(),
+            reason: "no manager URL: give --manager https://HOST:PORT[,https://HOST:PORT...]"
+                .into(),
+        });
+    }
+    for url in &urls {
+        let plaintext = url.starts_with("http://");
+        if config.insecure && !plaintext {
             return Err(Error::ManagerUrl {
-                url: config.manager.clone(),
+                url: url.clone(),
                 reason: "--insecure speaks plaintext: use an http:// URL".into(),
             });
         }
+        if !config.insecure && plaintext {
+            return Err(Error::ManagerUrl {
+                url: url.clone(),
+                reason: "http:// is plaintext: use https://HOST:PORT, or --insecure on the manager and the worker".into(),
+            });
+        }
+    }
+    if config.insecure {
         tracing::warn!("--insecure: the session to the manager is plaintext and unauthenticated");
         return Ok(None);
-    }
-    if plaintext {
-        return Err(Error::ManagerUrl {
-            url: config.manager.clone(),
-            reason: "http:// is plaintext: use https://HOST:PORT, or --insecure on the manager and the worker".into(),
-        });
     }
     let dir = config.data_dir.as_deref();
     if let Some(kept) = dir.map(Identity::load).transpose()?.flatten() {
@@ -425,12 +491,14 @@ async fn identify(config: &Config) -> Result<Option<Identity>, Error> {
     };
     let mut backoff = Backoff::new();
     loop {
-        match identity::join(&config.manager, token, dir).await {
-            Err(Error::Unreachable(why)) => {
-                tracing::warn!(manager = %config.manager, error = %why, "cannot join yet; retrying");
-                backoff.wait().await;
+        for url in &urls {
+            match identity::join(url, token, dir).await {
+                Err(Error::Unreachable(why)) => {
+                    tracing::warn!(manager = %url, error = %why, "cannot join yet; retrying");
+                    backoff.wait().await;
+                }
+                other => return other.map(Some),
             }
-            other => return other.map(Some),
         }
     }
 }

@@ -210,7 +210,15 @@ async fn join_with(manager: &str, token: &str, dir: Option<&Path>) -> Result<Ide
             csr,
         })
         .await
-        .map_err(|s| refused(format!("the manager refused to join: {}", s.message())))?
+        .map_err(|s| match s.code() {
+            // A manager that does not lead (or whose store fails): another
+            // one, or this one later, may take the join.
+            tonic::Code::Unavailable => Error::Unreachable(format!(
+                "the manager at {manager} cannot join nodes now: {}",
+                s.message()
+            )),
+            _ => refused(format!("the manager refused to join: {}", s.message())),
+        })?
         .into_inner();
     let identity = Identity::new(key.serialize_pem(), reply.certificate, reply.ca_certificate)?;
     if ca_digest(&pem_der(&identity.ca_pem)?) != token.ca_digest {

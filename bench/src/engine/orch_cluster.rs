@@ -128,6 +128,7 @@ impl OrchCluster {
                     defaults.missed_heartbeats,
                     // Without TLS, as before security came.
                     None,
+                    &[],
                 )?);
             }
         }

@@ -82,6 +82,9 @@ pub struct Options {
     /// `--metrics-listen` on a free loopback port of their own
     /// ([`Procs::manager_metrics`], [`Procs::worker_metrics`]).
     pub metrics: bool,
+    /// How many managers (more than one needs `--store etcd://...` in
+    /// `manager_args`): manager 0 starts first, the others once it serves.
+    pub managers: usize,
 }
 
 impl Default for Options {
@@ -95,6 +98,7 @@ impl Default for Options {
             manager_args: Vec::new(),
             worker_args: Vec::new(),
             metrics: false,
+            managers: 1,
         }
     }
 }
@@ -173,6 +177,9 @@ pub struct Procs {
     pub port: u16,
     options: Options,
     manager: Option<Child>,
+    /// Managers 1.. (`Options::managers`): each one's port and process
+    /// (`None` while killed).
+    others: Vec<(u16, Option<Child>)>,
     workers: Vec<Worker>,
     /// The private network and its gateway address, once created.
     network: Option<(String, String)>,
@@ -184,6 +191,19 @@ pub struct Procs {
     /// index, with [`Options::metrics`].
     manager_metrics: Option<u16>,
     worker_metrics: HashMap<usize, u16>,
+}
+
+/// The endpoint of a manager at `url`, verified against the cluster's `ca`.
+pub fn endpoint(url: String, ca: &str) -> tonic::transport::Endpoint {
+    tonic::transport::Endpoint::from_shared(url)
+        .expect("url")
+        .connect_timeout(Duration::from_secs(2))
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .domain_name(orch::auth::MANAGER_SERVER_NAME)
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        )
+        .expect("tls")
 }
 
 /// The client configuration a first start of the manager wrote.
@@ -242,6 +262,7 @@ impl Procs {
             path,
             name,
             port: free_port(),
+            others: (1..options.managers).map(|_| (free_port(), None)).collect(),
             options,
             manager: None,
             workers: Vec::new(),
@@ -261,6 +282,9 @@ impl Procs {
             .expect("join token")
             .into_inner()
             .token;
+        for i in 1..cluster.options.managers {
+            cluster.start_manager_at(i);
+        }
         for _ in 0..workers {
             cluster.add_worker();
         }
@@ -268,9 +292,36 @@ impl Procs {
         cluster
     }
 
-    /// The manager's URL from the host.
+    /// The manager's URL from the host (manager 0's).
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL of manager `i`.
+    pub fn url_of(&self, i: usize) -> String {
+        match i {
+            0 => self.url(),
+            i => format!("https://127.0.0.1:{}", self.others[i - 1].0),
+        }
+    }
+
+    /// Every manager's URL, separated by commas, as `--manager` takes them.
+    pub fn manager_urls(&self) -> String {
+        (0..self.options.managers)
+            .map(|i| self.url_of(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The URLs of the managers that run (not killed).
+    fn running_urls(&self) -> Vec<String> {
+        (0..self.options.managers)
+            .filter(|&i| match i {
+                0 => self.manager.is_some(),
+                i => self.others[i - 1].1.is_some(),
+            })
+            .map(|i| self.url_of(i))
+            .collect()
     }
 
     /// Where the manager's first start wrote the client configuration, and
@@ -375,17 +426,68 @@ impl Procs {
     /// Starts the manager on its port and data directory (again, after a kill).
     pub fn start_manager(&mut self) {
         assert!(self.manager.is_none(), "the manager is running");
+        self.manager = Some(self.spawn_manager(0));
+    }
+
+    /// Starts manager `i` (0 is [`Procs::start_manager`]'s) on its port and
+    /// data directory, again after a kill.
+    pub fn start_manager_at(&mut self, i: usize) {
+        if i == 0 {
+            return self.start_manager();
+        }
+        assert!(self.others[i - 1].1.is_none(), "manager {i} is running");
+        let child = self.spawn_manager(i);
+        self.others[i - 1].1 = Some(child);
+    }
+
+    /// `kill -9` manager `i` and reap it; its data directory stays.
+    pub async fn kill_manager_at(&mut self, i: usize) {
+        if i == 0 {
+            return self.kill_manager().await;
+        }
+        let mut child = self.others[i - 1].1.take().expect("the manager runs");
+        child.start_kill().expect("SIGKILL the manager");
+        child.wait().await.expect("reap the manager");
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to manager `i`.
+    pub async fn signal_manager(&self, i: usize, signal: &str) {
+        let child = match i {
+            0 => self.manager.as_ref(),
+            i => self.others[i - 1].1.as_ref(),
+        };
+        let pid = child
+            .and_then(Child::id)
+            .expect("the manager runs")
+            .to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {pid}: {sent}");
+    }
+
+    fn spawn_manager(&self, i: usize) -> Child {
         let host = if self.options.listen_all {
             "0.0.0.0"
         } else {
             "127.0.0.1"
         };
-        let child = Command::new(ORCHCTL)
+        let (port, dir, log) = match i {
+            0 => (self.port, "manager".to_owned(), "manager".to_owned()),
+            i => (
+                self.others[i - 1].0,
+                format!("manager{i}"),
+                format!("manager{i}"),
+            ),
+        };
+        Command::new(ORCHCTL)
             .arg("manager")
             .arg("--listen")
-            .arg(format!("{host}:{}", self.port))
+            .arg(format!("{host}:{port}"))
             .arg("--data-dir")
-            .arg(self.path.join("manager"))
+            .arg(self.path.join(dir))
             .arg("--heartbeat-period")
             .arg(&self.options.heartbeat_period)
             .arg("--missed-heartbeats")
@@ -393,6 +495,7 @@ impl Procs {
             .args(&self.options.manager_args)
             .args(
                 self.manager_metrics
+                    .filter(|_| i == 0)
                     .map(|p| ["--metrics-listen".to_string(), format!("127.0.0.1:{p}")])
                     .into_iter()
                     .flatten(),
@@ -402,11 +505,10 @@ impl Procs {
             .env("ORCH_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(self.log("manager"))
+            .stderr(self.log(&log))
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn orchctl manager");
-        self.manager = Some(child);
+            .expect("spawn orchctl manager")
     }
 
     /// Stops the manager as Ctrl-C does (SIGTERM: it commits what it holds
@@ -440,7 +542,7 @@ impl Procs {
     fn spawn_worker_with(&self, i: usize, join_token: &str) -> Child {
         Command::new(ORCHCTL)
             .arg("--manager")
-            .arg(self.url())
+            .arg(self.manager_urls())
             .arg("worker")
             .arg("--data-dir")
             .arg(self.worker_dir(i))
@@ -665,25 +767,23 @@ impl Procs {
     /// A client of the manager that sends `token` (or none).
     pub async fn client_with(&self, token: Option<&str>) -> Client {
         let config = self.client_config().await;
-        let endpoint = tonic::transport::Endpoint::from_shared(self.url())
-            .expect("url")
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .domain_name(orch::auth::MANAGER_SERVER_NAME)
-                    .ca_certificate(tonic::transport::Certificate::from_pem(&config.ca)),
-            )
-            .expect("tls");
         let bearer = orch::auth::Bearer::new(token).expect("token");
         let deadline = Instant::now() + DEADLINE;
+        // Any manager that runs serves a client (a follower forwards).
         loop {
-            match endpoint.connect().await {
-                Ok(c) => return ClusterClient::with_interceptor(c, bearer),
-                Err(e) if Instant::now() > deadline => {
-                    panic!("cannot connect to the manager: {e}")
+            let mut failed = None;
+            for url in self.running_urls() {
+                match endpoint(url, &config.ca).connect().await {
+                    Ok(c) => return ClusterClient::with_interceptor(c, bearer),
+                    Err(e) => failed = Some(e),
                 }
-                // Nothing to wait on but the port: retry shortly.
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
+            assert!(
+                Instant::now() < deadline,
+                "cannot connect to the manager: {failed:?}"
+            );
+            // Nothing to wait on but the port: retry shortly.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -765,7 +865,8 @@ impl Procs {
     /// would; returns how it exited and what it printed. Panics if it has
     /// not exited within `limit`.
     pub async fn orchctl_within(&self, limit: Duration, args: &[&str]) -> Ran {
-        let url = self.url();
+        // Several managers: every one that runs, as a person would list them.
+        let url = self.running_urls().join(",");
         let mut all = vec!["--manager", url.as_str()];
         all.extend_from_slice(args);
         orchctl_in(limit, &all, Some(&self.config_path())).await
@@ -778,7 +879,7 @@ impl Procs {
     pub fn orchctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(ORCHCTL);
         cmd.arg("--manager")
-            .arg(self.url())
+            .arg(self.running_urls().join(","))
             .args(args)
             .env("ORCH_CONFIG", self.config_path())
             .env_remove("ORCH_TOKEN")
@@ -1143,6 +1244,7 @@ impl Drop for Procs {
     /// where the logs are, and their tails, and keeps the directory.
     fn drop(&mut self) {
         let mut children: Vec<Child> = self.manager.take().into_iter().collect();
+        children.extend(self.others.iter_mut().filter_map(|(_, c)| c.take()));
         let mut containers = Vec::new();
         for w in &mut self.workers {
             match w {

@@ -12,10 +12,10 @@ use orch::v1::cluster_server::Cluster;
 use orch::v1::{
     ActivateNodeRequest, ActivateNodeResponse, ApplyServiceRequest, ApplyServiceResponse,
     DeleteServiceRequest, DeleteServiceResponse, DrainNodeRequest, DrainNodeResponse, Event,
-    GetServiceRequest, GetServiceResponse, GetTaskRequest, GetTaskResponse, ListNodesRequest,
-    ListNodesResponse, ListServiceVersionsRequest, ListServiceVersionsResponse,
-    ListServicesRequest, ListServicesResponse, ListTasksRequest, ListTasksResponse,
-    PlanServiceRequest, PlanServiceResponse, PlanTaskRequest, PlanTaskResponse,
+    GetServiceRequest, GetServiceResponse, GetTaskRequest, GetTaskResponse, ListManagersRequest,
+    ListManagersResponse, ListNodesRequest, ListNodesResponse, ListServiceVersionsRequest,
+    ListServiceVersionsResponse, ListServicesRequest, ListServicesResponse, ListTasksRequest,
+    ListTasksResponse, PlanServiceRequest, PlanServiceResponse, PlanTaskRequest, PlanTaskResponse,
     RollbackServiceRequest, RollbackServiceResponse, ScaleServiceRequest, ScaleServiceResponse,
     StopTaskRequest, StopTaskResponse, SubmitTaskRequest, SubmitTaskResponse, SubmitTasksRequest,
     SubmitTasksResponse, TaskSpec, TaskState, WatchEventsRequest,
@@ -251,6 +251,14 @@ impl Cluster for ClusterApi {
     ) -> Result<Response<ListNodesResponse>, Status> {
         let nodes = self.shared.lock().list_nodes();
         Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn list_managers(
+        &self,
+        _request: Request<ListManagersRequest>,
+    ) -> Result<Response<ListManagersResponse>, Status> {
+        let managers = self.shared.managers().list().await?;
+        Ok(Response::new(ListManagersResponse { managers }))
     }
 
     async fn drain_node(

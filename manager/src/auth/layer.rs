@@ -23,6 +23,7 @@ pub fn required_role(method: &str) -> Role {
         "GetTask"
         | "ListTasks"
         | "ListNodes"
+        | "ListManagers"
         | "WatchEvents"
         | "GetService"
         | "ListServices"

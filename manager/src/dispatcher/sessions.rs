@@ -186,6 +186,15 @@ impl Sessions {
         });
     }
 
+    /// Gives every node at least until `until` before it is declared down:
+    /// a new leader's grace for the workers to find it after a failover.
+    pub fn hold_until(&mut self, until: Instant) {
+        let from = until.checked_sub(self.liveness.deadline()).unwrap_or(until);
+        for entry in self.entries.values_mut() {
+            entry.last_seen = entry.last_seen.max(from);
+        }
+    }
+
     /// When `node` is due to be declared down unless it is heard from first;
     /// `None` for a node not tracked.
     pub fn deadline(&self, node: Uuid) -> Option<Instant> {

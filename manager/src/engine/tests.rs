@@ -472,6 +472,8 @@ async fn a_report_about_an_older_attempt_is_ignored_and_a_live_container_is_told
         .commit(&[Write::TaskCreated(Box::new(task.clone()))])
         .expect("seed");
     let mut f = Fixture::over(store);
+    // A pending task is restored under a new attempt number.
+    task.attempt += 1;
     let mut worker = f.join("n1", 1000);
     assert!(worker.full_set().is_empty());
     worker.expect_run(&task);
@@ -1003,7 +1005,7 @@ async fn a_restarted_manager_brings_nodes_back_down_and_keeps_tasks_and_allocati
     let mut before = Fixture::over(store.clone());
     let mut worker = before.join("n1", 1000);
     worker.full_set();
-    let [running, waiting] = <[Task; 2]>::try_from(
+    let [running, mut waiting] = <[Task; 2]>::try_from(
         before.submit(vec![cpu_spec("running", 1000), cpu_spec("waiting", 1000)]),
     )
     .expect("two tasks");
@@ -1021,7 +1023,27 @@ async fn a_restarted_manager_brings_nodes_back_down_and_keeps_tasks_and_allocati
     assert_eq!((node.task_count, allocated_cpu(&node)), (1, 1000));
     assert_eq!(after.task(&running).state(), TaskState::Running);
     assert_eq!(after.task(&waiting).state(), TaskState::Pending);
-    assert_eq!(after.durable().await.nodes[0].state(), NodeState::Down);
+    // The task that waited gets a new attempt number, stored before any
+    // worker hears of it: the manager before may have sent the old one.
+    waiting.attempt += 1;
+    assert_eq!(after.task(&waiting).attempt, waiting.attempt);
+    let stored = after.durable().await;
+    assert_eq!(stored.nodes[0].state(), NodeState::Down);
+    let kept = stored
+        .tasks
+        .iter()
+        .find(|t| t.id == waiting.id)
+        .expect("stored");
+    assert_eq!(kept.attempt, waiting.attempt);
+    assert_eq!(
+        stored
+            .tasks
+            .iter()
+            .find(|t| t.id == running.id)
+            .map(|t| t.attempt),
+        Some(running.attempt),
+        "a running task keeps its attempt"
+    );
 
     // A new node connects: the pending task is placed there.
     let mut fresh = after.join("n2", 1000);
@@ -1110,6 +1132,8 @@ async fn a_stale_attempt_is_stopped_with_the_tasks_grace_period() {
         .commit(&[Write::TaskCreated(Box::new(task.clone()))])
         .expect("seed");
     let mut f = Fixture::over(store);
+    // A pending task is restored under a new attempt number.
+    task.attempt += 1;
     let mut worker = f.join("n1", 0);
     worker.full_set();
     worker.expect_run(&task);
@@ -1394,6 +1418,8 @@ async fn an_unhealthy_task_with_no_restarts_left_keeps_running() {
         .commit(&[Write::TaskCreated(Box::new(task.clone()))])
         .expect("seed");
     let mut f = Fixture::over(store);
+    // A pending task is restored under a new attempt number.
+    task.attempt += 1;
     let mut worker = f.join("n1", 0);
     worker.full_set();
     worker.expect_run(&task);

@@ -354,6 +354,14 @@ impl Engine {
         silent.len()
     }
 
+    /// Gives every node's worker `grace` from now to open a session before
+    /// it is declared down (at least the liveness deadline, as at every
+    /// start): after a failover, workers first have to find the new leader.
+    pub fn hold_nodes(&mut self, grace: std::time::Duration) {
+        let until = self.clock.now().at + grace;
+        self.sessions.hold_until(until);
+    }
+
     /// When node `i` is declared down unless it is heard from before then;
     /// `None` for a node with nothing left to lose. A node counts as silent
     /// whether its stream is still open (a hung worker) or already broken and

@@ -186,9 +186,23 @@ impl State {
             }
             state.add_node(node);
         }
-        for task in snapshot.tasks {
+        for mut task in snapshot.tasks {
             let id = task_uuid(&task);
             if task.state() == TaskState::Pending {
+                // The manager before this one may have placed it and sent
+                // it to a worker before the placement was stored (an
+                // assignment goes out before its commit): that worker may
+                // run this very attempt. Placed again under the same number,
+                // the worker would take the new assignment for the old
+                // container, stopped meanwhile as not in its full set. A
+                // new number makes the old container a stale attempt,
+                // stopped and ignored, whatever the worker reports of it.
+                task.attempt += 1;
+                let spec = task.spec.take();
+                state
+                    .writes
+                    .push(Write::TaskUpdated(Box::new(task.clone())));
+                task.spec = spec;
                 state.pending.insert(id);
             } else if task_state::is_active(task.state())
                 && let Some(i) = state.node_of(&task)

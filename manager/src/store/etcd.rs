@@ -146,6 +146,19 @@ pub struct EtcdStore {
     /// How many of the newest events stay.
     events_kept: u64,
     url: EtcdUrl,
+    /// The term every commit is conditional on, once this manager leads.
+    fence: std::sync::RwLock<Option<Fence>>,
+}
+
+/// What makes a commit conditional on leading: the leader key must still be
+/// the one this manager created (its creation revision is the term), so a
+/// deposed leader that has not noticed yet writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The leader key.
+    pub key: Vec<u8>,
+    /// The revision the leader key was created at: the term.
+    pub term: i64,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -184,6 +197,7 @@ impl EtcdStore {
             keys: Keys::new(&url.prefix),
             events_kept: super::DEFAULT_EVENTS_KEPT,
             url: url.clone(),
+            fence: std::sync::RwLock::new(None),
         };
         // The client connects lazily: one read proves a member answers.
         let meta = store.keys.table(META);
@@ -207,6 +221,33 @@ impl EtcdStore {
     /// Where the store is.
     pub fn url(&self) -> &EtcdUrl {
         &self.url
+    }
+
+    /// Makes every later commit conditional on `fence` (`None`: on nothing,
+    /// a manager alone on its store).
+    pub fn set_fence(&self, fence: Option<Fence>) {
+        match self.fence.write() {
+            Ok(mut guard) => *guard = fence,
+            Err(poisoned) => *poisoned.into_inner() = fence,
+        }
+    }
+
+    fn current_fence(&self) -> Option<Fence> {
+        match self.fence.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The etcd client, for the election on the same cluster.
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The full key of `name` under the store's prefix (the leader key, a
+    /// manager's record).
+    pub(crate) fn key_of(&self, name: &str) -> Vec<u8> {
+        format!("{}{name}", self.keys.prefix).into_bytes()
     }
 
     /// Runs `work` on the store's runtime with a key-value client, and waits.
@@ -701,16 +742,35 @@ impl Store for EtcdStore {
         }
         let batch = Batch::new(writes)?;
         let [first, second] = self.transactions(&batch);
+        let fence = self.current_fence();
         self.run(move |kv| async move {
             for phase in [first, second] {
                 futures::stream::iter(phase)
                     .map(|ops| {
                         let mut kv = kv.clone();
+                        let fence = fence.clone();
                         async move {
-                            kv.txn(Txn::new().when(Vec::<Compare>::new()).and_then(ops))
+                            let compares: Vec<Compare> = fence
+                                .iter()
+                                .map(|f| {
+                                    Compare::create_revision(
+                                        f.key.clone(),
+                                        etcd_client::CompareOp::Equal,
+                                        f.term,
+                                    )
+                                })
+                                .collect();
+                            let reply = kv
+                                .txn(Txn::new().when(compares).and_then(ops))
                                 .await
-                                .map(drop)
-                                .map_err(|e| backend("committing", &e))
+                                .map_err(|e| backend("committing", &e))?;
+                            match &fence {
+                                Some(f) if !reply.succeeded() => Err(StoreError::Fenced(format!(
+                                    "this manager's term {} as leader is over: another manager leads",
+                                    f.term
+                                ))),
+                                _ => Ok(()),
+                            }
                         }
                     })
                     .buffer_unordered(TXNS_IN_FLIGHT)
@@ -790,6 +850,7 @@ fn attempt_task(key: &[u8]) -> Result<String, StoreError> {
         })
 }
 
+pub mod election;
 pub mod local;
 
 #[cfg(test)]

@@ -125,6 +125,10 @@ pub enum StoreError {
     /// The underlying database failed.
     #[error("store: {0}")]
     Backend(String),
+    /// The write was refused because this manager no longer leads: another
+    /// one was elected since its term began (etcd only).
+    #[error("store: not written: {0}")]
+    Fenced(String),
     /// A stored record could not be decoded.
     #[error("store: corrupt record in {table}: {detail}")]
     Corrupt {

@@ -36,10 +36,29 @@ pub struct LocalEtcd {
 impl LocalEtcd {
     /// Starts `size` members and waits until the cluster has a leader.
     ///
+    /// The ports are found free a moment before etcd binds them, so another
+    /// process may take one meanwhile: a member that exits at start is
+    /// retried with new ports, twice.
+    ///
     /// # Errors
     /// If `etcd` cannot be started (saying to install `etcd-server`) or the
-    /// cluster does not become healthy within 30 s.
+    /// cluster does not become healthy within 30 s, with the members' logs.
     pub fn start(size: usize) -> Result<Self, String> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut cluster = Self::start_once(size)?;
+            match cluster.wait_healthy(Duration::from_secs(30)) {
+                Ok(()) => return Ok(cluster),
+                Err(e) if tries < 3 && cluster.exited() => {
+                    eprintln!("etcd: a member exited at start, trying new ports: {e}");
+                }
+                Err(e) => return Err(format!("{e}; {}", cluster.logs())),
+            }
+        }
+    }
+
+    fn start_once(size: usize) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("orch-etcd-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let mut members = Vec::with_capacity(size);
@@ -64,8 +83,34 @@ impl LocalEtcd {
         for i in 0..size {
             cluster.spawn(i)?;
         }
-        cluster.wait_healthy(Duration::from_secs(30))?;
         Ok(cluster)
+    }
+
+    /// Whether a member's process has exited.
+    fn exited(&mut self) -> bool {
+        self.members.iter_mut().any(|m| {
+            m.process
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))))
+        })
+    }
+
+    /// The last lines of every member's log.
+    fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                let text = std::fs::read_to_string(self.dir.join(format!("{}.log", m.name)))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!(
+                    "{}'s log: {}",
+                    m.name,
+                    lines[lines.len().saturating_sub(5)..].join(" | ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), String> {

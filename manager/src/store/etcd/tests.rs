@@ -164,3 +164,62 @@ fn keys_order_as_ids_and_numbers() {
     assert_eq!(prefix_end(b"/orch/event/"), b"/orch/event0");
     assert_eq!(prefix_end(&[b'a', 0xff]), b"b");
 }
+
+/// A leader deposed without noticing writes nothing: its commits compare
+/// the leader key's creation revision (its term), which the next leader's
+/// election changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_a_deposed_leaders_commits_are_fenced() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::election::{Candidate, DEFAULT_LEASE};
+
+    let etcd = LocalEtcd::start(1).unwrap();
+    let url = etcd.url("fenced");
+    let connect = || {
+        let url = url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || Arc::new(EtcdStore::connect(&url).unwrap()))
+                .await
+                .unwrap()
+        }
+    };
+    let commit = |store: Arc<EtcdStore>, n: u64| async move {
+        tokio::task::spawn_blocking(move || {
+            store.commit(&[Write::TaskCreated(Box::new(checks::task(n)))])
+        })
+        .await
+        .unwrap()
+    };
+    let (first, second) = (connect().await, connect().await);
+    let (seen, _) = tokio::sync::watch::channel(None);
+    let a = Candidate::new(first.clone(), "https://a:7070".into(), DEFAULT_LEASE);
+    let leading = a.campaign(&seen).await;
+    first.set_fence(Some(leading.fence.clone()));
+    commit(first.clone(), 1).await.unwrap();
+
+    // The first leader's lease goes (as when it is paused past it) and the
+    // other manager is elected; the first one has not noticed.
+    let b = Candidate::new(second.clone(), "https://b:7070".into(), DEFAULT_LEASE);
+    let mut client = first.client();
+    let leader_key = first.key_of("leader");
+    let held = client.get(leader_key, None).await.unwrap();
+    let lease = held.kvs()[0].lease();
+    client.lease_revoke(lease).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), b.campaign(&seen))
+        .await
+        .unwrap();
+    assert!(next.fence.term > leading.fence.term);
+    second.set_fence(Some(next.fence.clone()));
+
+    let refused = commit(first.clone(), 2).await;
+    assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
+    commit(second.clone(), 3).await.unwrap();
+    let loaded = tokio::task::spawn_blocking(move || second.load().unwrap())
+        .await
+        .unwrap();
+    let ids: Vec<String> = loaded.tasks.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(ids, [checks::task(1).id, checks::task(3).id]);
+    drop(leading);
+}
