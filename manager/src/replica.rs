@@ -134,7 +134,10 @@ impl Replica {
                 leadership = self.candidate.campaign(&seen_tx) => leadership,
                 () = stopped(stop.clone()) => {
                     let _ = end_following.send(());
-                    let _ = follower.await;
+                    // A stream forwarded to the leader (`orchctl events`)
+                    // would hold a graceful shutdown open: give the others
+                    // a moment to end, then go.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), follower).await;
                     return Ok(());
                 }
             };
