@@ -75,16 +75,24 @@ async fn start_manager(
     config: orch_manager::Config,
     listener: TcpListener,
 ) -> Result<orch_manager::Manager, CliError> {
+    let failed = could_not_start(&config);
+    orch_manager::start(config, listener).await.map_err(failed)
+}
+
+/// The one line orchctl says of a manager that could not start.
+fn could_not_start(
+    config: &orch_manager::Config,
+) -> impl FnOnce(orch_manager::ServeError) -> CliError + use<> {
     let dir = config
         .data_dir
         .as_ref()
         .map(|d| d.display().to_string())
         .unwrap_or_default();
-    orch_manager::start(config, listener).await.map_err(|e| {
+    move |e| {
         CliError(format!(
             "the manager could not start (data directory {dir}): {e}"
         ))
-    })
+    }
 }
 
 pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> {
@@ -131,18 +139,10 @@ pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> 
 #[cfg(feature = "etcd")]
 async fn replica(config: orch_manager::Config, listener: TcpListener) -> Result<(), CliError> {
     let store = config.etcd.clone().unwrap_or_default();
-    let dir = config
-        .data_dir
-        .as_ref()
-        .map(|d| d.display().to_string())
-        .unwrap_or_default();
+    let failed = could_not_start(&config);
     let replica = orch_manager::replica::start(config, listener)
         .await
-        .map_err(|e| {
-            CliError(format!(
-                "the manager could not start (data directory {dir}): {e}"
-            ))
-        })?;
+        .map_err(failed)?;
     eprintln!(
         "orch: manager on {} (id {}), on {store}: following until elected",
         replica.url(),

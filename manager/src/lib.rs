@@ -416,28 +416,25 @@ async fn open_etcd(
     use crate::store::etcd::{EtcdStore, EtcdUrl, Founding};
     let url = EtcdUrl::parse(url).map_err(|e| ServeError::Cluster(format!("--store: {e}")))?;
     let events_kept = config.events_kept;
-    let proposal = Ca::create(std::time::SystemTime::now())?;
     let shown = url.to_string();
     let failed = move |source| ServeError::Store {
         path: shown.clone(),
         source,
     };
-    // The data directory holds this manager's own files (its server
-    // certificate, the cluster it belongs to).
-    if let Some(dir) = &config.data_dir {
-        std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-    }
     // A manager that already belongs to a cluster never founds another: a
     // wrong URL or prefix must not start an empty cluster.
     let recorded = recorded_cluster(config)?;
-    let proposal = recorded.is_none().then(|| Founding {
-        cluster_id: uuid::Uuid::new_v4().to_string(),
-        ca_cert_pem: proposal.cert_pem().to_owned(),
-        ca_key_pem: proposal.key_pem(),
-    });
+    let proposal = match recorded {
+        Some(_) => None,
+        None => {
+            let ca = Ca::create(std::time::SystemTime::now())?;
+            Some(Founding {
+                cluster_id: uuid::Uuid::new_v4().to_string(),
+                ca_cert_pem: ca.cert_pem().to_owned(),
+                ca_key_pem: ca.key_pem(),
+            })
+        }
+    };
     // Connecting and founding block: off the runtime's threads.
     let (store, found) = tokio::task::spawn_blocking(move || {
         let store = EtcdStore::connect(&url)?.with_events_kept(events_kept);
@@ -445,24 +442,17 @@ async fn open_etcd(
         Ok((store, found))
     })
     .await
-    .map_err(|e| ServeError::Credentials(format!("opening the etcd store: {e}")))?
+    .map_err(|e| ServeError::Cluster(format!("opening the etcd store: {e}")))?
     .map_err(failed)?;
+    check_cluster(config, found.as_ref().map(|(f, _)| f.cluster_id.as_str()))?;
     let Some((founding, made)) = found else {
-        return Err(cluster_mismatch(
-            config,
-            None,
-            recorded.as_deref().unwrap_or_default(),
-        ));
+        // Only a manager of a recorded cluster proposes none, and
+        // `check_cluster` refused it above if the store holds none.
+        return Err(ServeError::Cluster(format!(
+            "the store {} holds no cluster",
+            store.url()
+        )));
     };
-    if let Some(recorded) = recorded.as_deref()
-        && recorded != founding.cluster_id
-    {
-        return Err(cluster_mismatch(
-            config,
-            Some(&founding.cluster_id),
-            recorded,
-        ));
-    }
     if made {
         tracing::info!(cluster = %founding.cluster_id, store = %store.url(), "made a new cluster in etcd");
     }

@@ -43,8 +43,8 @@ use prost::Message;
 
 use super::{
     Batch, CREDENTIALS, EVENTS, META, NODES, SERVICE_VERSIONS, SERVICES, Snapshot, Store,
-    StoreError, TASK_ATTEMPTS, TASK_SPEC, TASK_STATUS, Write, events_prune_bound, join_task,
-    status_record, task_id_of,
+    StoreError, TASK_ATTEMPTS, TASK_SPEC, TASK_STATUS, Write, decode, events_prune_bound,
+    join_task, status_record, task_id_of,
 };
 
 /// The key prefix when the URL names none.
@@ -806,14 +806,6 @@ impl Store for EtcdStore {
                 .collect()
         })
     }
-}
-
-/// Decodes a record of `table`; a record that does not decode is corrupt.
-fn decode<M: Message + Default>(table: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
-    M::decode(bytes).map_err(|err| StoreError::Corrupt {
-        table,
-        detail: err.to_string(),
-    })
 }
 
 fn decode_all<M: Message + Default>(

@@ -354,6 +354,14 @@ impl Batch<'_> {
     }
 }
 
+/// Decodes a record of `table`; a record that does not decode is corrupt.
+fn decode<M: prost::Message + Default>(table: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|err| StoreError::Corrupt {
+        table,
+        detail: err.to_string(),
+    })
+}
+
 /// A task key back as the task's id, as the manager writes ids.
 fn task_id_of(key: u128) -> String {
     Uuid::from_u128(key).to_string()

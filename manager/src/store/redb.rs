@@ -35,8 +35,8 @@ use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
     Batch, CREDENTIALS, EVENTS, META, NODES, SERVICE_VERSIONS, SERVICES, Snapshot, Store,
-    StoreError, TASK_ATTEMPTS, TASK_SPEC, TASK_STATUS, Write, events_prune_bound, join_task,
-    status_record, task_id_of,
+    StoreError, TASK_ATTEMPTS, TASK_SPEC, TASK_STATUS, Write, decode, events_prune_bound,
+    join_task, status_record, task_id_of,
 };
 
 /// redb's page cache. Its default (1 GiB) would let the manager's memory grow
@@ -302,14 +302,6 @@ impl Store for RedbStore {
             .map(|entry| decode(EVENTS, entry?.1.value()))
             .collect()
     }
-}
-
-/// Decodes a record of `table`; a record that does not decode is corrupt.
-fn decode<M: Message + Default>(table: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
-    M::decode(bytes).map_err(|err| StoreError::Corrupt {
-        table,
-        detail: err.to_string(),
-    })
 }
 
 /// Maps redb's error types to [`StoreError::Backend`]; each step of redb's API

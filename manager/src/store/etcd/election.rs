@@ -305,7 +305,6 @@ async fn keep_alive(
     lost: watch::Sender<Option<String>>,
 ) {
     let mut client = store.client();
-    let mut reader = store.client();
     let mut valid_until = granted + length;
     let reason = match client.lease_keep_alive(lease).await {
         Err(e) => format!("renewing the lease: {}", backend("keep-alive", &e)),
@@ -333,7 +332,7 @@ async fn keep_alive(
                     break format!("the lease was not renewed within {length:?}");
                 }
             }
-            match reader.get(fence.key.clone(), None).await {
+            match client.get(fence.key.clone(), None).await {
                 Ok(reply) => {
                     let held = reply
                         .kvs()
