@@ -653,8 +653,8 @@ async fn start_inner(
         metrics.clone(),
     );
     record_cluster(&config, engine.cluster_id())?;
-    // What the restore wrote (a pending task's new attempt number) is
-    // durable before any worker hears of it.
+    // What the restore wrote (services reconciled) is durable before the
+    // manager serves: a store that cannot take it is an error at start.
     committer
         .flush()
         .await

@@ -21,6 +21,14 @@
 //! that never recovers makes them grow with every change the manager makes
 //! meanwhile (reports, placements), which its health makes visible.
 //!
+//! The engine numbers the jobs it queues ([`Committer::queue_marked`]), and
+//! the writer publishes the highest number it has made durable
+//! ([`Committer::marks`]). A push to a worker carries the number of the job
+//! that holds its writes, and its session sends it only once that job is
+//! durable: a worker never acts on a decision the store may still lose, so a
+//! crashed or deposed manager's successor never finds a container started or
+//! stopped for a change it does not know of.
+//!
 //! Every commit is measured (`crate::metrics::StoreMetrics`: how long it
 //! took, how many writes, whether it failed) on the writer's own thread.
 //!
@@ -49,13 +57,17 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
+/// The engine's number of a job (see [`Committer::queue_marked`]); 0 for an
+/// unnumbered one.
+type Mark = u64;
+
 enum Job {
     /// Writes to keep whatever happens, and who waits for them.
-    Writes(Vec<Write>, Option<Waiter>),
+    Writes(Vec<Write>, Option<Waiter>, Mark),
     /// Writes that count only if committed: dropped, with their waiter told,
     /// if their commit fails or the store is failing.
     Tentative(Vec<Write>, Waiter),
-    Flush(Waiter),
+    Flush(Waiter, Mark),
     /// Commit what is queued, then close the store and stop.
     Close(Waiter),
 }
@@ -78,6 +90,7 @@ pub enum StoreHealth {
 pub struct Committer {
     tx: mpsc::Sender<Job>,
     health: watch::Receiver<StoreHealth>,
+    marks: watch::Receiver<u64>,
 }
 
 /// Resolves once the writes it was returned for are durable.
@@ -116,12 +129,21 @@ impl Committer {
     pub fn start_measured(store: Arc<dyn Store>, metrics: StoreMetrics) -> Self {
         let (tx, rx) = mpsc::channel();
         let (health_tx, health) = watch::channel(StoreHealth::Serving);
+        let (marks_tx, marks) = watch::channel(0);
         thread::Builder::new()
             .name("orch-store".into())
-            .spawn(move || Writer::new(store, health_tx, metrics).run(&rx))
+            .spawn(move || Writer::new(store, health_tx, marks_tx, metrics).run(&rx))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the store writer"));
-        Self { tx, health }
+        Self { tx, health, marks }
+    }
+
+    /// The highest job number of [`Committer::queue_marked`] whose writes
+    /// (and everything queued before them) are durable. It only grows; it
+    /// stands still while the store fails, and its sender is gone once the
+    /// writer has stopped.
+    pub fn marks(&self) -> watch::Receiver<u64> {
+        self.marks.clone()
     }
 
     /// Whether the store takes commits; changes as commits fail and succeed.
@@ -132,7 +154,7 @@ impl Committer {
     /// Queues writes whose durability nobody waits for. Their order with all
     /// other queued writes is kept.
     pub fn queue(&self, writes: Vec<Write>) {
-        if !writes.is_empty() && self.tx.send(Job::Writes(writes, None)).is_err() {
+        if !writes.is_empty() && self.tx.send(Job::Writes(writes, None, 0)).is_err() {
             tracing::error!("store writer has stopped; a change was not persisted");
         }
     }
@@ -143,11 +165,19 @@ impl Committer {
     /// resolves only once everything queued before is durable: an answer
     /// that needs no write of its own may rest on earlier changes.
     pub fn queue_durable(&self, writes: Vec<Write>) -> Durable {
+        self.queue_marked(writes, 0)
+    }
+
+    /// As [`Committer::queue_durable`], for job number `mark` of one caller
+    /// that numbers its jobs 1, 2, 3... in the order it queues them (the
+    /// engine, under its lock): once they are durable, [`Committer::marks`]
+    /// says `mark`. A job with no writes gets its number too.
+    pub fn queue_marked(&self, writes: Vec<Write>, mark: u64) -> Durable {
         let (done, rx) = oneshot::channel();
         let job = if writes.is_empty() {
-            Job::Flush(done)
+            Job::Flush(done, mark)
         } else {
-            Job::Writes(writes, Some(done))
+            Job::Writes(writes, Some(done), mark)
         };
         // A send error drops `done`, which `Durable::wait` reports.
         let _ = self.tx.send(job);
@@ -185,7 +215,7 @@ impl Committer {
     /// As [`Durable::wait`].
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Job::Flush(done));
+        let _ = self.tx.send(Job::Flush(done, 0));
         Durable(Some(rx)).wait().await
     }
 }
@@ -203,6 +233,10 @@ struct Writer {
     waiters: Vec<(Waiter, bool)>,
     /// Set while the store fails: when to try again and the wait after that.
     retry: Option<(Instant, Duration)>,
+    /// The highest job number in `batch`; published on `marks` once it is
+    /// committed.
+    mark: u64,
+    marks: watch::Sender<u64>,
     metrics: StoreMetrics,
 }
 
@@ -210,6 +244,7 @@ impl Writer {
     fn new(
         store: Arc<dyn Store>,
         health: watch::Sender<StoreHealth>,
+        marks: watch::Sender<u64>,
         metrics: StoreMetrics,
     ) -> Self {
         Self {
@@ -219,7 +254,21 @@ impl Writer {
             tentative: Vec::new(),
             waiters: Vec::new(),
             retry: None,
+            mark: 0,
+            marks,
             metrics,
+        }
+    }
+
+    /// Takes note of a job's number (0: none).
+    fn note(&mut self, mark: Mark) {
+        self.mark = self.mark.max(mark);
+    }
+
+    /// Says that everything in the batch just committed is durable.
+    fn committed(&self) {
+        if self.mark > *self.marks.borrow() {
+            self.marks.send_replace(self.mark);
         }
     }
 
@@ -286,9 +335,10 @@ impl Writer {
     /// request.
     fn take(&mut self, job: Job) -> Option<Waiter> {
         match job {
-            Job::Writes(mut w, done) => {
+            Job::Writes(mut w, done, mark) => {
                 self.batch.append(&mut w);
                 self.waiters.extend(done.map(|d| (d, false)));
+                self.note(mark);
             }
             Job::Tentative(mut w, done) => {
                 let start = self.batch.len();
@@ -296,7 +346,10 @@ impl Writer {
                 self.tentative.push(start..self.batch.len());
                 self.waiters.push((done, true));
             }
-            Job::Flush(done) => self.waiters.push((done, false)),
+            Job::Flush(done, mark) => {
+                self.waiters.push((done, false));
+                self.note(mark);
+            }
             Job::Close(done) => return Some(done),
         }
         None
@@ -307,17 +360,19 @@ impl Writer {
     fn take_failing(&mut self, job: Job) -> Option<Waiter> {
         let reason = self.reason();
         match job {
-            Job::Writes(mut w, done) => {
+            Job::Writes(mut w, done, mark) => {
                 self.batch.append(&mut w);
                 if let Some(done) = done {
                     let _ = done.send(Err(kept(&reason)));
                 }
+                self.note(mark);
             }
             Job::Tentative(_, done) => {
                 let _ = done.send(Err(dropped(&reason)));
             }
-            Job::Flush(done) => {
+            Job::Flush(done, mark) => {
                 let _ = done.send(Err(kept(&reason)));
+                self.note(mark);
             }
             Job::Close(done) => return Some(done),
         }
@@ -331,6 +386,7 @@ impl Writer {
             Ok(()) => {
                 self.batch.clear();
                 self.tentative.clear();
+                self.committed();
                 for (w, _) in self.waiters.drain(..) {
                     let _ = w.send(Ok(()));
                 }
@@ -374,6 +430,7 @@ impl Writer {
                 self.batch.clear();
                 self.retry = None;
                 self.health.send_replace(StoreHealth::Serving);
+                self.committed();
             }
             Err(e) => {
                 let next = (wait * 2).min(RETRY_MAX);
@@ -391,9 +448,10 @@ impl Writer {
     /// Commits what is kept, once, before the writer stops.
     fn commit_last(&mut self) -> Result<(), String> {
         if self.batch.is_empty() {
+            self.committed();
             return Ok(());
         }
-        self.commit().map_err(|e| {
+        self.commit().map(|()| self.committed()).map_err(|e| {
             tracing::error!(
                 error = %e,
                 lost = self.batch.len(),

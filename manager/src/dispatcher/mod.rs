@@ -29,7 +29,7 @@ use orch::v1::{
 };
 use orch::validate;
 use prost::Message;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -237,10 +237,10 @@ impl Dispatcher for DispatcherApi {
         }
         let session_id = validate::id("open.session_id", &open.session_id).map_err(Error::from)?;
         let (tx, rx) = sessions::channel();
-        let open = {
+        let (open, gate) = {
             let mut engine = self.shared.lock();
             engine.open_session(node_id, session_id, tx)?;
-            engine.metrics().session_open()
+            (engine.metrics().session_open(), engine.session_gate())
         };
         tracing::info!(node = %node_id, session = %session_id, "session opened");
         let (ending, ended) = oneshot::channel();
@@ -252,7 +252,7 @@ impl Dispatcher for DispatcherApi {
             ended,
             open,
         ));
-        Ok(Response::new(Box::pin(outbound(rx, ending))))
+        Ok(Response::new(Box::pin(outbound(rx, ending, gate))))
     }
 
     async fn send_logs(
@@ -293,44 +293,76 @@ impl Dispatcher for DispatcherApi {
     }
 }
 
+/// What a session's response stream waits on before it sends an
+/// assignment: the engine's jobs made durable, and whether the manager is
+/// stopping (then a push whose writes are not durable is never sent).
+pub struct Gate {
+    /// The highest engine job durable (`crate::persist::Committer::marks`).
+    pub marks: watch::Receiver<u64>,
+    /// True once the manager closes its streams (`Engine::close_streams`).
+    pub closing: watch::Receiver<bool>,
+}
+
+impl Gate {
+    /// Waits until job `after` is durable. False if the manager stops first,
+    /// or its store writer is gone: the change may never be stored.
+    async fn passes(&mut self, after: u64) -> bool {
+        if *self.marks.borrow() >= after {
+            return true;
+        }
+        tokio::select! {
+            biased;
+            stored = self.marks.wait_for(|&m| m >= after) => stored.is_ok(),
+            _ = self.closing.wait_for(|&c| c) => false,
+        }
+    }
+}
+
 /// The response stream of a session: each push as one message or more
 /// ([`chunks`]), and an end the manager decided as an `UNAVAILABLE` status,
-/// after which the stream ends. It also ends when the engine drops the
-/// session's sender. `ending` is dropped with it, which tells
-/// `serve_session` to stop reading.
+/// after which the stream ends. An assignment goes out only once the
+/// writes behind it are durable (`gate`), in the order pushed: a worker
+/// never acts on a change the store may still lose. The stream also ends
+/// when the engine drops the session's sender. `ending` is dropped with it,
+/// which tells `serve_session` to stop reading.
 fn outbound(
     rx: SessionRx,
     ending: oneshot::Sender<()>,
+    gate: Gate,
 ) -> impl Stream<Item = Result<ManagerMessage, Status>> + Send + 'static {
     let message = |a| ManagerMessage {
         kind: Some(manager_message::Kind::Assignments(a)),
     };
     let other = |kind| ManagerMessage { kind: Some(kind) };
     futures::stream::unfold(
-        (Some((rx, ending)), VecDeque::new()),
+        (Some((rx, ending, gate)), VecDeque::new()),
         move |(open, mut parts)| async move {
             if let Some(part) = parts.pop_front() {
                 return Some((Ok(message(part)), (open, parts)));
             }
-            let (mut rx, ending) = open?;
-            match rx.recv().await? {
-                Push::Assignments(a) => {
-                    parts.extend(chunks(a, MAX_CHUNK_BYTES));
+            let (mut rx, ending, mut gate) = open?;
+            let kind = match rx.recv().await? {
+                Push::Assignments { assignments, after } => {
+                    if !gate.passes(after).await {
+                        return Some((
+                            Err(Status::unavailable(
+                                "the manager stopped before it stored what it would have sent; \
+                                 register again",
+                            )),
+                            (None, parts),
+                        ));
+                    }
+                    parts.extend(chunks(assignments, MAX_CHUNK_BYTES));
                     let first = parts.pop_front()?;
-                    Some((Ok(message(first)), (Some((rx, ending)), parts)))
+                    return Some((Ok(message(first)), (Some((rx, ending, gate)), parts)));
                 }
-                Push::Logs(request) => Some((
-                    Ok(other(manager_message::Kind::Logs(request))),
-                    (Some((rx, ending)), parts),
-                )),
-                Push::CancelLogs(request_id) => Some((
-                    Ok(other(manager_message::Kind::CancelLogs(CancelLogs {
-                        request_id,
-                    }))),
-                    (Some((rx, ending)), parts),
-                )),
-                Push::End(why) => Some((Err(Status::unavailable(why)), (None, parts))),
-            }
+                Push::Logs(request) => manager_message::Kind::Logs(request),
+                Push::CancelLogs(request_id) => {
+                    manager_message::Kind::CancelLogs(CancelLogs { request_id })
+                }
+                Push::End(why) => return Some((Err(Status::unavailable(why)), (None, parts))),
+            };
+            Some((Ok(other(kind)), (Some((rx, ending, gate)), parts)))
         },
     )
 }
@@ -528,5 +560,90 @@ mod tests {
         assert!(parts.iter().all(|p| !p.full && !p.more));
         let stops: usize = parts.iter().map(|p| p.stop.len()).sum();
         assert_eq!(stops, 10);
+    }
+
+    fn change(task: &str) -> Push {
+        Push::Assignments {
+            assignments: Assignments {
+                run: vec![TaskAssignment {
+                    task_id: task.into(),
+                    attempt: 1,
+                    spec: None,
+                }],
+                ..Default::default()
+            },
+            after: 0,
+        }
+    }
+
+    fn gated(task: &str, after: u64) -> Push {
+        match change(task) {
+            Push::Assignments { assignments, .. } => Push::Assignments { assignments, after },
+            other => other,
+        }
+    }
+
+    fn task_of(item: Option<Result<ManagerMessage, Status>>) -> String {
+        match item {
+            Some(Ok(ManagerMessage {
+                kind: Some(manager_message::Kind::Assignments(a)),
+            })) => a.run[0].task_id.clone(),
+            other => panic!("expected assignments, got {other:?}"),
+        }
+    }
+
+    /// A session's stream with `durable` jobs durable so far: its sender,
+    /// the stream, and the senders of its gate.
+    fn session_out(
+        durable: u64,
+    ) -> (
+        sessions::SessionTx,
+        Pin<Box<impl Stream<Item = Result<ManagerMessage, Status>>>>,
+        watch::Sender<u64>,
+        watch::Sender<bool>,
+    ) {
+        let (tx, rx) = sessions::channel();
+        let (ending, _ended) = oneshot::channel();
+        let (marks, marks_rx) = watch::channel(durable);
+        let (closing, closing_rx) = watch::channel(false);
+        let gate = Gate {
+            marks: marks_rx,
+            closing: closing_rx,
+        };
+        (tx, Box::pin(outbound(rx, ending, gate)), marks, closing)
+    }
+
+    #[tokio::test]
+    async fn an_assignment_waits_until_its_job_is_durable_and_keeps_its_order() {
+        let (tx, mut out, marks, _closing) = session_out(2);
+        tx.try_send(gated("a", 2)).expect("room");
+        tx.try_send(gated("b", 3)).expect("room");
+        // Behind `b`, though it needs nothing: the order is the engine's.
+        tx.try_send(change("c")).expect("room");
+        assert_eq!(task_of(out.next().await), "a", "job 2 is durable");
+        assert!(
+            futures::poll!(out.next()).is_pending(),
+            "job 3 is not durable yet"
+        );
+        marks.send_replace(3);
+        assert_eq!(task_of(out.next().await), "b");
+        assert_eq!(task_of(out.next().await), "c");
+    }
+
+    #[tokio::test]
+    async fn a_stopping_manager_never_sends_what_it_did_not_store() {
+        let (tx, mut out, _marks, closing) = session_out(1);
+        tx.try_send(gated("a", 2)).expect("room");
+        drop(tx);
+        assert!(futures::poll!(out.next()).is_pending());
+        closing.send_replace(true);
+        match out.next().await {
+            Some(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable);
+                assert!(status.message().contains("register again"), "{status}");
+            }
+            other => panic!("expected the end of the session, got {other:?}"),
+        }
+        assert!(out.next().await.is_none(), "and nothing after it");
     }
 }

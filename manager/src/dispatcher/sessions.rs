@@ -30,8 +30,14 @@ pub use crate::limits::SESSION_BUFFER;
 /// into the stream's messages (several, for a large one).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Push {
-    /// Tasks to run and to stop.
-    Assignments(Assignments),
+    /// Tasks to run and to stop, to be sent once the engine's job `after`
+    /// is durable (`crate::persist::Committer::marks`).
+    Assignments {
+        /// What the worker is told.
+        assignments: Assignments,
+        /// The job that holds the writes behind it.
+        after: u64,
+    },
     /// Stream an attempt's output up (on a `SendLogs` call).
     Logs(WorkerLogsRequest),
     /// Stop streaming the output of this request.
@@ -208,14 +214,15 @@ impl Sessions {
     /// opens with the full set. A session whose channel is full (its
     /// worker is [`SESSION_BUFFER`] pushes behind) is ended instead, and
     /// for the same reason loses nothing. Returns false if it ended the
-    /// session.
-    pub fn push(&mut self, node: Uuid, assignments: Assignments) -> bool {
+    /// session. The session sends it once the engine's job `after` is
+    /// durable.
+    pub fn push(&mut self, node: Uuid, assignments: Assignments, after: u64) -> bool {
         let Some((session, tx)) = self.entries.get(&node).and_then(|e| e.open.as_ref()) else {
             return true;
         };
         // The last place is the end's.
         if tx.capacity() > 1 {
-            let _ = tx.try_send(Push::Assignments(assignments));
+            let _ = tx.try_send(Push::Assignments { assignments, after });
             return true;
         }
         tracing::warn!(%node, %session, pushes = SESSION_BUFFER, "a worker fell behind its session; ending it");
@@ -314,10 +321,13 @@ mod tests {
         assert_eq!(old_rx.try_recv(), Err(TryRecvError::Disconnected));
         assert!(!s.close(node, old), "superseded");
         assert!(s.is_current(node, new));
-        s.push(node, Assignments::default());
+        s.push(node, Assignments::default(), 7);
         assert_eq!(
             new_rx.try_recv(),
-            Ok(Push::Assignments(Assignments::default()))
+            Ok(Push::Assignments {
+                assignments: Assignments::default(),
+                after: 7
+            })
         );
         assert!(s.close(node, new));
         assert!(!s.connected(node));
@@ -346,13 +356,19 @@ mod tests {
         let (tx, mut rx) = channel();
         s.open(node, session, tx, now).unwrap();
         for _ in 0..SESSION_BUFFER {
-            assert!(s.push(node, Assignments::default()));
+            assert!(s.push(node, Assignments::default(), 1));
         }
         assert!(s.connected(node), "a full buffer, not more");
-        assert!(!s.push(node, Assignments::default()));
+        assert!(!s.push(node, Assignments::default(), 1));
         assert!(!s.connected(node));
         for _ in 0..SESSION_BUFFER {
-            assert_eq!(rx.try_recv(), Ok(Push::Assignments(Assignments::default())));
+            assert_eq!(
+                rx.try_recv(),
+                Ok(Push::Assignments {
+                    assignments: Assignments::default(),
+                    after: 1
+                })
+            );
         }
         match rx.try_recv() {
             Ok(Push::End(why)) => assert!(why.contains("fell 65536 messages behind"), "{why}"),
@@ -363,8 +379,14 @@ mod tests {
         let next = s.register(node, now);
         let (tx, mut rx) = channel();
         s.open(node, next, tx, now).unwrap();
-        s.push(node, Assignments::default());
-        assert_eq!(rx.try_recv(), Ok(Push::Assignments(Assignments::default())));
+        s.push(node, Assignments::default(), 1);
+        assert_eq!(
+            rx.try_recv(),
+            Ok(Push::Assignments {
+                assignments: Assignments::default(),
+                after: 1
+            })
+        );
     }
 
     #[test]
@@ -380,7 +402,7 @@ mod tests {
         assert!(s.send(node, cancel()));
         assert_eq!(rx.try_recv(), Ok(cancel()));
         for _ in 0..SESSION_BUFFER {
-            assert!(s.push(node, Assignments::default()));
+            assert!(s.push(node, Assignments::default(), 1));
         }
         assert!(!s.send(node, cancel()), "full: refused");
         assert!(s.connected(node), "and the session goes on");

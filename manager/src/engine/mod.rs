@@ -70,6 +70,15 @@ pub struct Engine {
     logs: LogRequests,
     /// The manager's metrics.
     metrics: Metrics,
+    /// How many jobs the engine has queued on the committer: each one's
+    /// number (`Committer::queue_marked`).
+    jobs: u64,
+    /// Whether a push waits for the next job (`Engine::gate`), so that it is
+    /// queued even with no writes.
+    gated: bool,
+    /// Set by `Engine::close_streams`: sessions stop waiting for pushes
+    /// to become durable.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 pub use self::logs::OpenLogs;
@@ -128,6 +137,9 @@ impl Engine {
             wakes: HashMap::new(),
             logs: LogRequests::default(),
             metrics,
+            jobs: 0,
+            gated: false,
+            closing: tokio::sync::watch::Sender::new(false),
         };
         // Every service is reconciled once: a rollout carries on, a count
         // is restored.
@@ -150,6 +162,14 @@ impl Engine {
         &self.metrics
     }
 
+    /// What a session's stream waits on before it sends an assignment.
+    pub fn session_gate(&self) -> crate::dispatcher::Gate {
+        crate::dispatcher::Gate {
+            marks: self.committer.marks(),
+            closing: self.closing.subscribe(),
+        }
+    }
+
     /// A receiver of every event from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<orch::v1::Event> {
         self.state.subscribe()
@@ -167,7 +187,7 @@ impl Engine {
         Durable,
     ) {
         let rx = self.state.subscribe();
-        let durable = self.committer.queue_durable(self.state.take_writes());
+        let durable = self.queue();
         (rx, self.state.last_event(), durable)
     }
 
@@ -188,18 +208,40 @@ impl Engine {
     /// writes, in order; nobody waits for them.
     fn flush(&mut self) {
         self.settle();
-        self.committer.queue(self.state.take_writes());
+        if self.gated || self.state.has_writes() {
+            self.queue();
+        }
     }
 
-    /// As [`Engine::flush`], and returns what resolves once the writes are durable.
+    /// As [`Engine::flush`], and returns what resolves once the writes are
+    /// durable (with none, once everything queued before is).
     fn flush_durable(&mut self) -> Durable {
         self.settle();
-        self.committer.queue_durable(self.state.take_writes())
+        self.queue()
     }
 
-    /// Sends one node a change of assignments. A session that falls behind
-    /// is ended there (see `Sessions::push`), and its node takes no new
-    /// tasks until its worker opens the next.
+    /// Queues the writes taken so far as the engine's next job, numbered,
+    /// which releases the pushes gated on it (`Engine::gate`) once durable.
+    fn queue(&mut self) -> Durable {
+        self.jobs += 1;
+        self.gated = false;
+        self.committer
+            .queue_marked(self.state.take_writes(), self.jobs)
+    }
+
+    /// The number of the job that will hold the writes made so far: what a
+    /// push made now waits for before its session sends it, so that no
+    /// worker acts on a decision that is not durable yet. Every operation
+    /// that pushes ends by queueing that job (`Engine::flush`).
+    fn gate(&mut self) -> u64 {
+        self.gated = true;
+        self.jobs + 1
+    }
+
+    /// Sends one node a change of assignments, once the writes made so far
+    /// are durable. A session that falls behind is ended there (see
+    /// `Sessions::push`), and its node takes no new tasks until its worker
+    /// opens the next.
     fn push(&mut self, node: Uuid, run: Vec<TaskAssignment>, stop: Vec<TaskStop>) {
         let assignments = Assignments {
             full: false,
@@ -207,7 +249,8 @@ impl Engine {
             stop,
             more: false,
         };
-        if !self.sessions.push(node, assignments)
+        let after = self.gate();
+        if !self.sessions.push(node, assignments, after)
             && let Some(i) = self.state.node_index(node)
         {
             self.refresh_placeable(i);

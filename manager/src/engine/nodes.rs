@@ -51,12 +51,14 @@ impl Engine {
         let now = self.begin();
         let i = self.node_by_id(node_id)?;
         // An empty full set: the worker stops every container of the node.
+        let after = self.gate();
         self.sessions.push(
             node_id,
             orch::v1::Assignments {
                 full: true,
                 ..Default::default()
             },
+            after,
         );
         self.sessions.end(
             node_id,

@@ -361,7 +361,7 @@ impl Engine {
     /// service again at start-up, so nothing is lost, and a call that changes
     /// 100,000 tasks answers once one small record is on disk.
     fn flush_service(&mut self) -> Durable {
-        let durable = self.committer.queue_durable(self.state.take_writes());
+        let durable = self.queue();
         self.flush();
         durable
     }
@@ -571,7 +571,7 @@ impl Engine {
             .map(|e| e.tasks.iter().copied().collect())
             .unwrap_or_default();
         self.state.remove_service(name);
-        let durable = self.committer.queue_durable(self.state.take_writes());
+        let durable = self.queue();
         for id in tasks {
             self.stop_now(id, "its service was deleted", now);
         }

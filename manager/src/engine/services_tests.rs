@@ -67,7 +67,7 @@ impl Workers {
             for w in &mut self.workers {
                 loop {
                     match w.rx.try_recv() {
-                        Ok(Push::Assignments(a)) => {
+                        Ok(Push::Assignments { assignments: a, .. }) => {
                             answered = true;
                             for run in a.run {
                                 let failing = self.failing.as_deref().is_some_and(|img| {

@@ -24,7 +24,7 @@ use crate::Error;
 use crate::dispatcher::sessions::{Liveness, Push};
 use crate::persist::Committer;
 use crate::scheduler::{Scheduler, Strategy};
-use crate::store::{MemoryStore, Snapshot, Store, Write};
+use crate::store::{FaultyStore, MemoryStore, Snapshot, Store, Write};
 
 /// One heartbeat a second, down after three missed: a 3s deadline.
 pub(super) const LIVENESS: Liveness = Liveness {
@@ -153,7 +153,7 @@ impl Worker {
     /// The next message, which must be an `Assignments`.
     pub(super) fn next(&mut self) -> Assignments {
         match self.rx.try_recv() {
-            Ok(Push::Assignments(a)) => a,
+            Ok(Push::Assignments { assignments: a, .. }) => a,
             other => panic!("node {}: expected assignments, got {other:?}", self.node),
         }
     }
@@ -274,6 +274,63 @@ async fn a_task_admitted_with_no_nodes_waits_with_a_reason_then_runs_once_a_node
     assert!(placed.message.is_empty(), "the old reason is cleared");
     let stored = f.durable().await;
     assert_eq!(stored.tasks, vec![placed]);
+}
+
+#[tokio::test]
+async fn a_placement_reaches_its_worker_only_once_the_store_holds_it() {
+    let memory = Arc::new(MemoryStore::new());
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let mut f = Fixture {
+        state: Engine::restore(
+            memory.load().expect("load"),
+            Scheduler::with_seed(Strategy::Spread, 1),
+            Committer::start(faulty.clone()),
+            LIVENESS,
+        ),
+        store: memory.clone(),
+    };
+    let mut worker = f.join("n1", 1000);
+    worker.full_set();
+    f.durable().await;
+    let mut marks = f.state.committer().marks();
+
+    faulty.fail_commits(usize::MAX);
+    let task = f.submit_one(spec("web"));
+    let after = match worker.rx.try_recv() {
+        Ok(Push::Assignments { assignments, after }) => {
+            assert_eq!(assignments.run[0].task_id, task.id);
+            after
+        }
+        other => panic!("expected the assignment, got {other:?}"),
+    };
+    let mut health = f.state.committer().health();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        health.wait_for(|h| *h != crate::persist::StoreHealth::Serving),
+    )
+    .await
+    .expect("the store fails in time")
+    .expect("writer alive");
+    assert!(
+        *marks.borrow() < after,
+        "the push's job is not durable while the store fails"
+    );
+    assert!(
+        memory.load().expect("load").tasks.is_empty(),
+        "nor is the task stored"
+    );
+
+    // Once the store works again, the job is durable, and with it the
+    // placement the worker is about to be sent.
+    faulty.fail_commits(0);
+    tokio::time::timeout(Duration::from_secs(30), marks.wait_for(|&m| m >= after))
+        .await
+        .expect("the retry in time")
+        .expect("writer alive");
+    let stored = memory.load().expect("load");
+    assert_eq!(stored.tasks.len(), 1);
+    assert_eq!(stored.tasks[0].state(), TaskState::Scheduled);
+    assert_eq!(stored.tasks[0].node_id, worker.node.to_string());
 }
 
 #[tokio::test]
@@ -472,8 +529,6 @@ async fn a_report_about_an_older_attempt_is_ignored_and_a_live_container_is_told
         .commit(&[Write::TaskCreated(Box::new(task.clone()))])
         .expect("seed");
     let mut f = Fixture::over(store);
-    // A pending task is restored under a new attempt number.
-    task.attempt += 1;
     let mut worker = f.join("n1", 1000);
     assert!(worker.full_set().is_empty());
     worker.expect_run(&task);
@@ -1005,7 +1060,7 @@ async fn a_restarted_manager_brings_nodes_back_down_and_keeps_tasks_and_allocati
     let mut before = Fixture::over(store.clone());
     let mut worker = before.join("n1", 1000);
     worker.full_set();
-    let [running, mut waiting] = <[Task; 2]>::try_from(
+    let [running, waiting] = <[Task; 2]>::try_from(
         before.submit(vec![cpu_spec("running", 1000), cpu_spec("waiting", 1000)]),
     )
     .expect("two tasks");
@@ -1023,9 +1078,8 @@ async fn a_restarted_manager_brings_nodes_back_down_and_keeps_tasks_and_allocati
     assert_eq!((node.task_count, allocated_cpu(&node)), (1, 1000));
     assert_eq!(after.task(&running).state(), TaskState::Running);
     assert_eq!(after.task(&waiting).state(), TaskState::Pending);
-    // The task that waited gets a new attempt number, stored before any
-    // worker hears of it: the manager before may have sent the old one.
-    waiting.attempt += 1;
+    // The task that waited keeps its attempt number: no worker was ever
+    // sent it (a placement goes out only once stored).
     assert_eq!(after.task(&waiting).attempt, waiting.attempt);
     let stored = after.durable().await;
     assert_eq!(stored.nodes[0].state(), NodeState::Down);
@@ -1132,8 +1186,6 @@ async fn a_stale_attempt_is_stopped_with_the_tasks_grace_period() {
         .commit(&[Write::TaskCreated(Box::new(task.clone()))])
         .expect("seed");
     let mut f = Fixture::over(store);
-    // A pending task is restored under a new attempt number.
-    task.attempt += 1;
     let mut worker = f.join("n1", 0);
     worker.full_set();
     worker.expect_run(&task);
@@ -1418,8 +1470,6 @@ async fn an_unhealthy_task_with_no_restarts_left_keeps_running() {
         .commit(&[Write::TaskCreated(Box::new(task.clone()))])
         .expect("seed");
     let mut f = Fixture::over(store);
-    // A pending task is restored under a new attempt number.
-    task.attempt += 1;
     let mut worker = f.join("n1", 0);
     worker.full_set();
     worker.expect_run(&task);

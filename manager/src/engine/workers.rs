@@ -101,7 +101,9 @@ impl Engine {
             }
         }
         // One push, however large: the dispatcher cuts it into messages
-        // (`Assignments.more`). A fresh channel has room for it.
+        // (`Assignments.more`). A fresh channel has room for it. It goes out
+        // once what it says is durable.
+        let after = self.gate();
         self.sessions.push(
             node_id,
             Assignments {
@@ -110,6 +112,7 @@ impl Engine {
                 stop,
                 more: false,
             },
+            after,
         );
         let live = self.live_state(i);
         self.set_node_state(i, live, "worker connected");
@@ -418,6 +421,7 @@ impl Engine {
     /// does not wait on streams that would otherwise never end. Workers see
     /// their session close and reconnect (to this manager's successor).
     pub fn close_streams(&mut self) {
+        self.closing.send_replace(true);
         self.sessions.close_all();
         self.logs
             .close_all("the manager is shutting down; ask again once it is back");

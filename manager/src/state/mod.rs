@@ -186,23 +186,12 @@ impl State {
             }
             state.add_node(node);
         }
-        for mut task in snapshot.tasks {
+        for task in snapshot.tasks {
             let id = task_uuid(&task);
             if task.state() == TaskState::Pending {
-                // The manager before this one may have placed it and sent
-                // it to a worker before the placement was stored (an
-                // assignment goes out before its commit): that worker may
-                // run this very attempt. Placed again under the same number,
-                // the worker would take the new assignment for the old
-                // container, stopped meanwhile as not in its full set. A
-                // new number makes the old container a stale attempt,
-                // stopped and ignored, whatever the worker reports of it.
-                task.attempt += 1;
-                let spec = task.spec.take();
-                state
-                    .writes
-                    .push(Write::TaskUpdated(Box::new(task.clone())));
-                task.spec = spec;
+                // No worker runs it: an assignment goes out only once its
+                // placement is stored (`Committer::marks`), so this one was
+                // never sent, and it is placed again under its own number.
                 state.pending.insert(id);
             } else if task_state::is_active(task.state())
                 && let Some(i) = state.node_of(&task)
@@ -235,6 +224,11 @@ impl State {
     /// The writes of every change since the last call, in order.
     pub fn take_writes(&mut self) -> Vec<Write> {
         std::mem::take(&mut self.writes)
+    }
+
+    /// Whether changes wait to be taken by [`State::take_writes`].
+    pub fn has_writes(&self) -> bool {
+        !self.writes.is_empty()
     }
 
     /// Queues a write of its own (one that is not a task or node change).
