@@ -303,7 +303,9 @@ pub async fn run_measured<R: Runtime>(
             }
             Err(status) => {
                 tracing::warn!(manager = %url, error = %status.message(), "registration failed; retrying");
-                managers.after_failure(Some(&status));
+                if managers.after_failure(Some(&status)) {
+                    continue;
+                }
                 tokio::select! {
                     () = backoff.wait() => continue,
                     () = &mut shutdown => return Ok(()),
@@ -316,6 +318,7 @@ pub async fn run_measured<R: Runtime>(
                 reply.node_id
             ))
         })?;
+        managers.reached();
         if node_id != Some(id) {
             save_node_id(&config, id)?;
             node_id = Some(id);
@@ -355,7 +358,9 @@ pub async fn run_measured<R: Runtime>(
         };
         telemetry.connected.set(0);
         tracing::warn!(reason = %ended, "session ended; reconnecting");
-        managers.after_failure(None);
+        if managers.after_failure(None) {
+            continue;
+        }
         tokio::select! {
             () = backoff.wait() => {}
             () = &mut shutdown => return Ok(()),
@@ -369,38 +374,72 @@ struct Managers {
     /// The one to try next: one of `urls`, or where the last refusal said
     /// the leader is.
     next: String,
+    /// The manager that last failed without naming a leader (unreachable,
+    /// or its session ended): a follower that still names it as leader has
+    /// not yet seen the new one.
+    failed: Option<String>,
+    /// Hops to a named leader since the last wait.
+    hops: usize,
 }
 
 impl Managers {
     fn new(list: &str) -> Self {
         let urls = manager_urls(list);
         let next = urls.first().cloned().unwrap_or_default();
-        Self { urls, next }
+        Self {
+            urls,
+            next,
+            failed: None,
+            hops: 0,
+        }
     }
 
     fn current(&self) -> &str {
         &self.next
     }
 
-    /// After a failed registration or an ended session: the leader the
-    /// manager named (a follower's refusal), else the next in the list.
-    fn after_failure(&mut self, status: Option<&tonic::Status>) {
-        let hint = status
+    /// The current manager took the registration.
+    fn reached(&mut self) {
+        self.failed = None;
+        self.hops = 0;
+    }
+
+    /// After a failed registration or an ended session, picks the manager
+    /// to try next: the leader that a follower's refusal named, unless it
+    /// is the one that just failed; else the next in the list. Returns true
+    /// if that is worth trying at once, without a backoff: a follower
+    /// answered and named another manager (at most once per manager in a
+    /// row, so that two with stale views cannot send a worker round in
+    /// circles).
+    fn after_failure(&mut self, status: Option<&tonic::Status>) -> bool {
+        let named = status
             .and_then(|s| s.metadata().get(orch::api::LEADER_METADATA))
             .and_then(|v| v.to_str().ok())
             .filter(|url| url.starts_with("https://") || url.starts_with("http://"));
-        if let Some(leader) = hint {
-            if leader != self.next {
+        let stale = named.is_some_and(|url| self.failed.as_deref() == Some(url));
+        match named.filter(|_| !stale) {
+            Some(leader) if leader != self.next => {
                 tracing::info!(leader, "the manager named the leader; going there");
+                leader.clone_into(&mut self.next);
+                self.hops += 1;
+                if self.hops <= self.urls.len() {
+                    return true;
+                }
             }
-            leader.clone_into(&mut self.next);
-            return;
+            Some(_) => {}
+            None => {
+                if named.is_none() {
+                    self.failed = Some(self.next.clone());
+                }
+                if self.urls.len() > 1 {
+                    let at = self.urls.iter().position(|u| *u == self.next);
+                    let i = at.map_or(0, |i| (i + 1) % self.urls.len());
+                    self.next.clone_from(&self.urls[i]);
+                }
+            }
         }
-        if self.urls.len() > 1 {
-            let at = self.urls.iter().position(|u| *u == self.next);
-            let i = at.map_or(0, |i| (i + 1) % self.urls.len());
-            self.next.clone_from(&self.urls[i]);
-        }
+        self.hops = 0;
+        false
     }
 }
 
@@ -641,5 +680,43 @@ mod tests {
         assert_eq!(b.max, BACKOFF_MAX);
         b.limit(Duration::ZERO);
         assert_eq!(b.max, BACKOFF_START);
+    }
+
+    fn refusal(leader: &str) -> tonic::Status {
+        let mut status = tonic::Status::unavailable("this manager does not lead");
+        status
+            .metadata_mut()
+            .insert(orch::api::LEADER_METADATA, leader.parse().expect("a URL"));
+        status
+    }
+
+    #[test]
+    fn a_worker_goes_at_once_where_a_follower_names_the_leader_but_not_back_to_one_that_failed() {
+        let (a, b, c) = ("http://a:1", "http://b:1", "http://c:1");
+        let mut m = Managers::new(&format!("{a}, {b},{c}"));
+        assert_eq!(m.current(), a);
+        // `a` is unreachable: the next one, after a wait.
+        assert!(!m.after_failure(Some(&tonic::Status::unavailable("refused"))));
+        assert_eq!(m.current(), b);
+        // `b` still names `a`, which just failed: not there, but on.
+        assert!(!m.after_failure(Some(&refusal(a))));
+        assert_eq!(m.current(), c);
+        // `c` names the new leader, `b`: at once.
+        assert!(m.after_failure(Some(&refusal(b))));
+        assert_eq!(m.current(), b);
+        m.reached();
+
+        // Followers with stale views naming each other: a few hops at
+        // once, then a wait.
+        let mut hops = 0;
+        while m.after_failure(Some(&refusal(if m.current() == a { b } else { a }))) {
+            hops += 1;
+            assert!(hops <= 3, "round in circles");
+        }
+        assert_eq!(hops, 3);
+        // A refusal naming the manager itself: a wait.
+        let here = m.current().to_owned();
+        assert!(!m.after_failure(Some(&refusal(&here))));
+        assert_eq!(m.current(), here);
     }
 }
