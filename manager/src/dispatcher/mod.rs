@@ -598,7 +598,7 @@ mod tests {
         durable: u64,
     ) -> (
         sessions::SessionTx,
-        Pin<Box<impl Stream<Item = Result<ManagerMessage, Status>>>>,
+        ManagerStream,
         watch::Sender<u64>,
         watch::Sender<bool>,
     ) {
