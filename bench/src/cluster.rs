@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use orch::auth::{Bearer, Client};
 use orch::v1::cluster_client::ClusterClient;
-use orch::v1::{GetJoinTokenRequest, NodeState, WatchEventsRequest, event};
+use orch::v1::{GetJoinTokenRequest, ListManagersRequest, NodeState, WatchEventsRequest, event};
 use orch_worker::runtime::sim::{SimConfig, SimRuntime};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -545,7 +545,8 @@ pub(crate) async fn terminate(child: &mut tokio::process::Child) {
 }
 
 /// A client of the manager `access` names, on a connection of its own,
-/// retrying until the manager answers.
+/// retrying until the manager answers: on etcd, until a manager leads (a
+/// manager that has not been elected yet forwards to nobody).
 ///
 /// # Errors
 /// If the manager does not answer within two minutes.
@@ -554,7 +555,19 @@ pub async fn connect(access: &Access) -> Result<Client, Error> {
     let endpoint = access.endpoint()?;
     loop {
         match endpoint.connect().await {
-            Ok(channel) => return access.client(channel),
+            Ok(channel) => {
+                let mut client = access.client(channel)?;
+                match client.list_managers(ListManagersRequest {}).await {
+                    Err(e)
+                        if e.code() == tonic::Code::Unavailable
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(Error::Manager(format!("the manager answers: {e}"))),
+                    Ok(_) => return Ok(client),
+                }
+            }
             Err(e) if tokio::time::Instant::now() > deadline => {
                 return Err(Error::Manager(format!("cannot connect: {e}")));
             }

@@ -232,6 +232,14 @@ impl Replica {
         };
         manager.hold_nodes(self.config.failover_grace);
         on_lead(manager.client());
+        // The leader keeps etcd's history from growing, for its term.
+        let compacting = {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                store::etcd::history::compact_every(&store, store::etcd::history::COMPACT_EVERY)
+                    .await;
+            })
+        };
         let (over_tx, over) = tokio::sync::oneshot::channel::<()>();
         let watch_term = async move {
             tokio::select! {
@@ -247,6 +255,7 @@ impl Replica {
             let _ = over.await;
         });
         let (served, leadership) = tokio::join!(served, watch_term);
+        compacting.abort();
         if let Err(e) = served {
             tracing::error!(term, error = %e, "the leader's server failed");
         }

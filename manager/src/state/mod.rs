@@ -282,7 +282,7 @@ impl State {
         self.index_task(id, &task);
         self.task_counts.add(task.state);
         self.tasks.insert(id, Box::new(task));
-        self.record_attempt(id);
+        self.record_attempt(id, false);
         id
     }
 
@@ -294,9 +294,10 @@ impl State {
 
     /// Brings the record of a task's current attempt up to date with the
     /// task (a new record for a new attempt, the oldest dropped past
-    /// [`ATTEMPTS_KEPT`]) and queues its write if it changed. A change of
-    /// health is added to the attempt's health changes, stamped now.
-    fn record_attempt(&mut self, id: Uuid) {
+    /// [`ATTEMPTS_KEPT`]) and queues its write if it changed, or `always`
+    /// (with the task's status: a store may keep the two in one record). A
+    /// change of health is added to the attempt's health changes, stamped now.
+    fn record_attempt(&mut self, id: Uuid, always: bool) {
         let Some(task) = self.tasks.get(&id) else {
             return;
         };
@@ -337,7 +338,7 @@ impl State {
         }
         let changed = *record != next;
         *record = next;
-        if changed {
+        if changed || always {
             let write = Write::Attempt {
                 task_id: task.id.clone(),
                 record: Box::new(record.clone()),
@@ -391,7 +392,7 @@ impl State {
     /// waits out its backoff off the queue.
     pub fn begin_attempt(&mut self, id: Uuid) {
         // The old attempt's record as it ended, before the task forgets it.
-        self.record_attempt(id);
+        self.record_attempt(id, false);
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -457,7 +458,8 @@ impl State {
         self.writes
             .push(Write::TaskUpdated(Box::new(Task::clone(task))));
         task.spec = spec;
-        self.record_attempt(id);
+        // Every status goes with its current attempt (`Write::TaskUpdated`).
+        self.record_attempt(id, true);
         self.emit(kind);
     }
 

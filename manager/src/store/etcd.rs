@@ -7,10 +7,23 @@
 //! byte order is the order of the ids and numbers, as redb's is:
 //! - `meta/cluster_id`: the cluster's id;
 //! - `task/spec/<task>` and `task/status/<task>`: a task's spec, written
-//!   once, and its status without the spec, rewritten at every update;
+//!   once, and its status without the spec together with the record of its
+//!   current attempt (`StatusRecord`: the manager writes the two together,
+//!   see `Write::TaskUpdated`), rewritten at every update;
+//! - `attempt/<task>/<attempt>`: the task's ended attempts (the newest
+//!   `ATTEMPTS_KEPT`), each written in the transaction of the status that
+//!   ended it; where a status and a key hold the same attempt, the status
+//!   is the newer;
 //! - `node/<node>`, `service/<name>`, `version/<name>/<version>`,
-//!   `cred/<key>`, `attempt/<task>/<attempt>`: as redb's tables;
-//! - `event/<sequence>`: only the newest `events_kept` stay.
+//!   `cred/<key>`: as redb's tables;
+//! - `event/<sequence>`: a page of events (`EventPage`), in order, from
+//!   that sequence to less than `PAGE_SPAN` after it, as many as one commit
+//!   brings: one key for hundreds of events. Only the newest `events_kept`
+//!   are read back; a page all older than those is deleted.
+//!
+//! Fewer keys is what makes etcd fast: a task costs its spec, its status at
+//! each change and a share of a page, where one key per event and per
+//! attempt record would more than double it.
 //!
 //! Each kind is one contiguous key range, so that [`Store::load`] reads the
 //! whole cluster as a few ranges, a page at a time, all at one revision (a
@@ -47,6 +60,33 @@ use super::{
     join_task, status_record, task_id_of,
 };
 
+/// A task's status key holds its status (the task without its spec) and
+/// the record of its current attempt: the two change together at every
+/// update, and one key is half the work of two for etcd.
+#[derive(Clone, PartialEq, Message)]
+struct StatusRecord {
+    #[prost(message, optional, tag = "1")]
+    task: Option<Task>,
+    #[prost(message, optional, tag = "2")]
+    attempt: Option<TaskAttempt>,
+}
+
+/// An event key holds a page of events in sequence order, the first one's
+/// sequence in its key: one key for what would be hundreds.
+#[derive(Clone, PartialEq, Message)]
+struct EventPage {
+    #[prost(message, repeated, tag = "1")]
+    events: Vec<Event>,
+}
+
+/// The sequences of one page lie within this span from its first: a page
+/// whose first is `PAGE_SPAN` older than the oldest event kept holds only
+/// events that are not kept, so pruning is one range delete by key.
+const PAGE_SPAN: u64 = 256;
+
+/// Most bytes of events in one page.
+const PAGE_BYTES: usize = 256 * 1024;
+
 /// The key prefix when the URL names none.
 pub const DEFAULT_PREFIX: &str = "/orch/";
 
@@ -57,7 +97,8 @@ pub const MAX_TXN_OPS: usize = 128;
 /// default `--max-request-bytes` (1.5 MiB) to leave room for the framing.
 pub const MAX_TXN_BYTES: usize = 1024 * 1024;
 
-/// How many transactions of one batch are in flight at once.
+/// How many transactions of one batch are in flight at once (16 and 64
+/// were slower on the benchmark of BENCHMARKS.md).
 const TXNS_IN_FLIGHT: usize = 32;
 
 /// How many keys one page of a load reads.
@@ -142,6 +183,9 @@ pub struct EtcdStore {
     /// Runs the client's futures; `None` only while being dropped.
     runtime: Option<tokio::runtime::Runtime>,
     client: Client,
+    /// A connection of its own for the election and compaction: a lease's
+    /// renewal must not queue behind a large commit's transactions.
+    control: Client,
     keys: Keys,
     /// How many of the newest events stay.
     events_kept: u64,
@@ -180,20 +224,24 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Backend(format!("starting the etcd client: {e}")))?;
-        let endpoints = url.endpoints.clone();
-        let client = block_on(&runtime, async move {
-            let options = ConnectOptions::new()
-                .with_connect_timeout(CONNECT_TIMEOUT)
-                .with_timeout(REQUEST_TIMEOUT)
-                .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-                .with_require_leader(true);
-            Client::connect(endpoints, Some(options)).await
-        })
-        .and_then(|r| r.map_err(|e| backend("connecting", &e)))
-        .map_err(|e| unreachable(url, &e))?;
+        let connect = || {
+            let endpoints = url.endpoints.clone();
+            block_on(&runtime, async move {
+                let options = ConnectOptions::new()
+                    .with_connect_timeout(CONNECT_TIMEOUT)
+                    .with_timeout(REQUEST_TIMEOUT)
+                    .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+                    .with_require_leader(true);
+                Client::connect(endpoints, Some(options)).await
+            })
+            .and_then(|r| r.map_err(|e| backend("connecting", &e)))
+            .map_err(|e| unreachable(url, &e))
+        };
+        let (client, control) = (connect()?, connect()?);
         let store = Self {
             runtime: Some(runtime),
             client,
+            control,
             keys: Keys::new(&url.prefix),
             events_kept: super::DEFAULT_EVENTS_KEPT,
             url: url.clone(),
@@ -239,15 +287,29 @@ impl EtcdStore {
         }
     }
 
-    /// The etcd client, for the election on the same cluster.
+    /// The etcd client of the election and compaction, on a connection
+    /// apart from the commits'.
     pub(crate) fn client(&self) -> Client {
-        self.client.clone()
+        self.control.clone()
     }
 
     /// The full key of `name` under the store's prefix (the leader key, a
     /// manager's record).
     pub(crate) fn key_of(&self, name: &str) -> Vec<u8> {
         format!("{}{name}", self.keys.prefix).into_bytes()
+    }
+
+    /// Runs `task` on the store's own runtime, apart from the manager's.
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.runtime {
+            Some(runtime) => runtime.spawn(task),
+            // Only while the store is dropped.
+            None => tokio::spawn(task),
+        }
     }
 
     /// Runs `work` on the store's runtime with a key-value client, and waits.
@@ -461,15 +523,40 @@ impl EtcdStore {
         if let Some(id) = batch.cluster_id {
             pack.put(keys.key(META, CLUSTER_ID), id.as_bytes().to_vec());
         }
+        // A task's current attempt travels in its status, and its ended
+        // attempts in the same transaction.
+        let mut folded = std::collections::HashSet::new();
+        let pruned = batch.attempts_pruned();
+        let kept = |task: u128, attempt: u64| {
+            pruned
+                .get(&task)
+                .copied()
+                .flatten()
+                .is_none_or(|bound| attempt > bound)
+        };
         for (key, task) in &batch.statuses {
-            let mut group = Vec::with_capacity(2);
+            let mut group = Vec::with_capacity(3);
             if let Some(spec) = batch.specs.get(key) {
                 group.push(put(keys.key(TASK_SPEC, &hex(*key)), spec.encode_to_vec()));
             }
+            let attempt = batch.attempts.get(&(*key, task.attempt)).copied();
+            if attempt.is_some() {
+                folded.insert((*key, task.attempt));
+            }
+            let record = StatusRecord {
+                task: Some(status_record(task).into_owned()),
+                attempt: attempt.cloned(),
+            };
             group.push(put(
                 keys.key(TASK_STATUS, &hex(*key)),
-                status_record(task).encode_to_vec(),
+                record.encode_to_vec(),
             ));
+            for ((_, n), record) in batch.attempts.range((*key, 0)..(*key, task.attempt)) {
+                if kept(*key, *n) {
+                    group.push(put(attempt_key(keys, *key, *n), record.encode_to_vec()));
+                    folded.insert((*key, *n));
+                }
+            }
             pack.add(group);
         }
         for (key, node) in &batch.nodes {
@@ -498,45 +585,59 @@ impl EtcdStore {
         }
         // As for events below: a range delete may not cover a key the same
         // transaction puts, so attempts already too old are not written.
-        let pruned = batch.attempts_pruned();
-        for ((task, attempt), record) in &batch.attempts {
-            let stale = pruned.get(task).copied().flatten();
-            if stale.is_some_and(|bound| *attempt <= bound) {
-                continue;
+        for (&(task, attempt), record) in &batch.attempts {
+            if kept(task, attempt) && !folded.contains(&(task, attempt)) {
+                pack.put(attempt_key(keys, task, attempt), record.encode_to_vec());
             }
-            let key = keys.key(
-                TASK_ATTEMPTS,
-                &format!("{}/{}", hex(*task), number(*attempt)),
-            );
-            pack.put(key, record.encode_to_vec());
         }
         for (task, bound) in pruned {
             if let Some(bound) = bound {
                 let from = keys.key(TASK_ATTEMPTS, &format!("{}/", hex(task)));
-                let to = keys.key(
-                    TASK_ATTEMPTS,
-                    &format!("{}/{}", hex(task), number(bound + 1)),
-                );
-                pack.delete_range(from, to);
+                pack.delete_range(from, attempt_key(keys, task, bound + 1));
             }
         }
         // The manager numbers events in order, so the batch's newest is the
-        // store's; the events it pushes out go in one range delete, and those
-        // of the batch already too old are not written at all.
+        // store's; those of the batch already too old are not written at
+        // all, and the pages of events no longer kept go in one range
+        // delete (a page of its own never: its first is newer).
         let newest = batch.events.keys().next_back().copied().unwrap_or(0);
         let bound = events_prune_bound(newest, self.events_kept);
-        for (sequence, event) in &batch.events {
-            if bound.is_none_or(|bound| *sequence > bound) {
-                pack.put(keys.key(EVENTS, &number(*sequence)), event.encode_to_vec());
+        let mut page: Vec<&Event> = Vec::new();
+        let mut page_bytes = 0;
+        let flush = |page: &mut Vec<&Event>, pack: &mut Pack| {
+            if let Some(first) = page.first() {
+                let key = keys.key(EVENTS, &number(first.sequence));
+                let events = page.drain(..).cloned().collect();
+                pack.put(key, EventPage { events }.encode_to_vec());
             }
+        };
+        for (&sequence, &event) in &batch.events {
+            if bound.is_some_and(|bound| sequence <= bound) {
+                continue;
+            }
+            let bytes = event.encoded_len();
+            if page.first().is_some_and(|f| {
+                sequence - f.sequence >= PAGE_SPAN || page_bytes + bytes > PAGE_BYTES
+            }) {
+                flush(&mut page, &mut pack);
+                page_bytes = 0;
+            }
+            page.push(event);
+            page_bytes += bytes;
         }
-        if let Some(bound) = bound {
+        flush(&mut page, &mut pack);
+        if let Some(bound) = bound.and_then(|b| (b + 2).checked_sub(PAGE_SPAN)) {
             let from = keys.table(EVENTS);
-            let to = keys.key(EVENTS, &number(bound + 1));
+            let to = keys.key(EVENTS, &number(bound));
             pack.delete_range(from, to);
         }
         [first.finish(), pack.finish()]
     }
+}
+
+/// The key of a task's attempt.
+fn attempt_key(keys: &Keys, task: u128, attempt: u64) -> Vec<u8> {
+    keys.key(TASK_ATTEMPTS, &format!("{}/{}", hex(task), number(attempt)))
 }
 
 /// The `meta` key of the cluster id.
@@ -673,39 +774,43 @@ impl Store for EtcdStore {
 
             let mut specs = specs.into_iter().peekable();
             let mut tasks = Vec::with_capacity(statuses.len());
+            let mut current = Vec::with_capacity(statuses.len());
             for (key, status) in statuses {
-                let status: Task = decode(TASK_STATUS, &status)?;
+                let record: StatusRecord = decode(TASK_STATUS, &status)?;
+                let status = record.task.unwrap_or_default();
                 // Both ranges are in key order: skip specs without a status.
                 while specs.next_if(|(spec_key, _)| *spec_key < key).is_some() {}
                 let spec = specs
                     .next_if(|(spec_key, _)| *spec_key == key)
                     .map(|(_, spec)| decode::<TaskSpec>(TASK_SPEC, &spec))
                     .transpose()?;
-                tasks.push(join_task(status, spec)?);
+                let task = join_task(status, spec)?;
+                if let Some(attempt) = record.attempt {
+                    current.push((task_key(&task)?, attempt));
+                }
+                tasks.push(task);
             }
 
-            let mut kv = kv;
-            let newest = kv
-                .get(
-                    keys.table(EVENTS),
-                    Some(
-                        GetOptions::new()
-                            .with_prefix()
-                            .with_keys_only()
-                            .with_revision(revision)
-                            .with_sort(
-                                etcd_client::SortTarget::Key,
-                                etcd_client::SortOrder::Descend,
-                            )
-                            .with_limit(1),
-                    ),
-                )
-                .await
-                .map_err(|e| backend("reading", &e))?;
-            let last_event_sequence = match newest.kvs().first() {
-                Some(kv) => sequence_of(&kv.key()[keys.table(EVENTS).len()..])?,
-                None => 0,
-            };
+            let last_event_sequence = newest_event(kv, &keys, revision).await?;
+            // A task's ended attempts have keys of their own, its current
+            // one is in its status: the newer, should both hold it. Both
+            // lists are in key order, merged as they come.
+            let mut all = Vec::with_capacity(attempts.len() + current.len());
+            let mut current = current.into_iter().peekable();
+            for (key, record) in attempts {
+                let at = (
+                    attempt_task(&key)?,
+                    decode::<TaskAttempt>(TASK_ATTEMPTS, &record)?,
+                );
+                let order = (at.0, at.1.attempt);
+                while let Some(newer) = current.next_if(|(t, c)| (*t, c.attempt) < order) {
+                    all.push(newer);
+                }
+                if current.peek().is_none_or(|(t, c)| (*t, c.attempt) != order) {
+                    all.push(at);
+                }
+            }
+            all.extend(current);
 
             Ok(Snapshot {
                 cluster_id,
@@ -725,13 +830,10 @@ impl Store for EtcdStore {
                             })
                     })
                     .collect::<Result<_, _>>()?,
-                attempts: attempts
+                attempts: all
                     .into_iter()
-                    .map(|(key, record)| {
-                        let task = attempt_task(&key)?;
-                        Ok((task, decode::<TaskAttempt>(TASK_ATTEMPTS, &record)?))
-                    })
-                    .collect::<Result<_, StoreError>>()?,
+                    .map(|(task, attempt)| (task_id_of(task), attempt))
+                    .collect(),
             })
         })
     }
@@ -788,22 +890,44 @@ impl Store for EtcdStore {
         let Some(first) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let from = self.keys.key(EVENTS, &number(first));
-        let to = prefix_end(&self.keys.table(EVENTS));
-        let limit = i64::try_from(limit.min(10_000)).unwrap_or(10_000);
+        let keys = self.keys.clone();
+        let kept = self.events_kept;
+        let want = limit.min(10_000);
         self.run(move |mut kv| async move {
-            let reply = kv
-                .get(
-                    from,
-                    Some(GetOptions::new().with_range(to).with_limit(limit)),
-                )
-                .await
-                .map_err(|e| backend("reading events", &e))?;
-            reply
-                .kvs()
-                .iter()
-                .map(|kv| decode(EVENTS, kv.value()))
-                .collect()
+            // Pages start at the one that holds `first`, if any, and the
+            // events of a page older than what is kept are skipped.
+            let mut at = keys.key(EVENTS, &number(first));
+            at.push(0);
+            let mut start = match page_before(kv.clone(), &keys, at, 0).await? {
+                Some((key, _)) => key,
+                None => keys.table(EVENTS),
+            };
+            let newest = newest_event(kv.clone(), &keys, 0).await?;
+            let floor = events_prune_bound(newest, kept).map_or(after, |b| b.max(after));
+            let end = prefix_end(&keys.table(EVENTS));
+            let mut out = Vec::new();
+            loop {
+                let options = GetOptions::new().with_range(end.clone()).with_limit(16);
+                let reply = kv
+                    .get(start.clone(), Some(options))
+                    .await
+                    .map_err(|e| backend("reading events", &e))?;
+                for page in reply.kvs() {
+                    let page: EventPage = decode(EVENTS, page.value())?;
+                    out.extend(page.events.into_iter().filter(|e| e.sequence > floor));
+                    if out.len() >= want {
+                        out.truncate(want);
+                        return Ok(out);
+                    }
+                }
+                match reply.kvs().last() {
+                    Some(last) if reply.more() => {
+                        start = last.key().to_vec();
+                        start.push(0);
+                    }
+                    _ => return Ok(out),
+                }
+            }
         })
     }
 }
@@ -818,24 +942,67 @@ fn decode_all<M: Message + Default>(
         .collect()
 }
 
-/// The sequence number of an event's key (after its table's prefix).
-fn sequence_of(key: &[u8]) -> Result<u64, StoreError> {
-    std::str::from_utf8(key)
-        .ok()
-        .and_then(|key| key.parse().ok())
-        .ok_or_else(|| StoreError::Corrupt {
-            table: EVENTS,
-            detail: format!("{:?} is not an event's key", String::from_utf8_lossy(key)),
+/// A task's key, from its id.
+fn task_key(task: &Task) -> Result<u128, StoreError> {
+    uuid::Uuid::parse_str(&task.id)
+        .map(|id| id.as_u128())
+        .map_err(|e| StoreError::Corrupt {
+            table: TASK_STATUS,
+            detail: format!("{:?} is not a task id: {e}", task.id),
         })
 }
 
-/// The task id of an attempt's key (`<task>/<attempt>`, after the prefix).
-fn attempt_task(key: &[u8]) -> Result<String, StoreError> {
+/// The page of events whose key is the newest before `end` (with `end`
+/// just after an event's key: the page holding that event, if kept), or
+/// none.
+async fn page_before(
+    mut kv: etcd_client::KvClient,
+    keys: &Keys,
+    end: Vec<u8>,
+    revision: i64,
+) -> Result<Option<(Vec<u8>, EventPage)>, StoreError> {
+    let reply = kv
+        .get(
+            keys.table(EVENTS),
+            Some(
+                GetOptions::new()
+                    .with_range(end)
+                    .with_revision(revision)
+                    .with_sort(
+                        etcd_client::SortTarget::Key,
+                        etcd_client::SortOrder::Descend,
+                    )
+                    .with_limit(1),
+            ),
+        )
+        .await
+        .map_err(|e| backend("reading events", &e))?;
+    reply
+        .kvs()
+        .first()
+        .map(|kv| Ok((kv.key().to_vec(), decode(EVENTS, kv.value())?)))
+        .transpose()
+}
+
+/// The sequence of the newest event (0: none) at `revision` (0: now).
+async fn newest_event(
+    kv: etcd_client::KvClient,
+    keys: &Keys,
+    revision: i64,
+) -> Result<u64, StoreError> {
+    let end = prefix_end(&keys.table(EVENTS));
+    let page = page_before(kv, keys, end, revision).await?;
+    Ok(page
+        .and_then(|(_, page)| page.events.last().map(|e| e.sequence))
+        .unwrap_or(0))
+}
+
+/// The task key of an attempt's key (`<task>/<attempt>`, after the prefix).
+fn attempt_task(key: &[u8]) -> Result<u128, StoreError> {
     std::str::from_utf8(key)
         .ok()
         .and_then(|key| key.split_once('/'))
         .and_then(|(task, _)| u128::from_str_radix(task, 16).ok())
-        .map(task_id_of)
         .ok_or_else(|| StoreError::Corrupt {
             table: TASK_ATTEMPTS,
             detail: format!("{:?} is not an attempt's key", String::from_utf8_lossy(key)),
@@ -843,6 +1010,7 @@ fn attempt_task(key: &[u8]) -> Result<String, StoreError> {
 }
 
 pub mod election;
+pub mod history;
 pub mod local;
 
 #[cfg(test)]

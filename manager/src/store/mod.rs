@@ -58,6 +58,9 @@ pub enum Write {
     /// A new task: its spec and its first status. The spec is never written again.
     TaskCreated(Box<Task>),
     /// A task's new status. Its `spec` field is ignored (it may be `None`).
+    /// The manager always writes the record of the task's current attempt
+    /// (`Write::Attempt`) in the same commit, so a store may keep the two
+    /// in one record (the etcd store does).
     TaskUpdated(Box<Task>),
     /// A node's registration and last known state.
     Node(Box<Node>),
@@ -493,7 +496,7 @@ mod checks {
         }
     }
 
-    fn node(n: u64) -> Node {
+    pub(super) fn node(n: u64) -> Node {
         Node {
             id: id(1_000 + n),
             name: format!("worker-{n}"),
@@ -557,13 +560,13 @@ mod checks {
         }
     }
 
-    fn events(sequences: std::ops::RangeInclusive<u64>) -> Vec<Write> {
+    pub(super) fn events(sequences: std::ops::RangeInclusive<u64>) -> Vec<Write> {
         sequences
             .map(|seq| Write::Event(Box::new(event(seq))))
             .collect()
     }
 
-    fn sequences(events: &[Event]) -> Vec<u64> {
+    pub(super) fn sequences(events: &[Event]) -> Vec<u64> {
         events.iter().map(|event| event.sequence).collect()
     }
 
@@ -758,7 +761,7 @@ mod checks {
         }
     }
 
-    fn attempt_write(task: u64, n: u64, why: &str) -> Write {
+    pub(super) fn attempt_write(task: u64, n: u64, why: &str) -> Write {
         Write::Attempt {
             task_id: id(task),
             record: Box::new(attempt(n, why)),

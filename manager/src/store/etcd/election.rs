@@ -235,7 +235,10 @@ impl Candidate {
             key: leader_key.clone(),
             term,
         };
-        let keeper = tokio::spawn(keep_alive(
+        // On the store's own runtime: a manager whose threads are all busy
+        // (or waiting on its engine's lock) under a burst of work still
+        // renews its lease in time.
+        let keeper = self.store.spawn(keep_alive(
             self.store.clone(),
             (lease.id(), fence),
             self.lease,

@@ -115,6 +115,133 @@ fn etcd_large_batch_spans_transactions() {
     );
 }
 
+/// How many keys `table` holds under `store`'s prefix.
+fn keys_in(store: &EtcdStore, table: &'static str) -> i64 {
+    let prefix = store.keys.table(table);
+    store
+        .run(move |mut kv| async move {
+            let reply = kv
+                .get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .map_err(|e| backend("counting", &e))?;
+            Ok(reply.count())
+        })
+        .unwrap()
+}
+
+/// A task's current attempt rides in its status, its ended attempts in keys
+/// of their own; a commit's events go in pages, and pages all older than
+/// what is kept are deleted, while reads give exactly what is kept.
+#[test]
+fn etcd_statuses_carry_the_current_attempt_and_events_go_in_pages() {
+    let etcd = LocalEtcd::start(1).unwrap();
+    let store = EtcdStore::connect(&etcd.url("pages"))
+        .unwrap()
+        .with_events_kept(300);
+
+    let mut task = checks::task(1);
+    store
+        .commit(&[Write::TaskCreated(Box::new(task.clone()))])
+        .unwrap();
+    task.set_state(orch::v1::TaskState::Scheduled);
+    let update = |task: &Task| Write::TaskUpdated(Box::new(task.clone()));
+    store
+        .commit(&[update(&task), checks::attempt_write(1, 1, "placed")])
+        .unwrap();
+    assert_eq!(keys_in(&store, TASK_ATTEMPTS), 0, "in the status");
+    let attempts = |store: &EtcdStore| -> Vec<(u64, String)> {
+        let loaded = store.load().unwrap();
+        loaded
+            .attempts
+            .into_iter()
+            .map(|(_, a)| (a.attempt, a.message))
+            .collect()
+    };
+    assert_eq!(attempts(&store), [(1, "placed".to_owned())]);
+    // A new attempt: the ended one gets its key, with the status that ends it.
+    task.attempt = 2;
+    store
+        .commit(&[
+            checks::attempt_write(1, 1, "lost"),
+            update(&task),
+            checks::attempt_write(1, 2, "placed again"),
+        ])
+        .unwrap();
+    assert_eq!(keys_in(&store, TASK_ATTEMPTS), 1);
+    assert_eq!(
+        attempts(&store),
+        [(1, "lost".to_owned()), (2, "placed again".to_owned())]
+    );
+
+    for batch in 0..4 {
+        let first = batch * 250 + 1;
+        store.commit(&checks::events(first..=first + 249)).unwrap();
+    }
+    // Four pages written, the two older than the 300 kept deleted.
+    assert_eq!(keys_in(&store, EVENTS), 2);
+    let kept = store.events_after(0, usize::MAX).unwrap();
+    assert_eq!(checks::sequences(&kept), (701..=1000).collect::<Vec<_>>());
+    assert_eq!(
+        checks::sequences(&store.events_after(800, 10).unwrap()),
+        (801..=810).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        checks::sequences(&store.events_after(740, 20).unwrap()),
+        (741..=760).collect::<Vec<_>>(),
+        "across two pages"
+    );
+    assert_eq!(store.load().unwrap().last_event_sequence, 1000);
+}
+
+/// Compaction drops the history before the revision of the round before,
+/// and nothing that is current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_history_is_compacted_up_to_the_revision_of_the_round_before() {
+    let etcd = LocalEtcd::start(1).unwrap();
+    let store = std::sync::Arc::new(EtcdStore::connect(&etcd.url("history")).unwrap());
+    let write = |n: u64| {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .commit(&[Write::Node(Box::new(checks::node(n)))])
+                .unwrap();
+        })
+    };
+    let node_id = uuid::Uuid::parse_str(&checks::node(1).id).unwrap();
+    let node_key = store.keys.key(NODES, &hex(node_id.as_u128()));
+    let at = |revision: i64| {
+        let mut kv = store.client().kv_client();
+        let key = node_key.clone();
+        async move {
+            kv.get(key, Some(GetOptions::new().with_revision(revision)))
+                .await
+        }
+    };
+    write(1).await.unwrap();
+    let first = history::compact(&store, None).await.unwrap();
+    write(1).await.unwrap();
+    write(2).await.unwrap();
+    let second = history::compact(&store, Some(first)).await.unwrap();
+    assert!(second > first);
+
+    // Before `first`: gone. At `first` and after: readable.
+    let gone = at(first - 1).await.expect_err("compacted");
+    assert!(gone.to_string().contains("compacted"), "{gone}");
+    assert_eq!(at(first).await.unwrap().kvs().len(), 1);
+    // A round that finds its revision compacted already is no error.
+    history::compact(&store, Some(first)).await.unwrap();
+    let loaded = tokio::task::spawn_blocking({
+        let store = store.clone();
+        move || store.load().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(loaded.nodes.len(), 2, "what is current stays");
+}
+
 /// An etcd that does not answer is a clear error naming it, in seconds.
 #[test]
 fn etcd_unreachable_is_a_clear_error() {
