@@ -5,7 +5,8 @@
 //! several clusters can share one etcd). A task or node key is its UUID as 32
 //! lowercase hex digits and a number is 20 decimal digits, so that etcd's
 //! byte order is the order of the ids and numbers, as redb's is:
-//! - `meta/cluster_id`: the cluster's id;
+//! - `meta/cluster_id`: the cluster's id, and `meta/layout`: the version of
+//!   this layout, checked at load;
 //! - `task/spec/<task>` and `task/status/<task>`: a task's spec, written
 //!   once, and its status without the spec together with the record of its
 //!   current attempt (`StatusRecord`: the manager writes the two together,
@@ -521,7 +522,10 @@ impl EtcdStore {
 
         let mut pack = Pack::default();
         if let Some(id) = batch.cluster_id {
-            pack.put(keys.key(META, CLUSTER_ID), id.as_bytes().to_vec());
+            pack.add(vec![
+                put(keys.key(META, CLUSTER_ID), id.as_bytes().to_vec()),
+                put(keys.key(META, LAYOUT), LAYOUT_VERSION.as_bytes().to_vec()),
+            ]);
         }
         // A task's current attempt travels in its status, and its ended
         // attempts in the same transaction.
@@ -642,6 +646,13 @@ fn attempt_key(keys: &Keys, task: u128, attempt: u64) -> Vec<u8> {
 
 /// The `meta` key of the cluster id.
 const CLUSTER_ID: &str = "cluster_id";
+/// The `meta` key of the layout of the keys, written with the cluster id:
+/// a store written in another layout (by another version of orch) is
+/// refused at load rather than misread.
+const LAYOUT: &str = "layout";
+/// This version's layout: status records with their current attempt, and
+/// events in pages.
+const LAYOUT_VERSION: &str = "2";
 /// The `meta` keys of the cluster's CA, certificate and key (PEM): every
 /// manager of the cluster serves with certificates it signs.
 const CA_CERT: &str = "ca.crt";
@@ -682,6 +693,7 @@ impl EtcdStore {
             let writes = proposal.as_ref().map_or_else(Vec::new, |p| {
                 vec![
                     TxnOp::put(id.clone(), p.cluster_id.clone(), None),
+                    TxnOp::put(keys.key(META, LAYOUT), LAYOUT_VERSION, None),
                     TxnOp::put(cert.clone(), p.ca_cert_pem.clone(), None),
                     TxnOp::put(key.clone(), p.ca_key_pem.clone(), None),
                 ]
@@ -754,6 +766,30 @@ impl Store for EtcdStore {
                     })
                 })
                 .transpose()?;
+            if cluster_id.is_some() {
+                let layout = meta
+                    .get(
+                        keys.key(META, LAYOUT),
+                        Some(GetOptions::new().with_revision(revision)),
+                    )
+                    .await
+                    .map_err(|e| backend("reading", &e))?;
+                let layout = layout
+                    .kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                if layout.as_deref() != Some(LAYOUT_VERSION) {
+                    return Err(StoreError::Corrupt {
+                        table: META,
+                        detail: format!(
+                            "the store's keys are in layout {}, and this orch reads layout \
+                             {LAYOUT_VERSION}: it was written by another version of orch; \
+                             start this one on a new prefix (etcd://HOST:PORT/PREFIX)",
+                            layout.as_deref().unwrap_or("1")
+                        ),
+                    });
+                }
+            }
             let tables = [
                 TASK_SPEC,
                 TASK_STATUS,

@@ -78,6 +78,29 @@ fn etcd_everything_survives_a_new_connection_and_prefixes_are_apart() {
     assert_eq!(other.load().unwrap(), Snapshot::default());
 }
 
+/// A store whose keys another version of orch laid out is refused at load,
+/// saying so, rather than misread.
+#[test]
+fn etcd_a_store_in_another_layout_is_refused() {
+    let etcd = LocalEtcd::start(1).unwrap();
+    let store = EtcdStore::connect(&etcd.url("layout")).unwrap();
+    checks::write_everything(&store);
+    store.load().unwrap();
+    let key = store.keys.key(META, LAYOUT);
+    store
+        .run(move |mut kv| async move {
+            kv.delete(key, None)
+                .await
+                .map_err(|e| backend("deleting", &e))
+        })
+        .unwrap();
+    let err = store.load().unwrap_err().to_string();
+    assert!(
+        err.contains("layout 1") && err.contains("another version of orch"),
+        "{err}"
+    );
+}
+
 /// A batch far beyond one transaction's limits (ops and bytes) is committed
 /// whole, with every spec beside its status, and loads back in id order.
 #[test]
