@@ -307,9 +307,7 @@ impl Gate {
     /// Waits until job `after` is durable. False if the manager stops first,
     /// or its store writer is gone: the change may never be stored.
     async fn passes(&mut self, after: u64) -> bool {
-        if *self.marks.borrow() >= after {
-            return true;
-        }
+        // `wait_for` answers at once when the job is durable already.
         tokio::select! {
             biased;
             stored = self.marks.wait_for(|&m| m >= after) => stored.is_ok(),

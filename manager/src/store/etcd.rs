@@ -820,11 +820,10 @@ impl Store for EtcdStore {
                     .next_if(|(spec_key, _)| *spec_key == key)
                     .map(|(_, spec)| decode::<TaskSpec>(TASK_SPEC, &spec))
                     .transpose()?;
-                let task = join_task(status, spec)?;
                 if let Some(attempt) = record.attempt {
-                    current.push((task_key(&task)?, attempt));
+                    current.push((task_of(TASK_STATUS, &key)?, attempt));
                 }
-                tasks.push(task);
+                tasks.push(join_task(status, spec)?);
             }
 
             let last_event_sequence = newest_event(kv, &keys, revision).await?;
@@ -835,7 +834,7 @@ impl Store for EtcdStore {
             let mut current = current.into_iter().peekable();
             for (key, record) in attempts {
                 let at = (
-                    attempt_task(&key)?,
+                    task_of(TASK_ATTEMPTS, &key)?,
                     decode::<TaskAttempt>(TASK_ATTEMPTS, &record)?,
                 );
                 let order = (at.0, at.1.attempt);
@@ -978,16 +977,6 @@ fn decode_all<M: Message + Default>(
         .collect()
 }
 
-/// A task's key, from its id.
-fn task_key(task: &Task) -> Result<u128, StoreError> {
-    uuid::Uuid::parse_str(&task.id)
-        .map(|id| id.as_u128())
-        .map_err(|e| StoreError::Corrupt {
-            table: TASK_STATUS,
-            detail: format!("{:?} is not a task id: {e}", task.id),
-        })
-}
-
 /// The page of events whose key is the newest before `end` (with `end`
 /// just after an event's key: the page holding that event, if kept), or
 /// none.
@@ -1033,15 +1022,16 @@ async fn newest_event(
         .unwrap_or(0))
 }
 
-/// The task key of an attempt's key (`<task>/<attempt>`, after the prefix).
-fn attempt_task(key: &[u8]) -> Result<u128, StoreError> {
+/// The task a key of `table` names (after the prefix): a status's
+/// `<task>`, an attempt's `<task>/<attempt>`.
+fn task_of(table: &'static str, key: &[u8]) -> Result<u128, StoreError> {
     std::str::from_utf8(key)
         .ok()
-        .and_then(|key| key.split_once('/'))
-        .and_then(|(task, _)| u128::from_str_radix(task, 16).ok())
+        .map(|key| key.split_once('/').map_or(key, |(task, _)| task))
+        .and_then(|task| u128::from_str_radix(task, 16).ok())
         .ok_or_else(|| StoreError::Corrupt {
-            table: TASK_ATTEMPTS,
-            detail: format!("{:?} is not an attempt's key", String::from_utf8_lossy(key)),
+            table,
+            detail: format!("{:?} does not name a task", String::from_utf8_lossy(key)),
         })
 }
 
