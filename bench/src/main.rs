@@ -94,6 +94,11 @@ struct ControlPlaneArgs {
     /// and orch-bench built with `--features etcd`.
     #[arg(long, value_name = "MEMBERS")]
     etcd: Option<usize>,
+    /// Start the local etcd's members with `--max-txn-ops N` (etcd's
+    /// default: 128); the manager's transactions grow to what etcd takes,
+    /// up to 1,024 operations.
+    #[arg(long, value_name = "N", requires = "etcd")]
+    etcd_max_txn_ops: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -281,7 +286,7 @@ async fn control(args: ControlPlaneArgs) -> Result<(), String> {
     if args.events_kept.is_some() && !matches!(manager, ManagerKind::InProcess) {
         return Err("--events-kept needs --manager in-process".into());
     }
-    let etcd = local_etcd(args.etcd, &manager)?;
+    let etcd = local_etcd(args.etcd, args.etcd_max_txn_ops, &manager)?;
     let params = control_plane::Params {
         manager_args: etcd
             .as_ref()
@@ -315,6 +320,7 @@ async fn control(args: ControlPlaneArgs) -> Result<(), String> {
 #[cfg(feature = "etcd")]
 fn local_etcd(
     members: Option<usize>,
+    max_txn_ops: Option<usize>,
     manager: &ManagerKind,
 ) -> Result<Option<(orch_manager::store::etcd::local::LocalEtcd, Vec<String>)>, String> {
     let Some(members) = members else {
@@ -323,15 +329,24 @@ fn local_etcd(
     if !matches!(manager, ManagerKind::Child(_)) {
         return Err("--etcd needs --manager child".into());
     }
-    let etcd = orch_manager::store::etcd::local::LocalEtcd::start(members)?;
+    let flags: Vec<String> = max_txn_ops
+        .map(|n| format!("--max-txn-ops={n}"))
+        .into_iter()
+        .collect();
+    let etcd = orch_manager::store::etcd::local::LocalEtcd::start_with(members, &flags)?;
     let args = vec!["--store".to_owned(), etcd.store_arg("")];
-    println!("etcd: {members} members, {}", etcd.store_arg(""));
+    println!(
+        "etcd: {members} members, {}{}",
+        etcd.store_arg(""),
+        flags.first().map(|f| format!(", {f}")).unwrap_or_default()
+    );
     Ok(Some((etcd, args)))
 }
 
 #[cfg(not(feature = "etcd"))]
 fn local_etcd(
     members: Option<usize>,
+    _: Option<usize>,
     _: &ManagerKind,
 ) -> Result<Option<((), Vec<String>)>, String> {
     match members {

@@ -34,7 +34,8 @@
 //! A commit is as durable as etcd makes it: it returns once etcd's quorum has
 //! committed every transaction of the batch. etcd bounds a transaction
 //! (`--max-txn-ops`, 128 by default, and `--max-request-bytes`, 1.5 MiB), so a
-//! large batch is cut into several transactions, committed side by side: once
+//! large batch is cut into several transactions, each as large as the etcd
+//! takes (the store finds out at connect), committed side by side: once
 //! coalesced, a batch writes each key once and its range deletes never cover
 //! a key it puts (a deleted service's versions go first, in a transaction of
 //! their own), so they are independent of each other. A task's spec and
@@ -91,8 +92,15 @@ const PAGE_BYTES: usize = 256 * 1024;
 /// The key prefix when the URL names none.
 pub const DEFAULT_PREFIX: &str = "/orch/";
 
-/// Most operations in one transaction: etcd's default `--max-txn-ops`.
-pub const MAX_TXN_OPS: usize = 128;
+/// Most operations in one transaction where etcd allows it (its
+/// `--max-txn-ops`, 128 by default): a transaction of 1,024 puts costs etcd
+/// far less than eight of 128 (BENCHMARKS.md). [`EtcdStore::connect`] finds
+/// the largest size up to this one that the etcd takes ([`TXN_OPS_TRIED`]).
+pub const MAX_TXN_OPS: usize = 1024;
+
+/// The transaction sizes tried at connect, largest first: etcd's default
+/// limit is 128, and an operator may have set it higher or lower.
+pub const TXN_OPS_TRIED: [usize; 8] = [MAX_TXN_OPS, 512, 256, 128, 64, 32, 16, 8];
 
 /// Most bytes of keys and values in one transaction, well under etcd's
 /// default `--max-request-bytes` (1.5 MiB) to leave room for the framing.
@@ -193,6 +201,9 @@ pub struct EtcdStore {
     url: EtcdUrl,
     /// The term every commit is conditional on, once this manager leads.
     fence: std::sync::RwLock<Option<Fence>>,
+    /// Most operations in one of this store's transactions: the largest of
+    /// [`TXN_OPS_TRIED`] the etcd took, found again if it refuses one later.
+    txn_ops: std::sync::atomic::AtomicUsize,
 }
 
 /// What makes a commit conditional on leading: the leader key must still be
@@ -247,6 +258,7 @@ impl EtcdStore {
             events_kept: super::DEFAULT_EVENTS_KEPT,
             url: url.clone(),
             fence: std::sync::RwLock::new(None),
+            txn_ops: std::sync::atomic::AtomicUsize::new(MAX_TXN_OPS),
         };
         // The client connects lazily: one read proves a member answers.
         let meta = store.keys.table(META);
@@ -257,7 +269,42 @@ impl EtcdStore {
                     .map_err(|e| backend("reading", &e))
             })
             .map_err(|e| unreachable(url, &e))?;
+        store.fit_transactions()?;
         Ok(store)
+    }
+
+    /// Most operations this store puts in one transaction.
+    pub fn txn_ops(&self) -> usize {
+        self.txn_ops.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Finds the largest of [`TXN_OPS_TRIED`] that the etcd takes, with a
+    /// read-only transaction of that many reads of one key, and makes it
+    /// the store's transaction size.
+    ///
+    /// # Errors
+    /// If etcd fails otherwise, or takes none of them.
+    fn fit_transactions(&self) -> Result<usize, StoreError> {
+        let probe = self.keys.key(META, "txn-ops-probe");
+        let ops = self.run(move |mut kv| async move {
+            for ops in TXN_OPS_TRIED {
+                let reads = vec![TxnOp::get(probe.clone(), None); ops];
+                match kv.txn(Txn::new().and_then(reads)).await {
+                    Ok(_) => return Ok(ops),
+                    Err(e) if too_many_ops(&e) => {}
+                    Err(e) => return Err(backend("trying the transaction size", &e)),
+                }
+            }
+            Err(StoreError::Backend(format!(
+                "etcd refuses transactions of {} operations: raise its --max-txn-ops (128 by default)",
+                TXN_OPS_TRIED[TXN_OPS_TRIED.len() - 1]
+            )))
+        })?;
+        let was = self.txn_ops.swap(ops, std::sync::atomic::Ordering::Relaxed);
+        if ops != was {
+            tracing::info!(ops, "etcd takes transactions of up to {ops} operations");
+        }
+        Ok(ops)
     }
 
     /// The same store keeping only the newest `kept` events (at least one).
@@ -388,6 +435,14 @@ where
         .map_err(|e| StoreError::Backend(format!("the etcd client's task failed: {e}")))
 }
 
+/// Whether etcd refused a transaction for its number of operations (its
+/// `--max-txn-ops`).
+fn too_many_ops(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status)
+        if status.code() == tonic::Code::InvalidArgument
+            && status.message().contains("too many operations"))
+}
+
 /// An etcd error as a [`StoreError`], saying what the store was doing.
 fn backend(doing: &str, err: &etcd_client::Error) -> StoreError {
     let detail = match err {
@@ -457,20 +512,30 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// One transaction's worth of operations being gathered.
-#[derive(Default)]
 struct Pack {
     txns: Vec<Vec<TxnOp>>,
     ops: Vec<TxnOp>,
     bytes: usize,
+    /// Most operations in one transaction.
+    max_ops: usize,
 }
 
 impl Pack {
+    fn new(max_ops: usize) -> Self {
+        Self {
+            txns: Vec::new(),
+            ops: Vec::new(),
+            bytes: 0,
+            max_ops,
+        }
+    }
+
     /// Adds operations that must share a transaction, starting a new one if
     /// they do not fit in the current one.
     fn add(&mut self, group: Vec<(TxnOp, usize)>) {
         let bytes: usize = group.iter().map(|(_, b)| b).sum();
         if !self.ops.is_empty()
-            && (self.ops.len() + group.len() > MAX_TXN_OPS || self.bytes + bytes > MAX_TXN_BYTES)
+            && (self.ops.len() + group.len() > self.max_ops || self.bytes + bytes > MAX_TXN_BYTES)
         {
             self.txns.push(std::mem::take(&mut self.ops));
             self.bytes = 0;
@@ -513,14 +578,15 @@ impl EtcdStore {
     /// the second.
     fn transactions(&self, batch: &Batch<'_>) -> [Vec<Vec<TxnOp>>; 2] {
         let keys = &self.keys;
-        let mut first = Pack::default();
+        let max_ops = self.txn_ops();
+        let mut first = Pack::new(max_ops);
         for name in &batch.services_deleted {
             let from = keys.key(SERVICE_VERSIONS, &format!("{name}/"));
             let to = prefix_end(&from);
             first.delete_range(from, to);
         }
 
-        let mut pack = Pack::default();
+        let mut pack = Pack::new(max_ops);
         if let Some(id) = batch.cluster_id {
             pack.add(vec![
                 put(keys.key(META, CLUSTER_ID), id.as_bytes().to_vec()),
@@ -880,12 +946,15 @@ impl Store for EtcdStore {
         let batch = Batch::new(writes)?;
         let [first, second] = self.transactions(&batch);
         let fence = self.current_fence();
-        self.run(move |kv| async move {
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refused_in = refused.clone();
+        let committed = self.run(move |kv| async move {
             for phase in [first, second] {
                 futures::stream::iter(phase)
                     .map(|ops| {
                         let mut kv = kv.clone();
                         let fence = fence.clone();
+                        let refused = refused_in.clone();
                         async move {
                             let compares: Vec<Compare> = fence
                                 .iter()
@@ -900,7 +969,12 @@ impl Store for EtcdStore {
                             let reply = kv
                                 .txn(Txn::new().when(compares).and_then(ops))
                                 .await
-                                .map_err(|e| backend("committing", &e))?;
+                                .map_err(|e| {
+                                    if too_many_ops(&e) {
+                                        refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                                    }
+                                    backend("committing", &e)
+                                })?;
                             match &fence {
                                 Some(f) if !reply.succeeded() => Err(StoreError::Fenced(format!(
                                     "this manager's term {} as leader is over: another manager leads",
@@ -915,7 +989,21 @@ impl Store for EtcdStore {
                     .await?;
             }
             Ok(())
-        })
+        });
+        // etcd's limit was lowered since the store connected: the commit
+        // fails (none of it is acknowledged) and is retried in
+        // transactions of the size etcd takes now.
+        if refused.load(std::sync::atomic::Ordering::Relaxed) {
+            let was = self.txn_ops();
+            let now = self.fit_transactions()?;
+            tracing::warn!(
+                was,
+                now,
+                "etcd refused a transaction of {was} operations (was its --max-txn-ops lowered?): \
+                 transactions are now of {now} at most"
+            );
+        }
+        committed
     }
 
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {

@@ -31,6 +31,8 @@ pub struct LocalEtcd {
     dir: PathBuf,
     members: Vec<Member>,
     initial_cluster: String,
+    /// More flags for every member.
+    args: Vec<String>,
 }
 
 impl LocalEtcd {
@@ -44,10 +46,19 @@ impl LocalEtcd {
     /// If `etcd` cannot be started (saying to install `etcd-server`) or the
     /// cluster does not become healthy within 30 s, with the members' logs.
     pub fn start(size: usize) -> Result<Self, String> {
+        Self::start_with(size, &[])
+    }
+
+    /// As [`LocalEtcd::start`], every member started with `args` besides
+    /// its own (`--max-txn-ops=1024`, say).
+    ///
+    /// # Errors
+    /// As [`LocalEtcd::start`].
+    pub fn start_with(size: usize, args: &[String]) -> Result<Self, String> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let mut cluster = Self::start_once(size)?;
+            let mut cluster = Self::start_once(size, args)?;
             match cluster.wait_healthy(Duration::from_secs(30)) {
                 Ok(()) => return Ok(cluster),
                 Err(e) if tries < 3 && cluster.exited() => {
@@ -58,7 +69,7 @@ impl LocalEtcd {
         }
     }
 
-    fn start_once(size: usize) -> Result<Self, String> {
+    fn start_once(size: usize, args: &[String]) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("orch-etcd-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let mut members = Vec::with_capacity(size);
@@ -79,6 +90,7 @@ impl LocalEtcd {
             dir,
             members,
             initial_cluster,
+            args: args.to_vec(),
         };
         for i in 0..size {
             cluster.spawn(i)?;
@@ -138,6 +150,7 @@ impl LocalEtcd {
             .arg("new")
             .arg("--initial-cluster-token")
             .arg(self.dir.display().to_string())
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -192,6 +205,13 @@ impl LocalEtcd {
             self.spawn(i)?;
         }
         Ok(())
+    }
+
+    /// Sets the flags of every member started from now on (by
+    /// [`LocalEtcd::restart`]), as an operator who restarts etcd with other
+    /// settings.
+    pub fn set_args(&mut self, args: &[String]) {
+        self.args = args.to_vec();
     }
 
     /// Waits until a member answers `/health` as healthy (the cluster has a

@@ -118,12 +118,10 @@ fn etcd_large_batch_spans_transactions() {
     }
     let [first, second] = store.transactions(&Batch::new(&writes).unwrap());
     assert!(first.is_empty());
-    assert!(
-        second.len() > 2_000 * 2 / MAX_TXN_OPS,
-        "{} txns",
-        second.len()
-    );
-    assert!(second.iter().all(|ops| ops.len() <= MAX_TXN_OPS));
+    // etcd's default limit.
+    assert_eq!(store.txn_ops(), 128);
+    assert!(second.len() > 2_000 * 2 / 128, "{} txns", second.len());
+    assert!(second.iter().all(|ops| ops.len() <= 128));
     store.commit(&writes).unwrap();
     let loaded = store.load().unwrap();
     let mut want = ids.clone();
@@ -372,4 +370,64 @@ async fn etcd_a_deposed_leaders_commits_are_fenced() {
     let ids: Vec<String> = loaded.tasks.iter().map(|t| t.id.clone()).collect();
     assert_eq!(ids, [checks::task(1).id, checks::task(3).id]);
     drop(leading);
+}
+
+/// The store's transactions are as large as the etcd takes: 1,024
+/// operations where its `--max-txn-ops` allows them, the largest size tried
+/// under a lower limit; and where etcd is restarted with a lower limit than
+/// the store found, a commit fails once, loudly, and its retry fits.
+#[test]
+fn etcd_transactions_are_as_large_as_the_etcd_takes() {
+    let tasks = |from: u64| -> Vec<Write> {
+        (from..from + 1_500)
+            .map(|n| Write::TaskCreated(Box::new(checks::task(n))))
+            .collect()
+    };
+    let sizes = |store: &EtcdStore, writes: &[Write]| -> Vec<usize> {
+        let [_, second] = store.transactions(&Batch::new(writes).unwrap());
+        second.iter().map(Vec::len).collect()
+    };
+
+    let low = LocalEtcd::start_with(1, &["--max-txn-ops=100".into()]).unwrap();
+    let store = EtcdStore::connect(&low.url("low")).unwrap();
+    assert_eq!(store.txn_ops(), 64, "the largest size tried under 100");
+    assert!(sizes(&store, &tasks(1)).iter().all(|&n| n <= 64));
+    store.commit(&tasks(1)).unwrap();
+    assert_eq!(store.load().unwrap().tasks.len(), 1_500);
+    drop(low);
+
+    let mut high = LocalEtcd::start_with(1, &["--max-txn-ops=1024".into()]).unwrap();
+    let store = EtcdStore::connect(&high.url("high")).unwrap();
+    assert_eq!(store.txn_ops(), MAX_TXN_OPS);
+    let large = sizes(&store, &tasks(1));
+    assert!(large.iter().all(|&n| n <= MAX_TXN_OPS), "{large:?}");
+    assert!(
+        large.len() <= 3,
+        "3,000 puts in {} transactions",
+        large.len()
+    );
+    store.commit(&tasks(1)).unwrap();
+
+    // The operator restarts etcd with its default limit (128).
+    high.kill(0);
+    high.set_args(&[]);
+    high.restart(0).unwrap();
+    high.wait_healthy(std::time::Duration::from_secs(30))
+        .unwrap();
+    let writes = tasks(10_001);
+    let err = (0..20)
+        .find_map(|_| match store.commit(&writes) {
+            // The member is back but the client may not have reconnected.
+            Err(e) if e.to_string().contains("too many operations") => Some(e),
+            Err(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                None
+            }
+            Ok(()) => panic!("etcd took transactions beyond its limit"),
+        })
+        .expect("the commit refused for its size");
+    assert!(err.to_string().contains("too many operations"), "{err}");
+    assert_eq!(store.txn_ops(), 128);
+    store.commit(&writes).unwrap();
+    assert_eq!(store.load().unwrap().tasks.len(), 3_000);
 }
