@@ -302,7 +302,7 @@ impl EtcdStore {
         })?;
         let was = self.txn_ops.swap(ops, std::sync::atomic::Ordering::Relaxed);
         if ops != was {
-            tracing::info!(ops, "etcd takes transactions of up to {ops} operations");
+            tracing::debug!(ops, "etcd takes transactions of up to {ops} operations");
         }
         Ok(ops)
     }
