@@ -999,8 +999,8 @@ impl Store for EtcdStore {
             tracing::warn!(
                 was,
                 now,
-                "etcd refused a transaction of {was} operations (was its --max-txn-ops lowered?): \
-                 transactions are now of {now} at most"
+                "etcd refused a transaction of this store's size, up to {was} operations (was its \
+                 --max-txn-ops lowered?): transactions are now of {now} at most"
             );
         }
         committed
