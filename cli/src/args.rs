@@ -300,6 +300,29 @@ pub struct ManagerArgs {
     /// Needs an orchctl built with `--features etcd`.
     #[arg(long, value_name = "URL", value_parser = parse_store)]
     pub store: Option<String>,
+    /// With --store etcd://...: etcd's CA (PEM); the manager speaks TLS to
+    /// etcd and trusts the members whose certificates it signed. Without
+    /// it, plain HTTP, to members on loopback only (see --etcd-plaintext).
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub etcd_ca: Option<PathBuf>,
+    /// With --etcd-ca: the manager's client certificate (PEM), for an etcd
+    /// started with --client-cert-auth.
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// With --etcd-cert: the certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// With --store etcd://...: the etcd user the manager is, where etcd
+    /// has authentication on.
+    #[arg(long, value_name = "NAME", requires_all = ["store", "etcd_password_file"])]
+    pub etcd_user: Option<String>,
+    /// With --etcd-user: a file whose first line is the user's password.
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// With --store etcd://...: speak plain HTTP to etcd members off
+    /// loopback, on a network you trust (etcd holds the cluster's CA key).
+    #[arg(long, requires = "store", conflicts_with = "etcd_ca")]
+    pub etcd_plaintext: bool,
     /// With --store etcd://...: how long a manager's lease lasts, the
     /// longest a dead leader holds the cluster before another manager is
     /// elected (whole seconds, at least 2s).

@@ -113,6 +113,14 @@ pub async fn manager(args: ManagerArgs, insecure: bool) -> Result<(), CliError> 
         metrics_listen: args.metrics_listen,
         events_kept: args.events_kept,
         etcd: args.store,
+        etcd_client: orch_manager::EtcdClientConfig {
+            ca_file: args.etcd_ca,
+            cert_file: args.etcd_cert,
+            key_file: args.etcd_key,
+            user: args.etcd_user,
+            password_file: args.etcd_password_file,
+            plaintext: args.etcd_plaintext,
+        },
         leader_lease: args.leader_lease,
         failover_grace: args.failover_grace,
         ..orch_manager::Config::default()

@@ -16,9 +16,11 @@ use serde_json::Value;
 use support::{DEADLINE, Options, Procs, TaskContainer, sleeper};
 use tokio::sync::watch;
 
-/// A cluster of `managers` managers on `etcd`, with `workers` workers.
+/// A cluster of `managers` managers on `etcd` (reaching it over TLS, as its
+/// user, where `etcd` is secure), with `workers` workers.
 async fn cluster(etcd: &LocalEtcd, managers: usize, workers: usize, extra: &[&str]) -> Procs {
     let mut manager_args = vec!["--store".to_owned(), etcd.store_arg("")];
+    manager_args.extend(etcd.manager_args());
     manager_args.extend(extra.iter().map(|s| (*s).to_owned()));
     let options = Options {
         manager_args,
@@ -201,9 +203,13 @@ async fn killing_the_leader_under_load_elects_another_and_restarts_nothing() {
     cluster.assert_exactly_running(&running).await;
 }
 
+/// On an etcd secured as operators run it (TLS, client certificates, a
+/// user whose role reaches only orch's prefix): the election, fencing and
+/// following all work through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_is_fenced_steps_down_and_follows() {
-    let etcd = LocalEtcd::start(3).expect("etcd");
+    let mut etcd = LocalEtcd::start_secure(3).expect("etcd");
+    etcd.enable_auth("orch", "").expect("etcd's authentication");
     let cluster = cluster(&etcd, 2, 1, &[]).await;
     let image = cluster.busybox().await;
     let first = cluster.run_tasks(vec![sleeper(&image)]).await;

@@ -133,6 +133,36 @@ async fn serving_manager(config: &std::path::Path, args: &[String]) -> tokio::pr
     child
 }
 
+/// The arguments of `orchctl manager` on the etcd store `store`, with
+/// `data` as its data directory, on a free port, then `more`.
+#[cfg(feature = "etcd")]
+fn etcd_manager(store: &str, data: &str, more: &[String]) -> Vec<String> {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut args = [
+        "manager",
+        "--listen",
+        &listen,
+        "--data-dir",
+        data,
+        "--store",
+        store,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend_from_slice(more);
+    args
+}
+
+/// Runs `orchctl ARGS` with `config`, which must exit at start without
+/// serving; returns its one line.
+#[cfg(feature = "etcd")]
+async fn refused_at_start(config: &std::path::Path, args: Vec<String>) -> String {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ran = support::orchctl_in(Duration::from_secs(60), &args, Some(config)).await;
+    assert!(!ran.stderr.contains("orch: manager on"), "{ran:#?}");
+    ran.refused().to_owned()
+}
+
 /// A manager on an etcd nobody answers at, or on a store holding another
 /// cluster (or none) than its data directory belongs to, exits at start
 /// with one line naming both, and writes nothing to that store.
@@ -145,29 +175,8 @@ async fn a_manager_refuses_an_unreachable_etcd_and_another_clusters_store() {
         .expect("temp dir");
     let config = dir.path().join("config.toml");
     let data = |name: &str| dir.path().join(name).display().to_string();
-    let manager = |store: String, data: String| -> Vec<String> {
-        let listen = format!("127.0.0.1:{}", free_port());
-        [
-            "manager",
-            "--listen",
-            &listen,
-            "--data-dir",
-            &data,
-            "--store",
-            &store,
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    let refused = |args: Vec<String>| {
-        let config = config.clone();
-        async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let ran = support::orchctl_in(Duration::from_secs(60), &args, Some(&config)).await;
-            assert!(!ran.stderr.contains("orch: manager on"), "{ran:#?}");
-            ran.refused().to_owned()
-        }
-    };
+    let manager = |store: String, data: String| etcd_manager(&store, &data, &[]);
+    let refused = |args: Vec<String>| refused_at_start(&config, args);
 
     let nobody = format!("etcd://127.0.0.1:{}", free_port());
     let line = refused(manager(nobody.clone(), data("a"))).await;
@@ -224,4 +233,58 @@ async fn a_manager_refuses_an_unreachable_etcd_and_another_clusters_store() {
     let mut again = serving_manager(&config, &manager(one, data("a"))).await;
     again.start_kill().expect("stop the manager");
     again.wait().await.expect("reap it");
+}
+
+/// `orchctl manager --store etcd://...` reaches a secure etcd with its
+/// `--etcd-*` flags, and without what etcd wants exits at start with one
+/// line saying what to give: plain HTTP off loopback is refused before any
+/// connection (etcd holds the CA's key), a TLS etcd wants --etcd-ca, and a
+/// file that is missing or holds no PEM is named.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_reaches_a_secure_etcd_with_its_flags_and_says_what_is_missing() {
+    let dir = tempfile::Builder::new()
+        .prefix("orch-startup-")
+        .tempdir()
+        .expect("temp dir");
+    let config = dir.path().join("config.toml");
+    let data = dir.path().join("data").display().to_string();
+    let manager = |store: &str, more: &[String]| etcd_manager(store, &data, more);
+    let refused = |args: Vec<String>| refused_at_start(&config, args);
+
+    // 192.0.2.0/24 is for documentation: nothing answers there, and
+    // nothing is asked, since the refusal comes first.
+    let line = refused(manager("etcd://192.0.2.1:2379", &[])).await;
+    assert!(
+        line.contains("plain HTTP off loopback") && line.contains("--etcd-plaintext"),
+        "{line}"
+    );
+
+    let mut etcd = orch_manager::store::etcd::local::LocalEtcd::start_secure(1).expect("etcd");
+    etcd.enable_auth("orch", "").expect("etcd's authentication");
+    let store = etcd.store_arg("");
+    let line = refused(manager(&store, &[])).await;
+    assert!(line.contains("give --etcd-ca"), "{line}");
+
+    let flags = etcd.manager_args();
+    let missing = dir.path().join("no-such-ca.pem").display().to_string();
+    let mut wrong = flags.clone();
+    wrong[1] = missing.clone();
+    let line = refused(manager(&store, &wrong)).await;
+    assert!(line.contains(&format!("--etcd-ca {missing}")), "{line}");
+    let mut wrong = flags.clone();
+    let key = wrong[5].clone();
+    wrong[3] = key.clone();
+    let line = refused(manager(&store, &wrong)).await;
+    assert!(
+        line.contains(&format!("--etcd-cert {key}: holds no certificate")),
+        "{line}"
+    );
+    let without_user: Vec<String> = flags[..6].to_vec();
+    let line = refused(manager(&store, &without_user)).await;
+    assert!(line.contains("give --etcd-user"), "{line}");
+
+    let mut serving = serving_manager(&config, &manager(&store, &flags)).await;
+    serving.start_kill().expect("stop the manager");
+    serving.wait().await.expect("reap it");
 }

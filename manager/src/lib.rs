@@ -105,6 +105,8 @@ pub struct Config {
     /// is there too. Needs the crate's `etcd` feature; such a manager starts
     /// with `replica::start`.
     pub etcd: Option<String>,
+    /// On etcd: how the manager reaches it, over TLS and as a user.
+    pub etcd_client: EtcdClientConfig,
     /// On etcd: how long a manager's lease lasts, the longest a dead leader
     /// holds the cluster before another is elected (whole seconds, at least 2).
     pub leader_lease: Duration,
@@ -112,6 +114,31 @@ pub struct Config {
     /// with it before declaring its node down (at least the liveness
     /// deadline): the workers first have to find it.
     pub failover_grace: Duration,
+}
+
+/// How a manager on etcd reaches it (`orchctl manager --etcd-*`). etcd
+/// holds the whole cluster, its CA's key included, so a manager speaks TLS
+/// to it unless every member is on loopback or `plaintext` says the
+/// network is trusted. The files are read at start: one that is missing or
+/// holds no PEM is an error there, naming it.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdClientConfig {
+    /// etcd's CA (PEM): speak TLS, trusting members whose certificates it
+    /// signed (`--etcd-ca`).
+    pub ca_file: Option<PathBuf>,
+    /// The manager's client certificate and its key (PEM), for an etcd
+    /// that checks clients (`--etcd-cert`, `--etcd-key`).
+    pub cert_file: Option<PathBuf>,
+    /// The key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// A user of etcd's authentication (`--etcd-user`)...
+    pub user: Option<String>,
+    /// ...and the file holding its password, its first line
+    /// (`--etcd-password-file`).
+    pub password_file: Option<PathBuf>,
+    /// Speak plain HTTP to members that are not on loopback
+    /// (`--etcd-plaintext`), on a network the operator trusts.
+    pub plaintext: bool,
 }
 
 /// When a start makes an admin client token.
@@ -149,6 +176,7 @@ impl Default for Config {
             metrics_listen: None,
             events_kept: store::DEFAULT_EVENTS_KEPT,
             etcd: None,
+            etcd_client: EtcdClientConfig::default(),
             leader_lease: Duration::from_secs(2),
             failover_grace: Duration::from_secs(10),
         }
@@ -415,6 +443,7 @@ async fn open_etcd(
 ) -> Result<(Arc<store::etcd::EtcdStore>, Ca), ServeError> {
     use crate::store::etcd::{EtcdStore, EtcdUrl, Founding};
     let url = EtcdUrl::parse(url).map_err(|e| ServeError::Cluster(format!("--store: {e}")))?;
+    let access = etcd_access(&config.etcd_client, &url).map_err(ServeError::Cluster)?;
     let events_kept = config.events_kept;
     let shown = url.to_string();
     let failed = move |source| ServeError::Store {
@@ -437,7 +466,7 @@ async fn open_etcd(
     };
     // Connecting and founding block: off the runtime's threads.
     let (store, found) = tokio::task::spawn_blocking(move || {
-        let store = EtcdStore::connect(&url)?.with_events_kept(events_kept);
+        let store = EtcdStore::connect_with(&url, &access)?.with_events_kept(events_kept);
         let found = store.found(proposal)?;
         Ok((store, found))
     })
@@ -459,6 +488,57 @@ async fn open_etcd(
     record_cluster(config, &founding.cluster_id)?;
     let ca = Ca::from_pem(&founding.ca_cert_pem, &founding.ca_key_pem)?;
     Ok((Arc::new(store), ca))
+}
+
+/// How the store reaches the etcd at `url`, from `config`'s files.
+///
+/// # Errors
+/// A sentence naming the flag or file at fault, or refusing plain HTTP to a
+/// member off loopback without `--etcd-plaintext`.
+#[cfg(feature = "etcd")]
+fn etcd_access(
+    config: &EtcdClientConfig,
+    url: &store::etcd::EtcdUrl,
+) -> Result<store::etcd::EtcdAccess, String> {
+    use crate::store::etcd::EtcdAccess;
+    let access = match &config.ca_file {
+        Some(ca) => {
+            EtcdAccess::from_files(ca, config.cert_file.as_deref(), config.key_file.as_deref())?
+        }
+        None if config.cert_file.is_some() || config.key_file.is_some() => {
+            return Err(
+                "--etcd-cert and --etcd-key need --etcd-ca, the CA that signed etcd's certificates"
+                    .into(),
+            );
+        }
+        None if config.plaintext || url.is_loopback() => EtcdAccess::default(),
+        None => {
+            return Err(format!(
+                "--store {url} would reach etcd in plain HTTP off loopback, and etcd holds the cluster and its CA's key: give --etcd-ca (and --etcd-cert, --etcd-key where etcd checks clients), or --etcd-plaintext on a network you trust"
+            ));
+        }
+    };
+    match (&config.user, &config.password_file) {
+        (Some(user), Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("--etcd-password-file {}: {e}", file.display()))?;
+            let password = text.lines().next().unwrap_or_default();
+            if password.is_empty() {
+                return Err(format!(
+                    "--etcd-password-file {}: its first line, the password, is empty",
+                    file.display()
+                ));
+            }
+            Ok(access.with_user(user, password))
+        }
+        (None, None) => Ok(access),
+        (Some(_), None) => {
+            Err("--etcd-user needs --etcd-password-file, the file holding its password".into())
+        }
+        (None, Some(_)) => {
+            Err("--etcd-password-file needs --etcd-user, whose password it holds".into())
+        }
+    }
 }
 
 /// The error of [`start`] asked for a store on etcd.

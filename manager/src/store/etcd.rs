@@ -56,6 +56,8 @@ use futures::{StreamExt, TryStreamExt};
 use orch::v1::{Event, Task, TaskAttempt, TaskSpec};
 use prost::Message;
 
+pub use access::EtcdAccess;
+
 use super::{
     Batch, CREDENTIALS, EVENTS, META, NODES, SERVICE_VERSIONS, SERVICES, Snapshot, Store,
     StoreError, TASK_ATTEMPTS, TASK_SPEC, TASK_STATUS, Write, decode, events_prune_bound,
@@ -169,6 +171,22 @@ impl EtcdUrl {
     }
 }
 
+impl EtcdUrl {
+    /// Whether every member is on loopback (`localhost`, `127.0.0.0/8`,
+    /// `::1`), where plain HTTP leaves the machine for no network.
+    pub fn is_loopback(&self) -> bool {
+        self.endpoints.iter().all(|e| {
+            let host = e.trim_start_matches("http://");
+            let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+    }
+}
+
 impl std::fmt::Display for EtcdUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let hosts: Vec<&str> = self
@@ -230,6 +248,16 @@ impl EtcdStore {
     /// If no member answers within [`CONNECT_TIMEOUT`] plus
     /// [`REQUEST_TIMEOUT`], naming the URL.
     pub fn connect(url: &EtcdUrl) -> Result<Self, StoreError> {
+        Self::connect_with(url, &EtcdAccess::default())
+    }
+
+    /// Connects to the etcd cluster at `url` as `access` says (over TLS, as
+    /// a user) and checks that it answers and lets the store in.
+    ///
+    /// # Errors
+    /// As [`EtcdStore::connect`], or if etcd refuses the store's certificate
+    /// or user, saying what etcd most likely wants.
+    pub fn connect_with(url: &EtcdUrl, access: &EtcdAccess) -> Result<Self, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("orch-etcd")
@@ -237,17 +265,19 @@ impl EtcdStore {
             .build()
             .map_err(|e| StoreError::Backend(format!("starting the etcd client: {e}")))?;
         let connect = || {
-            let endpoints = url.endpoints.clone();
-            block_on(&runtime, async move {
-                let options = ConnectOptions::new()
+            let endpoints = access.endpoints(url);
+            let options = access.apply(
+                ConnectOptions::new()
                     .with_connect_timeout(CONNECT_TIMEOUT)
                     .with_timeout(REQUEST_TIMEOUT)
                     .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-                    .with_require_leader(true);
+                    .with_require_leader(true),
+            );
+            block_on(&runtime, async move {
                 Client::connect(endpoints, Some(options)).await
             })
             .and_then(|r| r.map_err(|e| backend("connecting", &e)))
-            .map_err(|e| unreachable(url, &e))
+            .map_err(|e| unreachable(url, access, &e))
         };
         let (client, control) = (connect()?, connect()?);
         let store = Self {
@@ -268,7 +298,7 @@ impl EtcdStore {
                     .await
                     .map_err(|e| backend("reading", &e))
             })
-            .map_err(|e| unreachable(url, &e))?;
+            .map_err(|e| unreachable(url, access, &e))?;
         store.fit_transactions()?;
         Ok(store)
     }
@@ -447,22 +477,42 @@ fn too_many_ops(err: &etcd_client::Error) -> bool {
 fn backend(doing: &str, err: &etcd_client::Error) -> StoreError {
     let detail = match err {
         etcd_client::Error::GRpcStatus(status) => {
-            format!("{} ({:?})", status.message(), status.code())
+            let head = format!("{} ({:?})", status.message(), status.code());
+            with_causes(head, status)
         }
-        err => err.to_string(),
+        err => with_causes(err.to_string(), err),
     };
     StoreError::Backend(format!("etcd: {doing}: {detail}"))
 }
 
-/// The error of a store that could not be reached at start.
-fn unreachable(url: &EtcdUrl, err: &StoreError) -> StoreError {
+/// `head`, then what caused `err` that `head` does not say already, each
+/// cause after `: ` (a transport error says only "transport error"; its
+/// causes say which: a refused connection, a certificate no CA signed).
+fn with_causes(head: String, err: &dyn std::error::Error) -> String {
+    let mut out = head;
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        let text = err.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = err.source();
+    }
+    out
+}
+
+/// The error of a store that could not be reached, or was refused, at
+/// start: what etcd most likely wants, if `access` can tell.
+fn unreachable(url: &EtcdUrl, access: &EtcdAccess, err: &StoreError) -> StoreError {
     let detail = match err {
         StoreError::Backend(detail) => detail.clone(),
         err => err.to_string(),
     };
-    StoreError::Backend(format!(
-        "no etcd member of {url} answered ({detail}); is etcd running there?"
-    ))
+    StoreError::Backend(match access.hint(&detail) {
+        Some(hint) => format!("etcd at {url} refused the manager ({detail}): {hint}"),
+        None => format!("no etcd member of {url} answered ({detail}); is etcd running there?"),
+    })
 }
 
 /// The keys of one store: every key is its prefix, a table's name, `/`, and
@@ -1123,6 +1173,7 @@ fn task_of(table: &'static str, key: &[u8]) -> Result<u128, StoreError> {
         })
 }
 
+pub mod access;
 pub mod election;
 pub mod history;
 pub mod local;

@@ -431,3 +431,80 @@ fn etcd_transactions_are_as_large_as_the_etcd_takes() {
     store.commit(&writes).unwrap();
     assert_eq!(store.load().unwrap().tasks.len(), 3_000);
 }
+
+/// A secure etcd, as operators run it (TLS, client certificates, then
+/// authentication on): the store reaches it with etcd's CA, a certificate
+/// and a user, and commits, loads and compacts there; a store lacking any of
+/// them, or with a wrong password or another CA, is refused at connect with
+/// a sentence saying what etcd wants; the user reaches only its prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_a_client_certificate_and_a_user() {
+    let mut etcd = LocalEtcd::start_secure(1).unwrap();
+    let url = etcd.url("secure");
+    let connect = |url: &EtcdUrl, access: EtcdAccess| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || EtcdStore::connect_with(&url, &access))
+    };
+    let refused = |url: &EtcdUrl, access: EtcdAccess| {
+        let connecting = connect(url, access);
+        async move { connecting.await.unwrap().unwrap_err().to_string() }
+    };
+    let store = connect(&url, etcd.access().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let expected = tokio::task::spawn_blocking(move || checks::write_everything(&store))
+        .await
+        .unwrap();
+
+    let (ca, _, _) = etcd.tls_files().unwrap();
+    let ca = std::fs::read(ca).unwrap();
+    let err = refused(&url, EtcdAccess::default()).await;
+    assert!(err.contains("give --etcd-ca"), "{err}");
+    let err = refused(&url, EtcdAccess::tls(ca.clone())).await;
+    assert!(err.contains("--etcd-cert and --etcd-key"), "{err}");
+    let stranger = crate::auth::Ca::create(std::time::SystemTime::now()).unwrap();
+    let err = refused(&url, EtcdAccess::tls(stranger.cert_pem())).await;
+    assert!(
+        err.contains("UnknownIssuer") && err.contains("check that --etcd-ca is the CA"),
+        "{err}"
+    );
+
+    etcd.enable_auth("orch", "secure").unwrap();
+    let access = etcd.access().unwrap();
+    let store = std::sync::Arc::new(connect(&url, access.clone()).await.unwrap().unwrap());
+    let loaded = tokio::task::spawn_blocking({
+        let store = store.clone();
+        move || store.load().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(loaded, expected, "what was written before auth was on");
+    let first = history::compact(&store, None).await.unwrap();
+    history::compact(&store, Some(first)).await.unwrap();
+
+    let with_cert = EtcdAccess::tls(ca).with_identity(
+        std::fs::read(etcd.tls_files().unwrap().1).unwrap(),
+        std::fs::read(etcd.tls_files().unwrap().2).unwrap(),
+    );
+    let err = refused(&url, with_cert.clone().with_user("orch", "wrong")).await;
+    assert!(err.contains("refused the user's name or password"), "{err}");
+    let err = refused(&url, with_cert).await;
+    assert!(err.contains("--etcd-user"), "{err}");
+    let err = refused(&etcd.url("elsewhere"), access).await;
+    assert!(err.contains("lacks a role"), "{err}");
+}
+
+#[test]
+fn etcd_urls_say_whether_they_are_on_loopback() {
+    for local in [
+        "etcd://localhost:2379",
+        "etcd://127.0.0.1:1,127.0.0.2:2",
+        "etcd://[::1]:2379/p",
+    ] {
+        assert!(EtcdUrl::parse(local).unwrap().is_loopback(), "{local}");
+    }
+    for remote in ["etcd://10.0.0.2:2379", "etcd://127.0.0.1:1,etcd-1:2379"] {
+        assert!(!EtcdUrl::parse(remote).unwrap().is_loopback(), "{remote}");
+    }
+}
