@@ -151,6 +151,9 @@ async fn replica(config: orch_manager::Config, listener: TcpListener) -> Result<
     let replica = orch_manager::replica::start(config, listener)
         .await
         .map_err(failed)?;
+    if let Some(addr) = replica.metrics_addr() {
+        eprintln!("orch: metrics on http://{addr}/metrics");
+    }
     eprintln!(
         "orch: manager on {} (id {}), on {store}: following until elected",
         replica.url(),

@@ -237,3 +237,65 @@ async fn a_metrics_port_in_use_stops_the_manager_and_the_worker_naming_it() {
         "{line}"
     );
 }
+
+/// Scrapes `addr` until `done` holds for the text, within the deadline;
+/// returns that text.
+#[cfg(feature = "etcd")]
+async fn scrape_until(addr: SocketAddr, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
+        let text = orch_metrics::scrape(addr).await.unwrap_or_default();
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{what}: not within {DEADLINE:?}; the last scrape:\n{text}"
+        );
+        // A scrape is all there is to wait on: look again shortly.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Managers on etcd: each serves its metrics port whether it leads or
+/// follows, `orch_manager_leader` says which (and sums to 1), and only the
+/// leader serves the cluster's families; once the leader is killed, the
+/// follower elected serves them, its term's, the worker back in session.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_manager_on_etcd_serves_metrics_and_says_whether_it_leads() {
+    let etcd = orch_manager::store::etcd::local::LocalEtcd::start(1).expect("etcd");
+    let mut cluster = Procs::start(
+        Options {
+            metrics: true,
+            managers: 2,
+            manager_args: vec!["--store".into(), etcd.store_arg("")],
+            ..Options::default()
+        },
+        1,
+    )
+    .await;
+    let (first, second) = (cluster.manager_metrics_of(0), cluster.manager_metrics_of(1));
+    let leading = scrape(first).await;
+    promtool_check("leader's", &leading).await;
+    assert_eq!(sample(&leading, "orch_manager_leader"), 1.0);
+    assert_eq!(sample(&leading, "orch_manager_terms_total"), 1.0);
+    assert_eq!(sample(&leading, "orch_manager_nodes{state=\"ready\"}"), 1.0);
+    let following = scrape(second).await;
+    promtool_check("follower's", &following).await;
+    assert_eq!(sample(&following, "orch_manager_leader"), 0.0);
+    assert_eq!(sample(&following, "orch_manager_terms_total"), 0.0);
+    assert!(
+        !following.contains("orch_manager_nodes"),
+        "a follower holds no cluster state:\n{following}"
+    );
+
+    cluster.kill_manager().await;
+    let elected = scrape_until(second, "the follower leads, its worker back", |text| {
+        text.contains("orch_manager_leader 1")
+            && text.contains("orch_manager_nodes{state=\"ready\"} 1")
+    })
+    .await;
+    promtool_check("new leader's", &elected).await;
+    assert_eq!(sample(&elected, "orch_manager_terms_total"), 1.0);
+}

@@ -337,6 +337,54 @@ impl Metrics {
     }
 }
 
+/// The metrics of a manager on etcd that outlive its terms, served for its
+/// whole life beside each term's [`Metrics`] while it leads: whether it
+/// leads now, and how many terms it took up. Across the managers of a
+/// cluster, `sum(orch_manager_leader)` is 1 while one leads.
+#[derive(Debug, Clone)]
+pub struct ReplicaMetrics {
+    /// 1 while this manager leads, 0 while it follows.
+    pub leader: Gauge,
+    /// The terms this manager took up.
+    pub terms: Counter,
+    registry: Arc<Registry>,
+}
+
+impl ReplicaMetrics {
+    /// The families, in a registry of their own.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("orch_manager");
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this manager leads the cluster, 0 while it follows",
+            leader.clone(),
+        );
+        let terms = Counter::default();
+        registry.register(
+            "terms",
+            "Terms this manager took up as the cluster's leader",
+            terms.clone(),
+        );
+        Self {
+            leader,
+            terms,
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// The registry of these families, to serve.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+}
+
+impl Default for ReplicaMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The value of one sample (its name with its labels, as the exposition
 /// writes them) in the metrics' exposition, for tests.
 #[cfg(test)]

@@ -18,6 +18,11 @@
 //!
 //! Only the leader schedules, holds sessions and writes; a follower holds
 //! nothing but its lease and its record in `ListManagers`.
+//!
+//! The metrics port (`Config::metrics_listen`) is the replica's, bound at
+//! [`start`] and served for its whole life: [`ReplicaMetrics`] (whether it
+//! leads, how many terms it took up) always, and the term's manager's
+//! metrics while it leads.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +36,7 @@ use tonic::server::NamedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::Ca;
+use crate::metrics::ReplicaMetrics;
 use crate::store::etcd::EtcdStore;
 use crate::store::etcd::election::{Candidate, LeaderRecord, Leadership};
 use crate::{AdminToken, ClientAccess, Config, ServeError, store};
@@ -47,6 +53,11 @@ pub struct Replica {
     candidate: Candidate,
     /// The follower's TLS settings (the leader makes its own at each term).
     tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The metrics port, served from [`Replica::serve`] on.
+    metrics_endpoint: Option<orch_metrics::Endpoint>,
+    metrics: ReplicaMetrics,
+    /// The registry of the term's manager, while this one leads.
+    term_metrics: Arc<Mutex<Option<Arc<prometheus_client::registry::Registry>>>>,
 }
 
 /// Connects to the etcd store, checks that it holds this manager's cluster
@@ -61,6 +72,10 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<Replica, Ser
         ));
     };
     let (store, ca) = crate::open_etcd(&config, &url).await?;
+    let metrics_endpoint = match config.metrics_listen {
+        Some(addr) => Some(orch_metrics::Endpoint::bind(addr).await?),
+        None => None,
+    };
     let addr = listener.local_addr().ok();
     let tls = crate::server_tls(&config, &ca, addr, std::time::SystemTime::now())?;
     let url = advertised_url(&config, addr);
@@ -72,6 +87,9 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<Replica, Ser
         listener: Arc::new(listener),
         candidate,
         tls,
+        metrics_endpoint,
+        metrics: ReplicaMetrics::new(),
+        term_metrics: Arc::default(),
     })
 }
 
@@ -104,6 +122,13 @@ impl Replica {
         &self.candidate.me().id
     }
 
+    /// Where `Config::metrics_listen` serves the metrics, if it does.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_endpoint
+            .as_ref()
+            .and_then(|e| e.local_addr().ok())
+    }
+
     /// Follows and leads in turn until `shutdown` resolves. `on_lead` is
     /// called at the start of every term with how a local client reaches
     /// the manager (with an admin token if that term made one).
@@ -111,7 +136,7 @@ impl Replica {
     /// # Errors
     /// If a leader's server fails in a way that is no term's end.
     pub async fn serve(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
         mut on_lead: impl FnMut(&ClientAccess) + Send,
     ) -> Result<(), ServeError> {
@@ -120,6 +145,17 @@ impl Replica {
             shutdown.await;
             stop_tx.send_replace(true);
         });
+        if let Some(endpoint) = self.metrics_endpoint.take() {
+            let (own, term) = (self.metrics.registry(), self.term_metrics.clone());
+            let registries = Arc::new(move || {
+                let mut all = vec![own.clone()];
+                if let Ok(term) = term.lock() {
+                    all.extend(term.iter().cloned());
+                }
+                all
+            });
+            tokio::spawn(endpoint.serve_with(registries, stopped(stop.clone())));
+        }
         let (seen_tx, seen) = watch::channel(None::<LeaderRecord>);
         let forward_tls = self.config.tls.then(|| {
             ClientTlsConfig::new()
@@ -203,6 +239,8 @@ impl Replica {
         self.store.set_fence(Some(leadership.fence.clone()));
         let config = Config {
             admin_token,
+            // The replica serves the metrics port, the term's among them.
+            metrics_listen: None,
             ..self.config.clone()
         };
         let store: Arc<dyn store::Store> = self.store.clone();
@@ -231,6 +269,8 @@ impl Replica {
             }
         };
         manager.hold_nodes(self.config.failover_grace);
+        self.set_term_metrics(Some(manager.registry()));
+        self.metrics.terms.inc();
         on_lead(manager.client());
         // The leader keeps etcd's history from growing, for its term.
         let compacting = {
@@ -256,10 +296,21 @@ impl Replica {
         });
         let (served, leadership) = tokio::join!(served, watch_term);
         compacting.abort();
+        self.set_term_metrics(None);
         if let Err(e) = served {
             tracing::error!(term, error = %e, "the leader's server failed");
         }
         leadership.resign().await;
+    }
+
+    /// Serves `registry` (the term's manager's) beside the replica's own,
+    /// or none; says whether this manager leads.
+    fn set_term_metrics(&self, registry: Option<Arc<prometheus_client::registry::Registry>>) {
+        self.metrics.leader.set(i64::from(registry.is_some()));
+        match self.term_metrics.lock() {
+            Ok(mut term) => *term = registry,
+            Err(poisoned) => *poisoned.into_inner() = registry,
+        }
     }
 }
 

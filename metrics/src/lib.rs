@@ -92,6 +92,18 @@ impl Endpoint {
         shutdown: impl Future<Output = ()> + Send,
     ) {
         let registries: Arc<[Arc<Registry>]> = registries.into();
+        self.serve_with(Arc::new(move || registries.to_vec()), shutdown)
+            .await;
+    }
+
+    /// As [`serve`](Endpoint::serve), asking `registries` at every scrape
+    /// which to render: for a process whose metrics come and go (a manager
+    /// on etcd serves its term's while it leads).
+    pub async fn serve_with(
+        self,
+        registries: Arc<dyn Fn() -> Vec<Arc<Registry>> + Send + Sync>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
         let addr = self.listener.local_addr().ok();
         tracing::info!(?addr, "metrics listening");
         let mut connections = JoinSet::new();
@@ -117,7 +129,7 @@ impl Endpoint {
             let registries = registries.clone();
             connections.spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
-                    let answer = answer(&req, &registries);
+                    let answer = answer(&req, &registries());
                     async move { Ok::<_, Infallible>(answer) }
                 });
                 let served = hyper::server::conn::http1::Builder::new()

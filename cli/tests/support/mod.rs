@@ -78,9 +78,10 @@ pub struct Options {
     pub manager_args: Vec<String>,
     /// More arguments of every `orchctl worker`.
     pub worker_args: Vec<String>,
-    /// Serve metrics: the manager and every worker process get
+    /// Serve metrics: every manager and every worker process get
     /// `--metrics-listen` on a free loopback port of their own
-    /// ([`Procs::manager_metrics`], [`Procs::worker_metrics`]).
+    /// ([`Procs::manager_metrics`], [`Procs::manager_metrics_of`],
+    /// [`Procs::worker_metrics`]).
     pub metrics: bool,
     /// How many managers (more than one needs `--store etcd://...` in
     /// `manager_args`): manager 0 starts first, the others once it serves.
@@ -189,7 +190,7 @@ pub struct Procs {
     join_token: String,
     /// The metrics ports of the manager and of each worker process, by
     /// index, with [`Options::metrics`].
-    manager_metrics: Option<u16>,
+    manager_metrics: Vec<u16>,
     worker_metrics: HashMap<usize, u16>,
 }
 
@@ -269,10 +270,14 @@ impl Procs {
             network: None,
             docker: docker().await,
             join_token: String::new(),
-            manager_metrics: None,
+            manager_metrics: Vec::new(),
             worker_metrics: HashMap::new(),
         };
-        cluster.manager_metrics = cluster.options.metrics.then(free_port);
+        if cluster.options.metrics {
+            cluster.manager_metrics = (0..cluster.options.managers.max(1))
+                .map(|_| free_port())
+                .collect();
+        }
         cluster.start_manager();
         cluster.join_token = cluster
             .client()
@@ -495,7 +500,7 @@ impl Procs {
             .args(&self.options.manager_args)
             .args(
                 self.manager_metrics
-                    .filter(|_| i == 0)
+                    .get(i)
                     .map(|p| ["--metrics-listen".to_string(), format!("127.0.0.1:{p}")])
                     .into_iter()
                     .flatten(),
@@ -601,7 +606,15 @@ impl Procs {
 
     /// Where the manager serves its metrics ([`Options::metrics`]).
     pub fn manager_metrics(&self) -> std::net::SocketAddr {
-        let port = self.manager_metrics.expect("started with Options::metrics");
+        self.manager_metrics_of(0)
+    }
+
+    /// Where manager `i` serves its metrics ([`Options::metrics`]).
+    pub fn manager_metrics_of(&self, i: usize) -> std::net::SocketAddr {
+        let port = *self
+            .manager_metrics
+            .get(i)
+            .expect("started with Options::metrics");
         std::net::SocketAddr::from(([127, 0, 0, 1], port))
     }
 
