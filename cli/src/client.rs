@@ -86,6 +86,29 @@ async fn channel(
     }))
 }
 
+/// How [`status_error`] begins when the connection failed under a call:
+/// the manager died or went away, or it speaks TLS to a client that does
+/// not ([`plaintext_hint`] says so where that may be why).
+pub const BROKE: &str = "the connection to the manager broke";
+
+/// `error`, with a hint where the connection broke and `target` is plain
+/// HTTP: a manager with TLS answers it so, which looks like a broken
+/// connection (and not only at the first call: `events` reconnects).
+pub fn plaintext_hint(target: &Target, error: CliError) -> CliError {
+    let plaintext = target
+        .url
+        .split(',')
+        .any(|u| u.trim().starts_with("http://"));
+    if plaintext && error.0.contains(BROKE) {
+        CliError(format!(
+            "{}; if the manager serves TLS, it does not speak plain HTTP: give its https:// URL and no --insecure",
+            error.0
+        ))
+    } else {
+        error
+    }
+}
+
 /// One line for a gRPC error: the code in words, then the manager's message.
 pub fn status_error(s: tonic::Status) -> CliError {
     use tonic::Code;
@@ -98,13 +121,12 @@ pub fn status_error(s: tonic::Status) -> CliError {
         Code::Unavailable => "manager unavailable",
         Code::DeadlineExceeded => "timed out",
         Code::Unauthenticated => "not authenticated",
-        Code::Cancelled | Code::Unknown
-            if s.message().contains("canceled") || s.message().contains("protocol error") =>
+        // What tonic makes of a failed HTTP/2 connection (h2's protocol
+        // error is `Internal`), not a status the manager sent.
+        Code::Cancelled | Code::Unknown | Code::Internal
+            if s.message().contains("canceled") || s.message().contains("h2 protocol error") =>
         {
-            return CliError(format!(
-                "the connection to the manager broke ({}); a manager with TLS does not speak plain HTTP: drop --insecure",
-                s.message()
-            ));
+            return CliError(format!("{BROKE} ({})", s.message()));
         }
         Code::PermissionDenied => "permission denied",
         Code::ResourceExhausted => "over a limit",

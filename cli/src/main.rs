@@ -200,7 +200,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
     let target = target(&cli)?;
     let manager = &target;
-    match cli.command {
+    let done = match cli.command {
         Command::Dev(_) | Command::Manager(_) | Command::Worker(_) => Ok(()),
         Command::Run(a) => client::run(manager, a, out).await,
         Command::Stop(a) => client::stop(manager, a, out).await,
@@ -223,7 +223,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Token(c) => access::token(manager, c, out).await,
         Command::Completion(_) => Ok(()),
         Command::JoinToken(a) => access::join_token(manager, a, out).await,
-    }
+    };
+    done.map_err(|e| client::plaintext_hint(manager, e))
 }
 
 #[cfg(test)]

@@ -380,6 +380,23 @@ async fn an_unreachable_manager_is_named_in_one_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_client_of_a_tls_manager_is_told_to_give_its_https_url() {
+    let cluster = Cluster::builder().workers(0).start().await;
+    let url = cluster.url();
+    let plain = url.replacen("https://", "http://", 1);
+    assert_ne!(plain, url, "the manager serves TLS: {url}");
+    let run = orchctl_env(&["--insecure", "--manager", &plain, "ps"], &[]).await;
+    assert_ne!(run.code, Some(0), "{run:?}");
+    // After the warning that --insecure prints.
+    let line = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.contains("connection to the manager broke") && line.contains("https:// URL"),
+        "{line:?}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_says_so_and_exits_non_zero_when_the_manager_is_gone_for_good() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     // No worker: the task stays pending, which is event enough.

@@ -549,7 +549,7 @@ fn open_etcd_unbuilt(url: &str) -> ServeError {
         ))
     } else {
         ServeError::Cluster(format!(
-            "--store {url}: this build has no etcd store; build orchctl with `cargo build --release --features etcd` (it needs protoc: Debian's protobuf-compiler)"
+            "--store {url}: this build has no etcd store; build orchctl with `cargo build --release -p orchctl --features etcd` (it needs protoc: Debian's protobuf-compiler)"
         ))
     }
 }
