@@ -189,6 +189,18 @@ fn peer<R>(request: &http::Request<R>) -> Option<SocketAddr> {
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|info| info.get_ref().remote_addr())
         })
+        .or_else(|| follower_peer(extensions))
+}
+
+/// The peer of a request to a follower, whose connections carry more.
+#[cfg(feature = "etcd")]
+fn follower_peer(extensions: &http::Extensions) -> Option<SocketAddr> {
+    crate::replica::peer(extensions)
+}
+
+#[cfg(not(feature = "etcd"))]
+fn follower_peer(_: &http::Extensions) -> Option<SocketAddr> {
+    None
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;

@@ -4,8 +4,9 @@
 //!
 //! - **Following**, a manager serves its port with what needs no state:
 //!   `Cluster` calls are forwarded to the leader as they are (the leader
-//!   authenticates them; streams included), so a client may use any
-//!   manager; `Dispatcher` calls are refused with `UNAVAILABLE` and the
+//!   authenticates them; streams included), each client connection's on a
+//!   connection to the leader of its own ([`forward`]), so a client may use
+//!   any manager; `Dispatcher` calls are refused with `UNAVAILABLE` and the
 //!   leader's URL in the metadata [`orch::api::LEADER_METADATA`], so that a
 //!   worker opens its session with the leader itself. While no leader is
 //!   elected, both are `UNAVAILABLE`, saying so.
@@ -24,16 +25,19 @@
 //! leads, how many terms it took up) always, and the term's manager's
 //! metrics while it leads.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::server::NamedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig};
+
+mod forward;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use forward::peer;
 
 use crate::auth::Ca;
 use crate::metrics::ReplicaMetrics;
@@ -206,13 +210,13 @@ impl Replica {
         let router = builder
             .tcp_nodelay(true)
             .add_service(health)
-            .add_service(Forward {
-                leader: seen.clone(),
-                tls: forward_tls,
-                channel: Arc::default(),
-            })
-            .add_service(Refuse { leader: seen });
-        let incoming = crate::incoming(self.listener.clone());
+            .add_service(forward::Forward::new(seen.clone(), forward_tls))
+            .add_service(forward::Refuse { leader: seen });
+        // Each client connection with its own channel to the leader.
+        let incoming = futures::TryStreamExt::map_ok(
+            crate::incoming(self.listener.clone()),
+            forward::ClientConnection::new,
+        );
         Ok(tokio::spawn(async move {
             let shutdown = async {
                 let _ = ended.await;
@@ -321,140 +325,6 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
             std::future::pending::<()>().await;
         }
     }
-}
-
-/// An `UNAVAILABLE` saying where the leader is (with its URL in the
-/// metadata), or that there is none yet.
-fn not_leading(leader: Option<&LeaderRecord>, doing: &str) -> tonic::Status {
-    match leader {
-        Some(leader) => {
-            let mut status = tonic::Status::unavailable(format!(
-                "this manager does not lead; {doing} the leader, {}",
-                leader.manager.url
-            ));
-            if let Ok(value) = leader.manager.url.parse() {
-                status
-                    .metadata_mut()
-                    .insert(orch::api::LEADER_METADATA, value);
-            }
-            status
-        }
-        None => tonic::Status::unavailable(
-            "no manager leads yet: the managers are electing one (or etcd has no quorum); retry shortly",
-        ),
-    }
-}
-
-/// How long a follower waits for the leader to begin answering a forwarded
-/// call (a stream's headers come at once; a unary call's with its answer).
-const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// A follower's `Cluster`: every call forwarded to the leader as it came.
-#[derive(Clone)]
-struct Forward {
-    leader: watch::Receiver<Option<LeaderRecord>>,
-    tls: Option<ClientTlsConfig>,
-    /// The channel to the leader, by its URL.
-    channel: Arc<Mutex<Option<(String, Channel)>>>,
-}
-
-impl Forward {
-    /// The (lazy) channel to `url`, made once per leader.
-    fn channel_to(&self, url: &str) -> Result<Channel, tonic::Status> {
-        let mut cached = self
-            .channel
-            .lock()
-            .map_err(|_| tonic::Status::internal("the forwarding channel's lock was poisoned"))?;
-        if let Some((cached_url, channel)) = cached.as_ref()
-            && cached_url == url
-        {
-            return Ok(channel.clone());
-        }
-        let bad = |e: tonic::transport::Error| {
-            tonic::Status::unavailable(format!("cannot reach the leader at {url}: {e}"))
-        };
-        let mut endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(bad)?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .http2_keep_alive_interval(std::time::Duration::from_secs(1))
-            .keep_alive_timeout(std::time::Duration::from_secs(3));
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
-        }
-        let channel = endpoint.connect_lazy();
-        *cached = Some((url.to_owned(), channel.clone()));
-        Ok(channel)
-    }
-}
-
-impl tower::Service<http::Request<tonic::body::Body>> for Forward {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let leader = self.leader.borrow().clone();
-        let channel = leader.as_ref().map(|l| self.channel_to(&l.manager.url));
-        Box::pin(async move {
-            let Some(leader) = leader else {
-                return Ok(not_leading(None, "call").into_http());
-            };
-            let channel = match channel {
-                Some(Ok(channel)) => channel,
-                Some(Err(status)) => return Ok(status.into_http()),
-                None => return Ok(not_leading(Some(&leader), "call").into_http()),
-            };
-            let forwarded = tower::ServiceExt::oneshot(channel, request);
-            match tokio::time::timeout(FORWARD_TIMEOUT, forwarded).await {
-                Err(_) => Ok(not_leading(
-                    Some(&leader),
-                    &format!("and got no answer within {FORWARD_TIMEOUT:?} from"),
-                )
-                .into_http()),
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(e)) => Ok(not_leading(
-                    Some(&leader),
-                    &format!("and could not forward the call ({e}) to"),
-                )
-                .into_http()),
-            }
-        })
-    }
-}
-
-impl NamedService for Forward {
-    const NAME: &'static str = "orch.v1.Cluster";
-}
-
-/// A follower's `Dispatcher`: every call refused with the leader's URL.
-#[derive(Clone)]
-struct Refuse {
-    leader: watch::Receiver<Option<LeaderRecord>>,
-}
-
-impl tower::Service<http::Request<tonic::body::Body>> for Refuse {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
-        let leader = self.leader.borrow().clone();
-        std::future::ready(Ok(
-            not_leading(leader.as_ref(), "open the session with").into_http()
-        ))
-    }
-}
-
-impl NamedService for Refuse {
-    const NAME: &'static str = "orch.v1.Dispatcher";
 }
 
 /// The managers on etcd, as their records and the leader key say.
