@@ -319,33 +319,54 @@ impl fmt::Display for Report {
 /// If the engine cannot be reached, a measurement fails or times out, or
 /// the clean-up fails (the message says what is left).
 pub async fn run(params: &Params) -> Result<Report, Error> {
+    on_engine(
+        params.swarm,
+        params.progress,
+        |engine, swarm_skipped| Report {
+            image: engine.image.clone(),
+            runs: params.runs,
+            swarm_skipped,
+            ..Report::default()
+        },
+        async |engine, swarm, report| measure(engine, swarm, params, report).await,
+    )
+    .await
+}
+
+/// What every scenario on the engine does around its measurement: connects
+/// to the engine and removes an interrupted run's leftovers (they would
+/// skew the first measurement), joins a swarm if `swarm` asks (the report
+/// that `report` makes is told why not, if not), runs `measure` until it
+/// ends or Ctrl-C, then removes everything the run made and leaves the
+/// swarm, whatever happened.
+///
+/// # Errors
+/// If the engine cannot be reached, `measure` fails, or the clean-up fails
+/// (the message says what is left).
+pub(crate) async fn on_engine<R>(
+    swarm: bool,
+    progress: bool,
+    report: impl FnOnce(&Engine, Option<String>) -> R,
+    measure: impl AsyncFnOnce(&Engine, Option<&Swarm>, &mut R) -> Result<(), Error>,
+) -> Result<R, Error> {
     let engine = Engine::connect().await?;
-    // Leftovers of an interrupted run would skew the first measurement.
     engine.remove_ours().await?;
-    let mut report = Report {
-        image: engine.image.clone(),
-        runs: params.runs,
-        ..Report::default()
-    };
-    let swarm = if params.swarm {
+    let (swarm, skipped) = if swarm {
         match Swarm::join(&engine).await {
-            Ok(s) => Some(s),
-            Err(why) => {
-                report.swarm_skipped = Some(why);
-                None
-            }
+            Ok(s) => (Some(s), None),
+            Err(why) => (None, Some(why)),
         }
     } else {
-        report.swarm_skipped = Some("not asked for (--no-swarm)".into());
-        None
+        (None, Some("not asked for (--no-swarm)".to_owned()))
     };
-    if let Some(why) = &report.swarm_skipped
-        && params.progress
+    if let Some(why) = &skipped
+        && progress
     {
         eprintln!("swarm skipped: {why}");
     }
+    let mut report = report(&engine, skipped);
     let measured = tokio::select! {
-        r = measure(&engine, swarm.as_ref(), params, &mut report) => r,
+        r = measure(&engine, swarm.as_ref(), &mut report) => r,
         _ = tokio::signal::ctrl_c() => Err(Error::Io("interrupted".into())),
     };
     let mut problems = Vec::new();

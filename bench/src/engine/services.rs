@@ -297,54 +297,19 @@ impl fmt::Display for Report {
 /// If the engine cannot be reached, a measurement fails or times out, or
 /// the clean-up fails (the message says what is left).
 pub async fn run(params: &Params) -> Result<Report, Error> {
-    let engine = Engine::connect().await?;
-    // Leftovers of an interrupted run would skew the first measurement.
-    engine.remove_ours().await?;
-    let mut report = Report {
-        image: engine.image.clone(),
-        parallelism: params.parallelism,
-        stop_grace: params.stop_grace,
-        ..Report::default()
-    };
-    let swarm = if params.swarm {
-        match Swarm::join(&engine).await {
-            Ok(s) => Some(s),
-            Err(why) => {
-                report.swarm_skipped = Some(why);
-                None
-            }
-        }
-    } else {
-        report.swarm_skipped = Some("not asked for (--no-swarm)".into());
-        None
-    };
-    if let Some(why) = &report.swarm_skipped
-        && params.progress
-    {
-        eprintln!("swarm skipped: {why}");
-    }
-    let measured = tokio::select! {
-        r = measure(&engine, swarm.as_ref(), params, &mut report) => r,
-        _ = tokio::signal::ctrl_c() => Err(Error::Io("interrupted".into())),
-    };
-    let mut problems = Vec::new();
-    if let Some(swarm) = swarm
-        && let Err(e) = swarm.leave(&engine).await
-    {
-        problems.push(e);
-    }
-    if let Err(e) = engine.remove_ours().await {
-        problems.push(e.to_string());
-    }
-    match (measured, problems.is_empty()) {
-        (Ok(()), true) => Ok(report),
-        (Ok(()), false) => Err(Error::Io(format!("clean-up: {}", problems.join("; ")))),
-        (Err(e), true) => Err(e),
-        (Err(e), false) => Err(Error::Io(format!(
-            "{e}; and the clean-up: {}",
-            problems.join("; ")
-        ))),
-    }
+    super::on_engine(
+        params.swarm,
+        params.progress,
+        |engine, swarm_skipped| Report {
+            image: engine.image.clone(),
+            parallelism: params.parallelism,
+            stop_grace: params.stop_grace,
+            swarm_skipped,
+            ..Report::default()
+        },
+        async |engine, swarm, report| measure(engine, swarm, params, report).await,
+    )
+    .await
 }
 
 async fn measure(
