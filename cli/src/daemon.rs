@@ -165,7 +165,9 @@ async fn replica(config: orch_manager::Config, listener: TcpListener) -> Result<
             eprintln!("orch: leading the cluster");
             match write_client_config(access) {
                 Ok(Some(path)) => {
-                    eprintln!("orch: a new admin token and the cluster's CA are in {path}");
+                    eprintln!(
+                        "orch: a new admin token and the cluster's CA are in {path}; it names this manager only: give orchctl every one (--manager or ORCH_MANAGER: URL,URL,...)"
+                    );
                 }
                 Ok(None) => {}
                 Err(e) => config_error = Some(e),
