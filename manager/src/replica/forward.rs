@@ -8,8 +8,8 @@
 //! (`Limits::requests_per_connection`, `Limits::streams_per_connection`)
 //! then apply to each client as they would without a follower between
 //! them: a follower that funnelled all its clients into one connection
-//! would have them share one client's allowance (one `orchctl events` too
-//! many, and every call through that follower would wait for a stream).
+//! would have them share one client's allowance (past 1,024 watches through
+//! it, every further call through that follower would wait for a stream).
 
 use std::convert::Infallible;
 use std::pin::Pin;
