@@ -121,10 +121,13 @@ pub fn status_error(s: tonic::Status) -> CliError {
         Code::Unavailable => "manager unavailable",
         Code::DeadlineExceeded => "timed out",
         Code::Unauthenticated => "not authenticated",
-        // What tonic makes of a failed HTTP/2 connection (h2's protocol
-        // error is `Internal`), not a status the manager sent.
+        // What tonic makes of a connection that failed under the call (a
+        // closed one is `Unknown` "transport error", h2's protocol error
+        // `Internal`), not a status the manager sent.
         Code::Cancelled | Code::Unknown | Code::Internal
-            if s.message().contains("canceled") || s.message().contains("h2 protocol error") =>
+            if ["canceled", "transport error", "h2 protocol error"]
+                .iter()
+                .any(|m| s.message().contains(m)) =>
         {
             return CliError(format!("{BROKE} ({})", s.message()));
         }
