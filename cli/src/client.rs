@@ -27,12 +27,7 @@ pub use orch::auth::Client;
 /// is used (any of them serves a client: a follower forwards to the leader).
 pub async fn connect(target: &Target) -> Result<Client, CliError> {
     let bearer = orch::auth::Bearer::new(target.token.as_deref()).map_err(CliError)?;
-    let urls: Vec<&str> = target
-        .url
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .collect();
+    let urls: Vec<&str> = urls(target).collect();
     let mut unreachable = Vec::new();
     for manager in &urls {
         match channel(manager, target).await? {
@@ -47,6 +42,15 @@ pub async fn connect(target: &Target) -> Result<Client, CliError> {
         ),
         all => format!("cannot reach any manager ({})", all.join("; ")),
     }))
+}
+
+/// The managers `target` names, in the order given.
+fn urls(target: &Target) -> impl Iterator<Item = &str> {
+    target
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
 }
 
 /// A channel to `manager`: `Err` for a bad URL or TLS settings, `Ok(Err)`
@@ -95,11 +99,7 @@ pub const BROKE: &str = "the connection to the manager broke";
 /// HTTP: a manager with TLS answers it so, which looks like a broken
 /// connection (and not only at the first call: `events` reconnects).
 pub fn plaintext_hint(target: &Target, error: CliError) -> CliError {
-    let plaintext = target
-        .url
-        .split(',')
-        .any(|u| u.trim().starts_with("http://"));
-    if plaintext && error.0.contains(BROKE) {
+    if urls(target).any(|u| u.starts_with("http://")) && error.0.contains(BROKE) {
         CliError(format!(
             "{}; if the manager serves TLS, it does not speak plain HTTP: give its https:// URL and no --insecure",
             error.0

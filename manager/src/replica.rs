@@ -210,7 +210,10 @@ impl Replica {
         let router = builder
             .tcp_nodelay(true)
             .add_service(health)
-            .add_service(forward::Forward::new(seen.clone(), forward_tls))
+            .add_service(forward::Forward {
+                leader: seen.clone(),
+                tls: forward_tls,
+            })
             .add_service(forward::Refuse { leader: seen });
         // Each client connection with its own channel to the leader.
         let incoming = futures::TryStreamExt::map_ok(

@@ -208,24 +208,8 @@ impl Upstream {
 /// on its client connection's own channel.
 #[derive(Clone)]
 pub(super) struct Forward {
-    leader: watch::Receiver<Option<LeaderRecord>>,
-    tls: Option<ClientTlsConfig>,
-    /// The channel of calls that came with no [`ClientConnectInfo`] (none
-    /// do, served from a follower's port).
-    shared: Upstream,
-}
-
-impl Forward {
-    pub(super) fn new(
-        leader: watch::Receiver<Option<LeaderRecord>>,
-        tls: Option<ClientTlsConfig>,
-    ) -> Self {
-        Self {
-            leader,
-            tls,
-            shared: Upstream::default(),
-        }
-    }
+    pub(super) leader: watch::Receiver<Option<LeaderRecord>>,
+    pub(super) tls: Option<ClientTlsConfig>,
 }
 
 impl tower::Service<http::Request<tonic::body::Body>> for Forward {
@@ -239,19 +223,21 @@ impl tower::Service<http::Request<tonic::body::Body>> for Forward {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let leader = self.leader.borrow().clone();
-        let upstream =
-            ClientConnectInfo::of(request.extensions()).map_or(&self.shared, |info| &info.upstream);
-        let channel = leader
-            .as_ref()
-            .map(|l| upstream.channel_to(&l.manager.url, self.tls.as_ref()));
+        // Every connection a follower serves is a `ClientConnection`.
+        let to = match (leader, ClientConnectInfo::of(request.extensions())) {
+            (None, _) => Err(not_leading(None, "call")),
+            (Some(_), None) => Err(tonic::Status::internal(
+                "a call reached the follower without its connection's information",
+            )),
+            (Some(leader), Some(info)) => info
+                .upstream
+                .channel_to(&leader.manager.url, self.tls.as_ref())
+                .map(|channel| (leader, channel)),
+        };
         Box::pin(async move {
-            let Some(leader) = leader else {
-                return Ok(not_leading(None, "call").into_http());
-            };
-            let channel = match channel {
-                Some(Ok(channel)) => channel,
-                Some(Err(status)) => return Ok(status.into_http()),
-                None => return Ok(not_leading(Some(&leader), "call").into_http()),
+            let (leader, channel) = match to {
+                Ok(to) => to,
+                Err(status) => return Ok(status.into_http()),
             };
             let forwarded = tower::ServiceExt::oneshot(channel, request);
             match tokio::time::timeout(FORWARD_TIMEOUT, forwarded).await {
